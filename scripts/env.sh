@@ -1,0 +1,9 @@
+# Environment for Flower and the offline model loading (sourced by the scripts and CI).
+export FLWR_TELEMETRY_ENABLED=0
+export FLWR_DISABLE_UPDATE_CHECK=1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export TOKENIZERS_PARALLELISM=false
+export FEDVPA_CACHE="${FEDVPA_CACHE:-$HOME/.cache/fedvpa}"
+export FLWR_HOME="${FLWR_HOME:-$FEDVPA_CACHE/flwr-home}"
+mkdir -p "$FEDVPA_CACHE" "$FLWR_HOME"

@@ -1,0 +1,260 @@
+"""The ``fedvpa`` command.
+
+Every command takes ``--seed`` and ``--out``; bad input ends with one line on stderr naming the
+file, line and field, and exit code 2, before anything already written is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedvpa.errors import FedvpaInputError
+
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def set_runtime_env() -> None:
+    """Flower must not phone home or reinstall dependencies (which would pull a CUDA torch)."""
+    for key, value in FLOWER_ENV.items():
+        os.environ.setdefault(key, value)
+    cache = Path(os.environ.setdefault("FEDVPA_CACHE", str(Path.home() / ".cache" / "fedvpa")))
+    os.environ.setdefault("FLWR_HOME", str(cache / "flwr-home"))
+
+
+@dataclass
+class GlobalOptions:
+    seed: int
+    out: Path | None
+
+
+app = typer.Typer(
+    help="Federated variational preference alignment (FedVPA-GP) on Flower.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect preference data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    seed: Annotated[int, typer.Option(help="Seed for every random choice of the command.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (run folder, report, embeddings summary).")
+    ] = None,
+) -> None:
+    set_runtime_env()
+    ctx.obj = GlobalOptions(seed=seed, out=out)
+
+
+def _opts(ctx: typer.Context) -> GlobalOptions:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, GlobalOptions)
+    return obj
+
+
+DataOpt = Annotated[
+    str, typer.Argument(help="synthetic-2, synthetic-4, or a .jsonl/.jsonl.gz file.")
+]
+FormatOpt = Annotated[str, typer.Option("--format", help="auto, generic, hh-rlhf or relabeled-hh.")]
+SkipOpt = Annotated[
+    bool, typer.Option("--skip-invalid", help="Skip and count invalid rows instead of stopping.")
+]
+
+
+@data_app.command("summary")
+def data_summary(
+    ctx: typer.Context,
+    path: DataOpt,
+    data_format: FormatOpt = "auto",
+    skip_invalid: SkipOpt = False,
+    num_clients: Annotated[int, typer.Option(help="Clients of the partition shown.")] = 100,
+    pairs_per_client: Annotated[int, typer.Option(help="Pairs per client (min).")] = 16,
+    max_pairs_per_client: Annotated[int, typer.Option(help="Pairs per client (max).")] = 0,
+    type_ratio: Annotated[str, typer.Option(help="e.g. 0.3,0.7 (default: equal).")] = "",
+    fraction_unseen: Annotated[float, typer.Option(help="Share of held-out clients.")] = 0.2,
+    partition: Annotated[bool, typer.Option(help="Also partition and summarise.")] = True,
+) -> None:
+    """Rows, user types, conflict share, lengths; and the federated partition."""
+    from fedvpa.config import DataConfig
+    from fedvpa.data.summary import render_summary, summarise_pairs, summarise_partition
+    from fedvpa.experiment import load_pairs, make_partition
+
+    opts = _opts(ctx)
+    cfg = DataConfig(
+        data=path,
+        data_format=data_format,
+        skip_invalid=skip_invalid,
+        num_clients=num_clients,
+        pairs_per_client=pairs_per_client,
+        max_pairs_per_client=max_pairs_per_client,
+        type_ratio=_ratio(type_ratio),
+        fraction_unseen=fraction_unseen,
+    )
+    pairs, report = load_pairs(cfg, opts.seed)
+    summary: dict[str, object] = {"read": report, "pairs": summarise_pairs(pairs)}
+    if partition and summary["pairs"].get("user_types"):  # type: ignore[union-attr]
+        summary["partition"] = summarise_partition(make_partition(cfg, opts.seed))
+    typer.echo(render_summary(summary))
+    if opts.out:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        (opts.out / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("embed")
+def embed(
+    ctx: typer.Context,
+    path: DataOpt,
+    data_format: FormatOpt = "auto",
+    skip_invalid: SkipOpt = False,
+    backbone: Annotated[
+        str, typer.Option(help="minilm, st:<name-or-path>, or causal-lm:<local path>.")
+    ] = "minilm",
+    cache_dir: Annotated[str, typer.Option(help="Embedding cache (default ~/.cache/fedvpa).")] = "",
+    batch_size: Annotated[int, typer.Option(help="Texts per model call.")] = 64,
+) -> None:
+    """Embed every text of a data set into the on-disk cache (re-runs skip the model)."""
+    import time
+
+    from fedvpa.config import DataConfig, EmbeddingConfig
+    from fedvpa.embeddings.backbone import make_backbone
+    from fedvpa.embeddings.cache import EmbeddingCache
+    from fedvpa.embeddings.pipeline import pair_texts
+    from fedvpa.experiment import load_pairs
+
+    opts = _opts(ctx)
+    cfg = DataConfig(data=path, data_format=data_format, skip_invalid=skip_invalid)
+    emb = EmbeddingConfig(backbone=backbone, cache_dir=cache_dir, embed_batch_size=batch_size)
+    pairs, report = load_pairs(cfg, opts.seed)
+    texts = [t for p in pairs for t in pair_texts(p)]
+    cache = EmbeddingCache(emb.resolved_cache_dir() / "embeddings")
+    start = time.perf_counter()
+    vectors = cache.embed(texts, make_backbone(backbone), batch_size=batch_size, progress=True)
+    seconds = time.perf_counter() - start
+    result = {
+        "pairs": len(pairs),
+        "texts": len(texts),
+        "dim": int(vectors.shape[1]),
+        "seconds": round(seconds, 2),
+        "cache": str(emb.resolved_cache_dir() / "embeddings"),
+        "stats": dict(cache.stats) if isinstance(cache.stats, dict) else str(cache.stats),
+        "read": report,
+    }
+    typer.echo(json.dumps(result, indent=2, default=str))
+    if opts.out:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        (opts.out / "embed.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Experiment TOML (flat keys, see conf/).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: --set latent-dim=16 (repeatable)."),
+]
+
+
+def _experiment(config: Path | None, overrides: list[str] | None, **options: object):
+    """Config file, then explicit options, then ``--set`` pairs (the last one wins)."""
+    from fedvpa.config import load_toml
+    from fedvpa.experiment import ExperimentConfig
+
+    flat: dict[str, object] = load_toml(config) if config else {}
+    flat.update({k.replace("_", "-"): v for k, v in options.items() if v is not None})
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FedvpaInputError(f"expected KEY=VALUE, got {item!r}", field="--set")
+        flat[key.strip()] = _parse_value(value.strip())
+    return ExperimentConfig.from_flat(flat, source=str(config) if config else "options"), flat
+
+
+def _parse_value(text: str) -> object:
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    method: Annotated[str | None, typer.Option(help="fedvpa-gp (default), fedvpl, ...")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="synthetic-2 (default), synthetic-4, or a file.")
+    ] = None,
+    num_clients: Annotated[int | None, typer.Option(help="Clients (default 100).")] = None,
+    num_server_rounds: Annotated[
+        int | None, typer.Option("--rounds", help="Rounds (default 50).")
+    ] = None,
+    clients_per_round: Annotated[int | None, typer.Option(help="Sampled per round (10).")] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Method run alongside (default fedavg-bt; '' for none).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the killed run in this run folder.")
+    ] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Train a method on Flower's simulation engine; print per-type accuracy next to a baseline."""
+    from fedvpa.runner import print_run_summary, run_experiment
+
+    opts = _opts(ctx)
+    if resume is not None:
+        from fedvpa.runner import load_run_config
+
+        exp, flat = load_run_config(resume)
+        out = resume
+    else:
+        exp, flat = _experiment(
+            config,
+            overrides,
+            method=method,
+            data=data,
+            num_clients=num_clients,
+            num_server_rounds=num_server_rounds,
+            clients_per_round=clients_per_round,
+            baseline=baseline,
+        )
+        out = opts.out or Path("runs") / f"{exp.federation.method}-seed{opts.seed}"
+    seed = int(flat.get("seed", opts.seed)) if resume is not None else opts.seed
+    results = run_experiment(exp, seed=seed, out=out, resume=resume is not None)
+    typer.echo(print_run_summary(results))
+
+
+def _ratio(text: str) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise FedvpaInputError(
+            f"expected numbers like 0.3,0.7, got {text!r}", field="type-ratio"
+        ) from exc
+
+
+def main() -> None:
+    """Entry point: input errors become one line and exit code 2, never a traceback."""
+    try:
+        app()
+    except FedvpaInputError as exc:
+        typer.echo(f"fedvpa: error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,169 @@
+"""Typed configuration for data preparation, with the flat ``key-name = value`` form Flower uses.
+
+Flower's run config (``[tool.flwr.app.config]``, ``conf/*.toml``, ``--run-config``) is a flat table
+of hyphenated keys. The same keys configure ``fedvpa run`` and ``fedvpa compare``, so one TOML file
+describes an experiment whichever way it is launched. Each dataclass here owns a group of keys and
+validates them, so a typo or an out-of-range value fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from fedvpa.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def from_flat(cls: type[T], flat: Mapping[str, Any], *, source: str = "config") -> T:
+    """Build dataclass ``cls`` from the flat hyphenated keys it owns; other keys are ignored.
+
+    Types are checked and gently coerced (an int where a float is expected) so that a wrong type
+    is reported with its key rather than surfacing later as a torch error.
+    """
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        key = _key(f.name)
+        if key not in flat:
+            continue
+        kwargs[f.name] = _coerce(flat[key], hints[f.name], key, source)
+    try:
+        obj = cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), path=source) from exc
+    return obj
+
+
+def to_flat(obj: Any) -> dict[str, Any]:
+    """The flat hyphenated form of a config dataclass (what ``config.json`` records)."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(value, Path):
+            value = str(value)
+        out[_key(f.name)] = value
+    return out
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    text = str(hint)
+    if value is None and "None" in text:
+        return None
+    if "tuple" in text and isinstance(value, list | tuple):
+        return tuple(value)
+    if "tuple" in text and isinstance(value, str) and "," in value:
+        return tuple(float(v) if "." in v else int(v) for v in value.split(","))
+    if hint is bool or text == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+        raise ConfigError(f"expected true/false, got {value!r}", path=source, field=key)
+    if hint is float or text == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"expected a number, got {value!r}", path=source, field=key)
+    if hint is int or text == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"expected an integer, got {value!r}", path=source, field=key)
+    if hint is str or text == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"expected a string, got {value!r}", path=source, field=key)
+    return value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a flat experiment TOML (``conf/*.toml``) or a pyproject's ``[tool.flwr.app.config]``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config file not found", path=str(p))
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML ({exc})", path=str(p)) from exc
+    if "tool" in data:
+        data = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"expected flat keys, found table(s) {nested}", path=str(p))
+    return data
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which preference data, and how it is split over clients."""
+
+    data: str = "synthetic-2"  # synthetic-2 | synthetic-4 | a path to a .jsonl(.gz) file
+    data_format: str = "auto"  # auto | generic | hh-rlhf | relabeled-hh
+    skip_invalid: bool = False
+    synthetic_pairs_per_type: int = 0  # 0: enough for the partition (at least 1200)
+    conflict_share: float = 0.5
+    num_clients: int = 100
+    pairs_per_client: int = 16
+    max_pairs_per_client: int = 0  # > pairs_per_client: sizes drawn per client in [min, max]
+    type_ratio: tuple[float, ...] = ()  # empty: equal shares over user types
+    split: tuple[float, ...] = (0.5, 0.25, 0.25)  # context / train / test
+    fraction_unseen: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.num_clients < 2:
+            raise ConfigError("need at least 2 clients", field="num-clients")
+        if self.pairs_per_client < 3:
+            raise ConfigError(
+                "each client needs >= 3 pairs (context, train and test)", field="pairs-per-client"
+            )
+        if self.max_pairs_per_client and self.max_pairs_per_client < self.pairs_per_client:
+            raise ConfigError("must be 0 or >= pairs-per-client", field="max-pairs-per-client")
+        if not 0.0 <= self.fraction_unseen < 1.0:
+            raise ConfigError("must be in [0, 1)", field="fraction-unseen")
+        if not 0.0 <= self.conflict_share <= 1.0:
+            raise ConfigError("must be in [0, 1]", field="conflict-share")
+        if len(self.split) != 3 or any(s <= 0 for s in self.split):
+            raise ConfigError("needs three positive fractions", field="split")
+        if self.type_ratio and any(r <= 0 for r in self.type_ratio):
+            raise ConfigError("ratios must be positive", field="type-ratio")
+
+    @property
+    def pairs_range(self) -> int | tuple[int, int]:
+        if self.max_pairs_per_client > self.pairs_per_client:
+            return (self.pairs_per_client, self.max_pairs_per_client)
+        return self.pairs_per_client
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Which frozen backbone, and where its cache lives (never inside the read-only data)."""
+
+    backbone: str = "minilm"  # minilm | st:<name-or-path> | causal-lm:<path>
+    cache_dir: str = ""  # empty: $FEDVPA_CACHE or ~/.cache/fedvpa
+    embed_batch_size: int = 64
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        env = os.environ.get("FEDVPA_CACHE")
+        return Path(env) if env else Path.home() / ".cache" / "fedvpa"
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that turns validation errors into ``ConfigError``."""
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]

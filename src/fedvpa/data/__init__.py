@@ -1,0 +1,1 @@
+"""Preference data: one schema, readers for each on-disk format, synthetic data, partitions."""

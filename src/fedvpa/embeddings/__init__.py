@@ -1,0 +1,1 @@
+"""Frozen backbones, the embedding cache, and tensors of embedded pairs."""

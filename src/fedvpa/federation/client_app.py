@@ -1,0 +1,252 @@
+"""The Flower ClientApp: one client's side of any ``FederatedMethod``.
+
+A node holds one client's embedded data (a file of saved ``ClientTensors``, read once per process
+thanks to a module-level cache, so a Ray actor serving many virtual clients loads it once). It
+answers three messages:
+
+- ``query``: its client id, user type and seen/unseen flag, so the server can map node ids to
+  clients (metadata only: no data, no labels of pairs).
+- ``train``: global arrays + this client's payload -> ``method.client_train`` -> shared weights,
+  statistics and metrics. The private state the method returns stays here (``Context.state``,
+  mirrored to a per-client file when a state folder is configured, see ``checkpoint``).
+- ``evaluate``: ``method.predictor(global, private state)`` scored on the client's own test pairs;
+  replies counts only.
+
+Text, embeddings and labels never leave the node.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedvpa.embeddings.tensors import ClientTensors
+from fedvpa.errors import ConfigError, DataFormatError
+from fedvpa.federation import checkpoint as ckpt
+from fedvpa.federation.messages import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    GLOBAL_KEY,
+    META_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    PAYLOAD_KEY,
+    STATS_KEY,
+    arrays_to_record,
+    decode_kwargs,
+    record_to_arrays,
+    scalars_to_metrics,
+)
+from fedvpa.federation.registry import create_method
+from fedvpa.methods.base import Arrays, FederatedMethod, Predictor
+
+# Context.state keys of this client's private method state and its bookkeeping.
+STATE_ARRAYS_KEY = "fedvpa.client-state"
+STATE_META_KEY = "fedvpa.client-state-meta"
+
+# Where the private state came from when a round started (reported as a metric so tests and logs
+# can tell Context.state persistence from a file restore).
+SOURCE_FRESH = 0
+SOURCE_CONTEXT = 1
+SOURCE_FILE = 2
+
+_DATA_CACHE: dict[str, list[ClientTensors]] = {}
+_METHOD_CACHE: dict[tuple[str, str], FederatedMethod] = {}
+_LOCK = threading.Lock()
+
+app = ClientApp()
+
+
+def load_client_file(path: Path) -> list[ClientTensors]:
+    """The data layer's loader when it exists, else a plain ``torch.save``d list."""
+    try:
+        from fedvpa.embeddings.pipeline import load_client_tensors  # type: ignore[attr-defined]
+    except ImportError:
+        load_client_tensors = None
+    if load_client_tensors is not None:
+        clients = load_client_tensors(path)
+    else:
+        if not path.exists():
+            raise DataFormatError("client tensor file not found", path=str(path))
+        # Our own file of ClientTensors dataclasses: not loadable with weights_only=True.
+        clients = torch.load(path, weights_only=False)
+    if not isinstance(clients, list) or not all(isinstance(c, ClientTensors) for c in clients):
+        raise DataFormatError("expected a list of ClientTensors", path=str(path))
+    return clients
+
+
+def cached_clients(path: str) -> list[ClientTensors]:
+    with _LOCK:
+        if path not in _DATA_CACHE:
+            _DATA_CACHE[path] = load_client_file(Path(path))
+        return _DATA_CACHE[path]
+
+
+def cached_method(reference: str, kwargs_json: str) -> FederatedMethod:
+    key = (reference, kwargs_json)
+    with _LOCK:
+        if key not in _METHOD_CACHE:
+            _METHOD_CACHE[key] = create_method(reference, decode_kwargs(kwargs_json))
+        return _METHOD_CACHE[key]
+
+
+def _config_value(msg_config: ConfigRecord, context: Context, key: str, default: Any) -> Any:
+    """Node config wins (a node's own data path / state folder), then the message, then default."""
+    if key in context.node_config:
+        return context.node_config[key]
+    if key in msg_config:
+        return msg_config[key]
+    return default
+
+
+def this_client(context: Context, msg_config: ConfigRecord) -> ClientTensors:
+    data_path = str(_config_value(msg_config, context, "data-path", ""))
+    if not data_path:
+        raise ConfigError("no data-path in node config or run config", field="data-path")
+    clients = cached_clients(data_path)
+    index = int(_config_value(msg_config, context, "client-index", -1))
+    if index < 0:
+        index = int(context.node_config.get("partition-id", 0))
+    if not 0 <= index < len(clients):
+        raise DataFormatError(
+            f"client index {index} out of range: file holds {len(clients)} clients",
+            path=data_path,
+            field="partition-id",
+        )
+    return clients[index]
+
+
+def _state_dir(context: Context, msg_config: ConfigRecord) -> Path | None:
+    value = str(_config_value(msg_config, context, "client-state-dir", ""))
+    return Path(value) if value and value.lower() != "none" else None
+
+
+def private_state(
+    context: Context, msg_config: ConfigRecord, client_id: int, max_round: int
+) -> tuple[Arrays, int]:
+    """The client's state after its last training in a round ``<= max_round``, and its source."""
+    meta = context.state.get(STATE_META_KEY)
+    if isinstance(meta, ConfigRecord) and int(meta["round"]) <= max_round:
+        record = context.state.get(STATE_ARRAYS_KEY)
+        if isinstance(record, ArrayRecord):
+            return record_to_arrays(record), SOURCE_CONTEXT
+    state_dir = _state_dir(context, msg_config)
+    if state_dir is not None:
+        found = ckpt.load_client_state(state_dir, client_id, max_round)
+        if found is not None:
+            return found[1], SOURCE_FILE
+    return {}, SOURCE_FRESH
+
+
+def store_private_state(
+    context: Context, msg_config: ConfigRecord, client_id: int, server_round: int, state: Arrays
+) -> None:
+    context.state[STATE_ARRAYS_KEY] = arrays_to_record(state)
+    context.state[STATE_META_KEY] = ConfigRecord({"round": server_round, "client-id": client_id})
+    state_dir = _state_dir(context, msg_config)
+    if state_dir is not None:
+        ckpt.save_client_state(state_dir, client_id, server_round, state)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    config = msg.content.get(CONFIG_KEY, ConfigRecord())
+    client = this_client(context, config)
+    meta = ConfigRecord(
+        {
+            "client-id": int(client.client_id),
+            "user-type": str(client.user_type),
+            "type-index": int(client.type_index),
+            "unseen": bool(client.unseen),
+            NUM_EXAMPLES: int(client.num_examples),
+        }
+    )
+    return Message(RecordDict({META_KEY: meta}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = msg.content[CONFIG_KEY]
+    client = this_client(context, config)
+    if client.unseen:
+        raise ConfigError(f"client {client.client_id} is unseen and must never train")
+    server_round = int(config["server-round"])
+    method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
+    global_arrays = record_to_arrays(msg.content[GLOBAL_KEY])
+    payload = record_to_arrays(msg.content.get(PAYLOAD_KEY))
+    state, source = private_state(context, config, client.client_id, server_round - 1)
+    seed = int(config["seed"])
+    ckpt.seed_everything(seed)
+    update, new_state = method.client_train(
+        global_arrays, payload, client, state, server_round, seed
+    )
+    store_private_state(context, config, client.client_id, server_round, new_state)
+    metrics = {
+        **update.metrics,
+        NUM_EXAMPLES: int(update.num_examples),
+        "client-id": int(client.client_id),
+        "state-source": source,
+    }
+    content = RecordDict(
+        {
+            ARRAYS_KEY: arrays_to_record(update.arrays),
+            STATS_KEY: arrays_to_record(update.stats),
+            METRICS_KEY: scalars_to_metrics(metrics),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def count_correct(predictor: Predictor, client: ClientTensors) -> dict[str, float]:
+    """Fallback scorer (used only while ``fedvpa.evaluation.accuracy`` does not exist)."""
+    pairs = client.test
+    if len(pairs) == 0:
+        return {"correct": 0.0, "n": 0.0}
+    with torch.no_grad():
+        prob = predictor.prob_a_preferred(client, pairs)
+    correct = ((prob > 0.5).float() == pairs.label).sum().item()
+    return {"correct": float(correct), "n": float(len(pairs))}
+
+
+def score_client(predictor: Predictor, client: ClientTensors) -> dict[str, float]:
+    try:
+        from fedvpa.evaluation.accuracy import evaluate_client  # type: ignore[import-not-found]
+    except ImportError:
+        return count_correct(predictor, client)
+    counts = evaluate_client(predictor, client)
+    return {
+        str(k): float(v)
+        for k, v in dict(counts).items()
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    }
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    config = msg.content[CONFIG_KEY]
+    client = this_client(context, config)
+    server_round = int(config["server-round"])
+    method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
+    global_arrays = record_to_arrays(msg.content[GLOBAL_KEY])
+    state, source = private_state(context, config, client.client_id, server_round)
+    ckpt.seed_everything(int(config["seed"]))
+    predictor = method.predictor(global_arrays, state or None)
+    counts = score_client(predictor, client)
+    metrics = {
+        **counts,
+        "client-id": int(client.client_id),
+        "state-source": source,
+    }
+    content = {METRICS_KEY: scalars_to_metrics(metrics)}
+    # The evaluation posterior (2d floats, the same size as what training sends) lets the server
+    # measure collapse (KL, active units) without seeing any pair.
+    latent = method.latent_stats(global_arrays, client)
+    if latent:
+        content[STATS_KEY] = arrays_to_record(latent)
+    return Message(RecordDict(content), reply_to=msg)

@@ -1,0 +1,97 @@
+"""Method objects <-> Flower records, and the byte accounting of what crosses the wire.
+
+A ``FederatedMethod`` speaks ``dict[str, numpy.ndarray]`` and ``dict[str, float]``; Flower speaks
+``ArrayRecord`` / ``ConfigRecord`` / ``MetricRecord`` inside a ``RecordDict``. Keeping the
+conversion in one place means the strategy and the ClientApp agree on the message layout by
+construction, and the bytes we report are the bytes Flower actually serialises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedvpa.methods.base import Arrays
+
+# Keys of the records inside a message's RecordDict. Server -> client:
+GLOBAL_KEY = "global"  # ArrayRecord: the global shared weights
+PAYLOAD_KEY = "payload"  # ArrayRecord: this client's extras (prior components, prototype label)
+CONFIG_KEY = "config"  # ConfigRecord: round, seed, method reference, data path, ...
+# Client -> server:
+ARRAYS_KEY = "arrays"  # ArrayRecord: updated shared weights
+STATS_KEY = "stats"  # ArrayRecord: posterior moments and other small statistics
+METRICS_KEY = "metrics"  # MetricRecord: num-examples, losses, evaluation counts
+META_KEY = "meta"  # ConfigRecord: client id, user type, seen/unseen (metadata query only)
+
+NUM_EXAMPLES = "num-examples"
+
+
+def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Keep the method's names (not Flower's positional "0", "1", ...) so order never matters."""
+    record = ArrayRecord()
+    for key, value in arrays.items():
+        record[str(key)] = Array(np.ascontiguousarray(np.asarray(value)))
+    return record
+
+
+def record_to_arrays(record: ArrayRecord | None) -> Arrays:
+    if record is None:
+        return {}
+    return {key: np.array(value.numpy(), copy=True) for key, value in record.items()}
+
+
+def scalars_to_metrics(values: Mapping[str, Any]) -> MetricRecord:
+    """Only numeric scalars go into a MetricRecord; anything else is a bug upstream."""
+    record = MetricRecord()
+    for key, value in values.items():
+        if isinstance(value, (bool, int, np.integer)):
+            record[key] = int(value)
+        elif isinstance(value, (float, np.floating)):
+            record[key] = float(value)
+        else:
+            raise TypeError(f"metric '{key}' must be a number, got {type(value).__name__}")
+    return record
+
+
+def metrics_to_dict(record: MetricRecord | None) -> dict[str, float]:
+    if record is None:
+        return {}
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, list):
+            continue
+        out[key] = float(value)
+    return out
+
+
+def encode_kwargs(kwargs: Mapping[str, Any]) -> str:
+    """Method keyword arguments travel as one JSON string: ConfigRecords hold scalars only."""
+    return json.dumps(dict(kwargs), sort_keys=True)
+
+
+def decode_kwargs(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"method-kwargs must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def record_dict_bytes(content: RecordDict) -> int:
+    """Serialised payload size as Flower counts it: array bytes (npy) + keys + 8 B per scalar."""
+    total = 0
+    for record in content.values():
+        if isinstance(record, (ArrayRecord, ConfigRecord, MetricRecord)):
+            total += record.count_bytes()
+    return total
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN/inf: write null rather than an invalid file."""
+    return value if math.isfinite(value) else None

@@ -1,0 +1,165 @@
+"""``run_federated``: one federated run in Flower's simulation engine, from Python.
+
+We use ``flwr.simulation.run_simulation`` (deprecated upstream, but in-process and free of the
+detached SuperLink that ``flwr run . local`` leaves behind). The ServerApp is built around an
+explicit ``FederationConfig``; the ClientApp is the importable ``client_app.app`` so each Ray actor
+imports it (and caches the client data) once. Clients receive every setting they need (method
+reference, data path, state folder) inside the messages, so no run config has to reach them.
+
+Flower ends a run with exit status 0 even when every ClientApp raised, so success here means:
+the ServerApp finished, ``final.json`` exists, and no round lacked replies (the strategy raises
+``FederationError`` on that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedvpa.errors import ConfigError
+from fedvpa.federation import checkpoint as ckpt
+from fedvpa.federation.registry import method_reference
+from fedvpa.federation.server_app import ServerOutcome, make_server_app
+from fedvpa.federation.strategy import FederationConfig, FederationError
+
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+DEFAULT_BACKEND: dict[str, Any] = {"num_cpus": 2, "client_num_cpus": 1, "client_num_gpus": 0.0}
+
+
+def flower_environment(flwr_home: Path) -> dict[str, str]:
+    """The environment Flower needs here: no telemetry, no update check, no dependency
+    re-install (it would pull a CUDA torch), and a writable FLWR_HOME."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    return {**FLOWER_ENV, "FLWR_HOME": str(flwr_home)}
+
+
+def backend_config(backend: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Ray: ``num_cpus`` in all, ``client_num_cpus`` per actor (2 and 1: two actors on 2 cores)."""
+    merged = {**DEFAULT_BACKEND, **dict(backend or {})}
+    unknown = set(merged) - set(DEFAULT_BACKEND)
+    if unknown:
+        raise ConfigError(f"unknown backend keys {sorted(unknown)}", field="backend")
+    return {
+        "client_resources": {
+            "num_cpus": float(merged["client_num_cpus"]),
+            "num_gpus": float(merged["client_num_gpus"]),
+        },
+        "init_args": {
+            "num_cpus": int(merged["num_cpus"]),
+            "num_gpus": 0 if float(merged["client_num_gpus"]) == 0 else 1,
+            "include_dashboard": False,
+        },
+    }
+
+
+def check_resumable(run_dir: Path, config: FederationConfig) -> None:
+    """Refuse, before any process starts, to resume a run under another configuration."""
+    found = ckpt.load_checkpoint(run_dir)
+    if found is None:
+        return
+    diff = sorted(k for k, v in config.identity().items() if found.config.get(k) != v)
+    if diff:
+        raise ConfigError(
+            f"resume: configuration differs from the checkpointed run in {diff}",
+            path=str(ckpt.checkpoint_path(run_dir)),
+        )
+    if found.server_round >= config.num_rounds:
+        raise ConfigError(
+            f"checkpoint is at round {found.server_round}: nothing to do for "
+            f"{config.num_rounds} rounds",
+            path=str(run_dir),
+            field="num-server-rounds",
+        )
+
+
+def run_federated(
+    method_name: str,
+    method_kwargs: Mapping[str, Any] | None,
+    data_path: Path,
+    num_clients: int,
+    run_dir: Path,
+    num_rounds: int,
+    clients_per_round: int,
+    eval_every: int = 5,
+    seed: int = 0,
+    resume: bool = False,
+    min_reply_fraction: float = 0.5,
+    client_timeout: float = 600.0,
+    backend: Mapping[str, Any] | None = None,
+    *,
+    client_state_dir: Path | None = None,
+    node_wait_timeout: float = 120.0,
+    flwr_home: Path | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) a federated simulation; return the final metrics (also in final.json).
+
+    ``num_clients`` must equal the number of clients in ``data_path``: one virtual node each,
+    seen and unseen (unseen ones only evaluate). Raises ``ConfigError`` for bad arguments and
+    ``FederationError`` when the run did not produce results.
+    """
+    data_path = Path(data_path).expanduser().resolve()
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not data_path.exists():
+        raise ConfigError("client tensor file not found", path=str(data_path), field="data-path")
+    config = FederationConfig(
+        method=method_name,
+        data_path=str(data_path),
+        run_dir=str(run_dir),
+        num_clients=int(num_clients),
+        num_rounds=int(num_rounds),
+        clients_per_round=int(clients_per_round),
+        method_kwargs=dict(method_kwargs or {}),
+        eval_every=int(eval_every),
+        seed=int(seed),
+        resume=bool(resume),
+        min_reply_fraction=float(min_reply_fraction),
+        client_timeout=float(client_timeout),
+        node_wait_timeout=float(node_wait_timeout),
+        client_state_dir=str(client_state_dir) if client_state_dir is not None else "",
+    )
+    method_reference(method_name)  # fail fast, before Ray starts, on an unknown method
+    json.dumps(config.method_kwargs)  # kwargs must survive the trip to the clients
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and ckpt.checkpoint_path(run_dir).exists():
+        raise ConfigError(
+            "run folder already holds a checkpoint: resume it or choose another folder",
+            path=str(run_dir),
+        )
+    if resume:
+        check_resumable(run_dir, config)
+    os.environ.update(flower_environment(flwr_home or run_dir / ".flwr"))
+
+    # Imported late: flwr.simulation pulls in Ray, and the env above must be set first.
+    from flwr.simulation import run_simulation
+
+    from fedvpa.federation.client_app import app as client_app
+
+    outcome = ServerOutcome()
+    try:
+        run_simulation(
+            server_app=make_server_app(config, outcome),
+            client_app=client_app,
+            num_supernodes=config.num_clients,
+            backend_name="ray",
+            backend_config=backend_config(backend),  # type: ignore[arg-type]
+            verbose_logging=verbose,
+        )
+    except Exception as exc:
+        if outcome.error is None:
+            raise FederationError(f"simulation failed: {exc}") from exc
+    if outcome.error is not None:
+        if isinstance(outcome.error, (FederationError, ConfigError)):
+            raise outcome.error
+        raise FederationError(f"server failed: {outcome.error!r}") from outcome.error
+    final_path = run_dir / ckpt.FINAL_FILE
+    if outcome.final is None or not final_path.exists():
+        raise FederationError(f"the run ended without results ({final_path} missing)")
+    return outcome.final

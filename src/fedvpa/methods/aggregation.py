@@ -1,0 +1,32 @@
+"""Server-side aggregation maths shared by the methods."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedvpa.methods.base import Arrays
+
+
+def weighted_average(items: Sequence[tuple[Arrays, float]]) -> Arrays:
+    """FedAvg: the ``n_i``-weighted mean of each array over clients.
+
+    Computed in float64 and cast back, so the result does not depend on the order in which
+    replies arrived (a requirement for exact resume).
+    """
+    if not items:
+        raise ValueError("cannot average zero client updates")
+    total = float(sum(w for _, w in items))
+    if total <= 0:
+        raise ValueError("client weights must sum to a positive number")
+    keys = items[0][0].keys()
+    out: Arrays = {}
+    for key in keys:
+        acc = np.zeros_like(items[0][0][key], dtype=np.float64)
+        for arrays, w in items:
+            if key not in arrays:
+                raise ValueError(f"a client update lacks array {key!r}")
+            acc += arrays[key].astype(np.float64) * (w / total)
+        out[key] = acc.astype(items[0][0][key].dtype)
+    return out

@@ -1,0 +1,108 @@
+"""The seam between the maths of a method and the federated runtime that drives it.
+
+A method says what the server holds, what each client is sent, what a client does with its own
+data, and how the server folds the replies back in. The runtime (Flower, or the in-process loop
+used by tests) only moves these objects around: it never needs to know which method it runs.
+
+Everything that crosses the client/server boundary is a ``dict[str, numpy.ndarray]`` (so it maps
+one-to-one onto Flower ``ArrayRecord`` / ``MetricRecord`` contents and can be measured in bytes),
+plus plain scalars in ``metrics``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fedvpa.embeddings.tensors import ClientTensors, PairTensors
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back after local training: never text, embeddings or labels."""
+
+    arrays: Arrays  # updated shared weights
+    num_examples: int  # FedAvg weight n_i
+    stats: Arrays = field(default_factory=dict)  # e.g. {"mu": [d], "sigma2": [d]} (2d floats)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ServerState:
+    """Everything the server keeps between rounds (checkpointed as a whole)."""
+
+    arrays: Arrays  # the global shared weights
+    extra: Arrays = field(default_factory=dict)  # e.g. prior store, prototype labels
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able bookkeeping
+
+
+class Predictor(Protocol):
+    """The evaluation seam any method plugs into.
+
+    ``prob_a_preferred(client, pairs)`` returns P(A preferred) for ``pairs`` of ``client``. A
+    personalised method may read ``client.context`` (labelled pairs) but never ``pairs``' labels.
+    """
+
+    def prob_a_preferred(self, client: ClientTensors, pairs: PairTensors) -> torch.Tensor: ...
+
+
+class FederatedMethod(ABC):
+    """One federated learning method. Pure with respect to I/O: the runtime does the messaging."""
+
+    name: str = "method"
+
+    @abstractmethod
+    def init_server_state(self, seed: int) -> ServerState:
+        """Fresh global weights and server-side stores, deterministic in ``seed``."""
+
+    def plan_round(
+        self, state: ServerState, client_ids: Sequence[int], server_round: int
+    ) -> ServerState:
+        """Called once per round with the sampled clients, before any payload is built.
+
+        A method that coordinates the sampled clients (FedBiscuit's balanced groups) decides
+        here and keeps the decision in the returned state; most methods need nothing.
+        """
+        return state
+
+    def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
+        """Evaluation-time latent of a client (``{"mu", "logvar"}``) for diagnostics; ``{}`` if
+        the method has no latent."""
+        return {}
+
+    def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
+        """Per-client extras sent with the shared weights (prior components, prototype label)."""
+        return {}
+
+    @abstractmethod
+    def client_train(
+        self,
+        global_arrays: Arrays,
+        payload: Arrays,
+        client: ClientTensors,
+        client_state: Arrays,
+        server_round: int,
+        seed: int,
+    ) -> tuple[ClientUpdate, Arrays]:
+        """Local steps on the client's own data.
+
+        ``client_state`` is the client's private state from earlier rounds (empty at first); the
+        second return value replaces it. It stays on the client (Flower ``Context.state``).
+        """
+
+    @abstractmethod
+    def aggregate(
+        self, state: ServerState, updates: Sequence[tuple[int, ClientUpdate]], server_round: int
+    ) -> ServerState:
+        """Fold the replies of one round (client id, update) into a new server state."""
+
+    @abstractmethod
+    def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
+        """A predictor built from the global weights (and, if given, a client's private state)."""

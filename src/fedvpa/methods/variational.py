@@ -1,0 +1,241 @@
+"""FedVPL, FedVPA-GP and their ablations: one latent model, two switches.
+
+``prior="mixture"`` turns on the Federated Mixture Prior (the server's store of last round's
+client posteriors, Gumbel-Softmax weights with a private ``pi`` per client) and ``use_ortho`` the
+orthogonal prototypes with server-side balanced k-means labels. FedVPL is both off; FedVPA-GP both
+on. Keeping the variants in one class guarantees the ablations differ in exactly those switches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedvpa.embeddings.tensors import ClientTensors
+from fedvpa.methods.aggregation import weighted_average
+from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor, ServerState
+from fedvpa.methods.local_config import LocalConfig
+from fedvpa.model.config import ModelConfig
+from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrior
+from fedvpa.model.prototypes import assign_prototype_labels
+from fedvpa.model.vpl import VariationalPreferenceModel
+from fedvpa.training.local import VPLPredictor, infer_posterior, train_local
+
+PROTOTYPES_KEY = "prototypes.weight"
+UNKNOWN = -1
+
+
+class VariationalMethod(FederatedMethod):
+    """The latent-preference family; see the module docstring for the switches."""
+
+    def __init__(
+        self,
+        name: str,
+        model: ModelConfig | dict[str, Any] | None = None,
+        local: LocalConfig | dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.cfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {})
+        self.local = local if isinstance(local, LocalConfig) else LocalConfig.from_dict(local or {})
+
+    # ----------------------------------------------------------------------------- server side
+    def _model(self, arrays: Arrays | None = None, seed: int = 0) -> VariationalPreferenceModel:
+        model = VariationalPreferenceModel(self.cfg, seed)
+        if arrays is not None:
+            model.load_shared_state(arrays)
+        return model
+
+    def init_server_state(self, seed: int) -> ServerState:
+        d = self.cfg.latent_dim
+        extra: Arrays = {
+            "prior_mu": np.zeros((0, d), np.float32),
+            "prior_var": np.zeros((0, d), np.float32),
+            "prior_n": np.zeros((0,), np.float32),
+            "prior_ids": np.zeros((0,), np.int64),
+            "known_ids": np.zeros((0,), np.int64),  # every client whose posterior mean we know
+            "known_mu": np.zeros((0, d), np.float32),
+            "labels": np.zeros((0,), np.int64),  # prototype label per known client
+        }
+        return ServerState(arrays=self._model(seed=seed).shared_state(), extra=extra)
+
+    def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
+        extra = state.extra
+        label = UNKNOWN
+        hits = np.flatnonzero(extra["known_ids"] == client_id)
+        if self.cfg.use_ortho and hits.size and extra["labels"].size:
+            label = int(extra["labels"][hits[0]])
+        payload: Arrays = {
+            "proto_label": np.array([label], np.int64),
+            "tau": np.array([self.cfg.tau_at(server_round, self.local.num_rounds)], np.float32),
+        }
+        if self.cfg.prior == "mixture":
+            for key in ("prior_mu", "prior_var", "prior_n", "prior_ids"):
+                payload[key] = extra[key]
+        return payload
+
+    def aggregate(
+        self, state: ServerState, updates: Sequence[tuple[int, ClientUpdate]], server_round: int
+    ) -> ServerState:
+        updates = sorted(updates, key=lambda item: item[0])  # reply order must not matter
+        arrays = weighted_average([(u.arrays, float(u.num_examples)) for _, u in updates])
+        ids = np.array([cid for cid, _ in updates], np.int64)
+        mus = np.stack([u.stats["mu"] for _, u in updates]).astype(np.float32)
+        extra = dict(state.extra)
+        # The mixture prior of the next round is made of exactly this round's posteriors.
+        extra["prior_ids"] = ids
+        extra["prior_mu"] = mus
+        extra["prior_var"] = np.stack([u.stats["sigma2"] for _, u in updates]).astype(np.float32)
+        extra["prior_n"] = np.array([u.num_examples for _, u in updates], np.float32)
+        known = {int(c): m for c, m in zip(extra["known_ids"], extra["known_mu"], strict=True)}
+        known.update({int(c): m for c, m in zip(ids, mus, strict=True)})
+        order = sorted(known)
+        extra["known_ids"] = np.array(order, np.int64)
+        extra["known_mu"] = np.stack([known[c] for c in order]).astype(np.float32)
+        if self.cfg.use_ortho and len(order) >= self.cfg.num_prototypes:
+            extra["labels"] = assign_prototype_labels(
+                extra["known_mu"], arrays[PROTOTYPES_KEY], seed=server_round
+            ).astype(np.int64)
+        info = dict(state.info)
+        info["prior_components"] = len(ids)
+        return ServerState(arrays=arrays, extra=extra, info=info)
+
+    # ----------------------------------------------------------------------------- client side
+    def _prior(self, payload: Arrays, client_id: int, client_state: Arrays) -> Prior:
+        if self.cfg.prior != "mixture" or payload.get("prior_n", np.zeros(0)).size == 0:
+            return StandardNormalPrior()
+        ids = payload["prior_ids"]
+        n = payload["prior_n"].astype(np.float64)
+        # pi is private and indexed by component owner, so it survives the store changing
+        # membership from round to round; a new component starts at log(n_j / sum n).
+        init = np.log(n / n.sum())
+        stored = dict(
+            zip(
+                client_state.get("pi_ids", np.zeros(0, np.int64)).tolist(),
+                client_state.get("pi_logits", np.zeros(0, np.float32)).tolist(),
+                strict=True,
+            )
+        )
+        pi = np.array([stored.get(int(j), init[i]) for i, j in enumerate(ids)], np.float32)
+        exclude = None
+        if self.cfg.exclude_own_component:
+            own = np.flatnonzero(ids == client_id)
+            if own.size and ids.size > 1:
+                exclude = int(own[0])
+        return FederatedMixturePrior(
+            torch.as_tensor(payload["prior_mu"]),
+            torch.as_tensor(payload["prior_var"]),
+            torch.as_tensor(payload["prior_n"]),
+            tau=float(payload["tau"][0]),
+            estimator=self.cfg.kl_estimator,
+            num_samples=self.cfg.kl_samples,
+            exclude=exclude,
+            pi_init=torch.as_tensor(pi),
+        )
+
+    def client_train(
+        self,
+        global_arrays: Arrays,
+        payload: Arrays,
+        client: ClientTensors,
+        client_state: Arrays,
+        server_round: int,
+        seed: int,
+    ) -> tuple[ClientUpdate, Arrays]:
+        model = self._model(global_arrays)
+        prior = self._prior(payload, client.client_id, client_state)
+        label: int | None = None
+        if self.cfg.use_ortho:
+            label = int(payload.get("proto_label", np.array([UNKNOWN]))[0])
+            if label == UNKNOWN:  # before the server's first assignment: nearest prototype
+                mu, _ = infer_posterior(model, client.labelled)
+                label = int(model.prototypes.nearest(mu.unsqueeze(0))[0])
+        result = train_local(
+            model,
+            prior,
+            client,
+            label,
+            self.cfg,
+            steps=self.local.local_steps,
+            lr=self.local.lr,
+            batch_size=self.local.batch_size,
+            seed=seed,
+        )
+        new_state = dict(client_state)
+        if isinstance(prior, FederatedMixturePrior):
+            merged = dict(
+                zip(
+                    client_state.get("pi_ids", np.zeros(0, np.int64)).tolist(),
+                    client_state.get("pi_logits", np.zeros(0, np.float32)).tolist(),
+                    strict=True,
+                )
+            )
+            logits = prior.pi_logits.detach().numpy()
+            merged.update(
+                {int(j): float(v) for j, v in zip(payload["prior_ids"], logits, strict=True)}
+            )
+            keys = sorted(merged)
+            new_state["pi_ids"] = np.array(keys, np.int64)
+            new_state["pi_logits"] = np.array([merged[k] for k in keys], np.float32)
+        new_state["rounds_trained"] = np.array(
+            [int(client_state.get("rounds_trained", np.zeros(1))[0]) + 1], np.int64
+        )
+        metrics = dict(result.metrics)
+        if label is not None:
+            metrics["proto_label"] = float(label)
+        update = ClientUpdate(
+            arrays=model.shared_state(),
+            num_examples=result.num_examples,
+            stats={
+                "mu": result.mu_bar.numpy().astype(np.float32),
+                "sigma2": result.sigma2_bar.numpy().astype(np.float32),
+            },
+            metrics=metrics,
+        )
+        return update, new_state
+
+    def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
+        model = self._model(global_arrays)
+        model.eval()
+        return VPLPredictor(model)
+
+    def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
+        """The evaluation posterior of a client (for KL, active units and the latent plot)."""
+        model = self._model(global_arrays)
+        mu, logvar = infer_posterior(model, client)
+        return {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
+
+
+VARIANTS = {
+    "fedvpl": {"prior": "standard", "use_ortho": False},
+    "fedvpl+ortho": {"prior": "standard", "use_ortho": True},
+    "fedvpl+gp": {"prior": "mixture", "use_ortho": False},
+    "fedvpa-gp": {"prior": "mixture", "use_ortho": True},
+}
+
+
+def make_variant(
+    variant: str, model: dict[str, Any] | None = None, local: dict[str, Any] | None = None
+) -> VariationalMethod:
+    cfg = ModelConfig.from_dict(model or {})
+    cfg = replace(cfg, **VARIANTS[variant])
+    return VariationalMethod(variant, cfg, local)
+
+
+def fedvpl(model: dict[str, Any] | None = None, local: dict[str, Any] | None = None):
+    return make_variant("fedvpl", model, local)
+
+
+def fedvpl_ortho(model: dict[str, Any] | None = None, local: dict[str, Any] | None = None):
+    return make_variant("fedvpl+ortho", model, local)
+
+
+def fedvpl_gp(model: dict[str, Any] | None = None, local: dict[str, Any] | None = None):
+    return make_variant("fedvpl+gp", model, local)
+
+
+def fedvpa_gp(model: dict[str, Any] | None = None, local: dict[str, Any] | None = None):
+    return make_variant("fedvpa-gp", model, local)

@@ -1,0 +1,214 @@
+"""Priors over the latent preference ``z``: ``N(0, I)`` and the Federated Mixture Prior.
+
+The maths is in small pure functions (tested against closed forms); the two prior classes only
+hold state. Every KL is returned per client (shape ``[B]``), summed over latent dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fedvpa.errors import ConfigError
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, e^logvar) || N(0, I))`` summed over the last dimension."""
+    return 0.5 * (torch.exp(logvar) + mu.pow(2) - 1.0 - logvar).sum(dim=-1)
+
+
+def kl_gaussians(
+    mu_q: torch.Tensor, var_q: torch.Tensor, mu_p: torch.Tensor, var_p: torch.Tensor
+) -> torch.Tensor:
+    """``KL(N(mu_q, var_q) || N(mu_p, var_p))`` for diagonal Gaussians, summed over the last dim."""
+    return 0.5 * (
+        torch.log(var_p) - torch.log(var_q) + (var_q + (mu_q - mu_p).pow(2)) / var_p - 1.0
+    ).sum(dim=-1)
+
+
+def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """``log N(z; mu, diag var)`` summed over the last dimension (arguments broadcast)."""
+    return -0.5 * (LOG_2PI + torch.log(var) + (z - mu).pow(2) / var).sum(dim=-1)
+
+
+def sample_gumbel(
+    shape: torch.Size | tuple[int, ...], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Standard Gumbel noise ``-log(-log U)``, with U kept away from 0 and 1."""
+    u = torch.rand(shape, generator=generator).clamp(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def gumbel_softmax_weights(
+    logits: torch.Tensor,
+    tau: float,
+    generator: torch.Generator | None = None,
+    noise: bool = True,
+) -> torch.Tensor:
+    """``softmax((logits + g) / tau)`` over the last dimension; ``noise=False`` drops ``g`` (eval).
+
+    ``-inf`` logits (excluded components) keep weight exactly 0.
+    """
+    if tau <= 0:
+        raise ConfigError(f"must be > 0, got {tau!r}", field="tau")
+    if noise:
+        logits = logits + sample_gumbel(logits.shape, generator).to(logits)
+    return torch.softmax(logits / tau, dim=-1)
+
+
+def mixture_kl_monte_carlo(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    comp_mu: torch.Tensor,
+    comp_var: torch.Tensor,
+    log_w: torch.Tensor,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MC estimate of ``KL(q || sum_j w_j N(mu_j, var_j))`` per client.
+
+    ``mu, logvar [B, d]``; ``comp_mu, comp_var [J, d]``; ``log_w`` broadcastable to
+    ``[S, B, J]`` (``[J]``, ``[B, J]`` or per-sample ``[S, B, J]``). Samples are reparameterised so
+    the estimate is differentiable in ``mu``, ``logvar`` and ``log_w``:
+    ``mean_s [log q(z_s) - logsumexp_j(log w_j + log N(z_s; mu_j, var_j))]``.
+    """
+    var = torch.exp(logvar)
+    eps = torch.randn((num_samples, *mu.shape), generator=generator).to(mu)
+    z = mu.unsqueeze(0) + var.sqrt().unsqueeze(0) * eps  # [S, B, d]
+    log_q = log_normal_diag(z, mu.unsqueeze(0), var.unsqueeze(0))  # [S, B]
+    log_comp = log_normal_diag(z.unsqueeze(-2), comp_mu, comp_var)  # [S, B, J]
+    log_p = torch.logsumexp(log_w + log_comp, dim=-1)  # [S, B]
+    return (log_q - log_p).mean(dim=0)
+
+
+def mixture_kl_upper_bound(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    comp_mu: torch.Tensor,
+    comp_var: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_j w_j KL(q || N_j)`` per client: an upper bound on the mixture KL (convexity of KL).
+
+    ``weights`` broadcastable to ``[B, J]``. Components with weight 0 contribute exactly 0.
+    """
+    var = torch.exp(logvar)
+    kl_j = kl_gaussians(mu.unsqueeze(-2), var.unsqueeze(-2), comp_mu, comp_var)  # [B, J]
+    return (weights * kl_j).sum(dim=-1)
+
+
+class StandardNormalPrior(nn.Module):
+    """``N(0, I)``: the FedVPL prior, closed-form KL, no parameters."""
+
+    def kl(
+        self,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        training: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return kl_standard_normal(mu, logvar)
+
+
+class FederatedMixturePrior(nn.Module):
+    """``p(z) = sum_j w_j N(mu_j, var_j)`` over the previous round's client posteriors.
+
+    ``pi_logits`` is the client's private, learnable ``log pi`` (never averaged); it starts at
+    ``log(n_j / sum n)`` unless ``pi_init`` carries the client's earlier value for the same
+    components. With no components (round 1) or every component excluded the prior is ``N(0, I)``.
+    ``exclude`` removes one component (the client's own earlier posterior) from the mixture.
+    """
+
+    def __init__(
+        self,
+        comp_mu: torch.Tensor,
+        comp_var: torch.Tensor,
+        comp_n: torch.Tensor,
+        tau: float = 1.0,
+        estimator: str = "mc",
+        num_samples: int = 8,
+        exclude: int | None = None,
+        pi_init: torch.Tensor | None = None,
+        var_floor: float = 1e-4,
+    ):
+        super().__init__()
+        comp_mu = torch.as_tensor(comp_mu, dtype=torch.float32)
+        comp_var = torch.as_tensor(comp_var, dtype=torch.float32)
+        comp_n = torch.as_tensor(comp_n, dtype=torch.float32).reshape(-1)
+        num = comp_n.shape[0]
+        if comp_mu.dim() != 2 or comp_mu.shape[0] != num or comp_var.shape != comp_mu.shape:
+            raise ConfigError(
+                f"prior components disagree: mu {tuple(comp_mu.shape)}, var "
+                f"{tuple(comp_var.shape)}, n {tuple(comp_n.shape)}",
+                field="prior",
+            )
+        if estimator not in ("mc", "upper-bound"):
+            raise ConfigError(f"unknown KL estimator {estimator!r}", field="kl_estimator")
+        if tau <= 0:
+            raise ConfigError(f"must be > 0, got {tau!r}", field="tau")
+        if num and bool((comp_n <= 0).any()):
+            raise ConfigError("component sizes n_j must be positive", field="prior")
+        if exclude is not None and not 0 <= exclude < num:
+            raise ConfigError(f"exclude index {exclude} outside 0..{num - 1}", field="prior")
+        self.register_buffer("comp_mu", comp_mu)
+        self.register_buffer("comp_var", comp_var.clamp_min(var_floor))
+        self.register_buffer("comp_n", comp_n)
+        mask = torch.ones(num, dtype=torch.bool)
+        if exclude is not None:
+            mask[exclude] = False
+        self.register_buffer("comp_mask", mask)
+        if pi_init is None:
+            init = torch.log(comp_n / comp_n.sum()) if num else torch.zeros(0)
+        else:
+            init = torch.as_tensor(pi_init, dtype=torch.float32).reshape(-1)
+            if init.shape[0] != num:
+                raise ConfigError(
+                    f"pi_init has {init.shape[0]} entries for {num} components", field="prior"
+                )
+        self.pi_logits = nn.Parameter(init.clone())
+        self.tau = float(tau)
+        self.estimator = estimator
+        self.num_samples = int(num_samples)
+
+    @property
+    def num_components(self) -> int:
+        return int(self.comp_mask.sum())
+
+    def masked_logits(self) -> torch.Tensor:
+        return self.pi_logits.masked_fill(~self.comp_mask, float("-inf"))
+
+    def weights(self, training: bool = False, generator: torch.Generator | None = None):
+        """Mixture weights ``w`` (Gumbel noise only when training)."""
+        return gumbel_softmax_weights(self.masked_logits(), self.tau, generator, noise=training)
+
+    def kl(
+        self,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        training: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if self.num_components == 0:
+            return kl_standard_normal(mu, logvar)
+        logits = self.masked_logits()
+        batch = mu.shape[0]
+        if self.estimator == "upper-bound":
+            w = gumbel_softmax_weights(
+                logits.expand(batch, -1), self.tau, generator, noise=training
+            )
+            return mixture_kl_upper_bound(mu, logvar, self.comp_mu, self.comp_var, w)
+        shape = (self.num_samples, batch, logits.shape[0])
+        noisy = logits.expand(*shape)
+        if training:
+            noisy = noisy + sample_gumbel(shape, generator).to(noisy)
+        log_w = torch.log_softmax(noisy / self.tau, dim=-1)
+        return mixture_kl_monte_carlo(
+            mu, logvar, self.comp_mu, self.comp_var, log_w, self.num_samples, generator
+        )
+
+
+Prior = StandardNormalPrior | FederatedMixturePrior

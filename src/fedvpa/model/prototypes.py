@@ -1,0 +1,145 @@
+"""Orthogonal prototypes (paper Eq. 9) and the server's balanced prototype assignment.
+
+Clients are spread over ``M`` prototypes by balanced k-means on their posterior means so that no
+prototype is starved (a plain k-means can put every client in one cluster early on, which would
+pull every ``z`` to the same point and collapse the latent space).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import kmeans_plusplus
+from torch import nn
+
+from fedvpa.errors import ConfigError
+
+
+def orthonormal_rows(num: int, dim: int, seed: int) -> torch.Tensor:
+    """``num`` orthonormal rows in R^dim from the QR decomposition of a seeded Gaussian matrix."""
+    if num > dim:
+        raise ConfigError(
+            f"{num} orthogonal prototypes do not fit in {dim} dimensions", field="num_prototypes"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(dim, num, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # unique QR: makes the result seed-stable
+    return q.T.contiguous().float()
+
+
+class OrthogonalPrototypes(nn.Module):
+    """``M`` learnable prototypes ``P [M, d]``: orthonormal at init, scaled to radius ``s``."""
+
+    def __init__(self, num: int, dim: int, radius: float = 5.0, seed: int = 0):
+        super().__init__()
+        self.radius = float(radius)
+        self.weight = nn.Parameter(orthonormal_rows(num, dim, seed) * self.radius)
+
+    @property
+    def num(self) -> int:
+        return int(self.weight.shape[0])
+
+    def pull_loss(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``mean ||z - p_y||^2`` over every leading index of ``z [..., B, d]``; ``labels [B]``."""
+        target = self.weight[labels.long()]
+        return (z - target).pow(2).sum(dim=-1).mean()
+
+    def orthonormality_loss(self) -> torch.Tensor:
+        """``||P P^T - s^2 I||_F^2``: zero exactly when the rows are orthogonal with norm ``s``."""
+        gram = self.weight @ self.weight.T
+        eye = torch.eye(self.num, dtype=gram.dtype) * self.radius**2
+        return (gram - eye).pow(2).sum()
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest prototype for each row of ``z [N, d]`` (the fallback label)."""
+        return torch.cdist(z.detach().float(), self.weight.detach()).argmin(dim=-1)
+
+
+def _balanced_assign(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Minimum-cost assignment of points to centroids with cluster sizes ``q`` or ``q + 1``.
+
+    Each centroid gets ``q = N // k`` regular slots and one spare slot. ``k - r`` dummy points
+    (``r = N % k``) may only take spare slots, one per centroid, so exactly ``r`` clusters get
+    ``q + 1`` points and the rest ``q``.
+    """
+    n, k = points.shape[0], centroids.shape[0]
+    q, r = divmod(n, k)
+    dist = ((points[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)  # [N, k]
+    slots = q + 1
+    cost_real = np.repeat(dist, slots, axis=1)  # column c * slots + s -> centroid c
+    big = float(dist.max() + 1.0) * (n + 1) * 10.0
+    dummy = np.full((k - r, k * slots), big)
+    dummy[:, slots - 1 :: slots] = 0.0  # spare slots only
+    cost = np.vstack([cost_real, dummy])
+    rows, cols = linear_sum_assignment(cost)
+    labels = np.empty(n, dtype=np.int64)
+    real = rows < n
+    labels[rows[real]] = cols[real] // slots
+    return labels
+
+
+def balanced_kmeans(
+    points: np.ndarray, k: int, seed: int = 0, iterations: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced k-means: ``(labels [N], centroids [k, d])`` with cluster sizes within 1.
+
+    k-means++ seeding, then alternate balanced assignment (Hungarian on replicated centroid slots)
+    and centroid updates until the labels stop changing.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[0] == 0:
+        raise ValueError(f"balanced_kmeans needs a non-empty [N, d] array, got {points.shape}")
+    if k < 1:
+        raise ConfigError(f"k must be positive, got {k}", field="num_prototypes")
+    n = points.shape[0]
+    if n <= k:
+        labels = np.arange(n, dtype=np.int64)
+        centroids = np.zeros((k, points.shape[1]))
+        centroids[:n] = points
+        return labels, centroids
+    centroids, _ = kmeans_plusplus(points, k, random_state=seed)
+    labels = _balanced_assign(points, centroids)
+    for _ in range(iterations):
+        centroids = np.stack([points[labels == c].mean(axis=0) for c in range(k)])
+        new = _balanced_assign(points, centroids)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels, centroids
+
+
+def match_clusters_to_prototypes(centroids: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """``perm[c]`` = prototype index of cluster ``c`` (Hungarian on squared distances)."""
+    centroids = np.asarray(centroids, dtype=np.float64)
+    prototypes = np.asarray(prototypes, dtype=np.float64)
+    if centroids.shape != prototypes.shape:
+        raise ValueError(
+            f"{centroids.shape[0]} clusters cannot be matched to {prototypes.shape[0]} prototypes"
+        )
+    cost = ((centroids[:, None, :] - prototypes[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty(len(rows), dtype=np.int64)
+    perm[rows] = cols
+    return perm
+
+
+def assign_prototype_labels(client_mu: np.ndarray, prototypes: np.ndarray, seed: int = 0):
+    """Prototype label of each client: balanced k-means (k = M), clusters matched to prototypes."""
+    prototypes = np.asarray(prototypes, dtype=np.float64)
+    labels, centroids = balanced_kmeans(client_mu, prototypes.shape[0], seed)
+    if np.asarray(client_mu).shape[0] < prototypes.shape[0]:
+        # Too few clients to cluster: each one is its own cluster, so nearest-free matching.
+        cost = ((np.asarray(client_mu)[:, None, :] - prototypes[None]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        out = np.empty(len(rows), dtype=np.int64)
+        out[rows] = cols
+        return out
+    return match_clusters_to_prototypes(centroids, prototypes)[labels]
+
+
+def nearest_prototype_labels(client_mu: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Fallback for clients the server has not labelled yet: the nearest prototype."""
+    client_mu = np.asarray(client_mu, dtype=np.float64)
+    prototypes = np.asarray(prototypes, dtype=np.float64)
+    return ((client_mu[:, None, :] - prototypes[None]) ** 2).sum(-1).argmin(axis=1)

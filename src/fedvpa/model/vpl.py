@@ -1,0 +1,85 @@
+"""The variational preference model: every weight the server shares (and FedAvg averages).
+
+What is *not* here is private to a client: the mixture prior's ``pi`` and the prototype label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedvpa.errors import ConfigError
+from fedvpa.model.config import ModelConfig
+from fedvpa.model.encoder import PairFeature, SetEncoder
+from fedvpa.model.prototypes import OrthogonalPrototypes
+from fedvpa.model.selector import LogitBiasSelector, RewardSelector
+
+
+class VariationalPreferenceModel(nn.Module):
+    """Pair feature ``g``, set encoder ``q(z | C)``, z-conditioned selector and prototypes."""
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.feature = PairFeature(cfg.input_dim, cfg.hidden_dim, cfg.feature_dim, cfg.dropout)
+            self.encoder = SetEncoder(
+                cfg.feature_dim,
+                cfg.latent_dim,
+                kind=cfg.encoder,
+                heads=cfg.attention_heads,
+                dropout=cfg.dropout,
+                logvar_min=cfg.logvar_min,
+                logvar_max=cfg.logvar_max,
+            )
+            if cfg.selector == "reward":
+                self.selector: nn.Module = RewardSelector(
+                    cfg.feature_dim, cfg.latent_dim, cfg.selector_hidden, cfg.dropout
+                )
+            else:
+                self.selector = LogitBiasSelector(cfg.feature_dim, cfg.latent_dim)
+        self.prototypes = OrthogonalPrototypes(
+            cfg.num_prototypes, cfg.latent_dim, cfg.prototype_radius, seed
+        )
+
+    def posterior(
+        self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar) [B, d]`` of ``q(z | C)`` from oriented context pairs ``[B, K, D]``."""
+        oriented = self.feature.pair(ctx_chosen, ctx_rejected)
+        return self.encoder(oriented, mask)
+
+    def logit(self, emb_a: torch.Tensor, emb_b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``logit P(A preferred | z)``; ``z [..., d]`` broadcasts against ``emb_a [..., D]``."""
+        return self.selector(self.feature(emb_a), self.feature(emb_b), z)
+
+    def shared_state(self) -> dict[str, np.ndarray]:
+        """Every shared parameter and buffer as float32 numpy copies, keyed by state-dict name."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.state_dict().items()}
+
+    def load_shared_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load arrays made by ``shared_state`` (of a model with the same config)."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(arrays))
+        extra = sorted(set(arrays) - set(own))
+        if missing or extra:
+            name = (missing or extra)[0]
+            raise ConfigError(
+                f"shared state does not match the model: {len(missing)} missing, "
+                f"{len(extra)} unexpected arrays",
+                field=name,
+            )
+        new = {}
+        for key, ref in own.items():
+            value = torch.as_tensor(np.asarray(arrays[key]))
+            if tuple(value.shape) != tuple(ref.shape):
+                raise ConfigError(
+                    f"shape {tuple(value.shape)} != expected {tuple(ref.shape)}", field=key
+                )
+            new[key] = value.to(ref.dtype)
+        self.load_state_dict(new)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

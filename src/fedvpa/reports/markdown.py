@@ -1,0 +1,267 @@
+"""``report.md`` of a comparison: configuration, tables, computed findings, definitions, figures.
+
+The findings are generated from the numbers by fixed rules (who is ahead, by how much, whether
+the gap exceeds the seeds' spread, collapse thresholds), never written by hand, so a report
+cannot say more than its own table supports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedvpa.reports.aggregate import COLLAPSE_KL, Stat, summarise, validate_results
+from fedvpa.reports.plots import plot_accuracy_per_round, plot_k_curve, plot_latents
+
+DASH = "–"
+TIE_POINTS = 0.05  # a gap that rounds to 0.0 points is reported as a tie
+COMPARISONS: tuple[tuple[str, str], ...] = (("fedvpa-gp", "fedvpl"), ("fedvpl", "fedavg-bt"))
+FIGURES: tuple[tuple[str, str], ...] = (
+    ("accuracy_per_round.png", "Macro accuracy per round"),
+    ("latents.png", "Client posterior means (PCA)"),
+    ("k_curve.png", "Unseen-client accuracy vs context size k"),
+)
+
+DEFINITIONS = """\
+- **Macro accuracy**: accuracy computed per user type, then averaged without weights, so a
+  majority type cannot hide a neglected one. Every test pair is scored in both A/B orders and the
+  two are averaged, so a position bias cannot pass for preference.
+- **Seen**: clients that took part in training; their test pairs were held out of training.
+- **Unseen**: clients that never trained; their latent z is inferred from their context pairs only,
+  then their held-out pairs are scored.
+- **Conflict**: accuracy on the pairs on which the user types disagree (synthetic data only; – on
+  data without that label). Any non-personalised model scores about 50% there.
+- **KL**: mean KL(q(z | C) || prior) of the client posteriors. Near 0 means z carries nothing.
+- **Active units**: latent dimensions k with Var over clients of E_q[z_k] > 0.01.
+- **mean ± std**: over seeds, sample std (ddof=1); a value without ± comes from a single seed, whose
+  spread is unknown. – means not measured for that method.
+"""
+
+
+def fmt_stat(stat: Stat, *, scale: float = 1.0, decimals: int = 1) -> str:
+    """``71.3 ± 1.2``; the mean alone with one seed; a dash when nothing was measured."""
+    if stat["mean"] is None:
+        return DASH
+    mean = f"{scale * stat['mean']:.{decimals}f}"
+    if stat["std"] is None:
+        return mean
+    return f"{mean} ± {scale * stat['std']:.{decimals}f}"
+
+
+def fmt_pct(stat: Stat) -> str:
+    return fmt_stat(stat, scale=100.0, decimals=1)
+
+
+def _method_label(method: str, entry: Mapping[str, Any]) -> str:
+    return f"{method} (ref.)" if entry["reference"] else method
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_table(summary: Mapping[str, Any]) -> str:
+    """The main table (one row per method, accuracies in percent), reusable in the README."""
+    types = summary["user_types"]
+    header = ["method", "seeds", "seen macro", "unseen macro"]
+    header += [f"seen {t}" for t in types]
+    header += ["conflict (seen)", "KL", "active units", "time (s)"]
+    rows = []
+    for method in summary["methods"]:
+        e = summary["per_method"][method]
+        row = [_method_label(method, e), str(e["n_seeds"]), fmt_pct(e["seen_macro"])]
+        row.append(fmt_pct(e["unseen_macro"]))
+        row += [fmt_pct(e["seen_per_type"][t]) for t in types]
+        row += [fmt_pct(e["seen_conflict"]), fmt_stat(e["kl"], decimals=2)]
+        row += [fmt_stat(e["active_units"]), fmt_stat(e["seconds"], decimals=1)]
+        rows.append(row)
+    return _markdown_table(header, rows)
+
+
+def render_unseen_table(summary: Mapping[str, Any]) -> str:
+    """Unseen clients per type, plus the latent-quality and communication columns."""
+    types = summary["user_types"]
+    header = ["method"] + [f"unseen {t}" for t in types]
+    header += ["conflict (unseen)", "silhouette", "bytes up / client / round"]
+    rows = []
+    for method in summary["methods"]:
+        e = summary["per_method"][method]
+        row = [_method_label(method, e)] + [fmt_pct(e["unseen_per_type"][t]) for t in types]
+        row += [fmt_pct(e["unseen_conflict"]), fmt_stat(e["silhouette"], decimals=2)]
+        row.append(fmt_stat(e["bytes_up_per_client_round"], decimals=0))
+        rows.append(row)
+    return _markdown_table(header, rows)
+
+
+def _compare(summary: Mapping[str, Any], a: str, b: str, metric: str, label: str) -> str | None:
+    per = summary["per_method"]
+    if a not in per or b not in per:
+        return None
+    sa, sb = per[a][metric], per[b][metric]
+    if sa["mean"] is None or sb["mean"] is None:
+        return None
+    ma, mb = 100 * sa["mean"], 100 * sb["mean"]
+    diff = ma - mb
+    values = f"({ma:.1f} vs {mb:.1f})"
+    if abs(diff) < TIE_POINTS:
+        head = f"**{a}** and **{b}** are level in {label} {values}"
+    else:
+        where = "ahead of" if diff > 0 else "behind"
+        head = f"**{a}** is {where} **{b}** in {label} by {abs(diff):.1f} points {values}"
+    if sa["std"] is None or sb["std"] is None:
+        return head + "; one of them has a single seed, so there is no spread to judge it against."
+    combined = 100 * math.sqrt(sa["std"] ** 2 + sb["std"] ** 2)
+    if abs(diff) > combined:
+        return head + f"; the gap exceeds the combined std ({combined:.1f} points)."
+    return head + f"; the gap is within the combined std ({combined:.1f} points): not resolved."
+
+
+def _oracle_gaps(summary: Mapping[str, Any], metric: str, label: str) -> str | None:
+    per = summary["per_method"]
+    if "oracle" not in per or per["oracle"][metric]["mean"] is None:
+        return None
+    ref = 100 * per["oracle"][metric]["mean"]
+    parts = [
+        f"{m} {100 * per[m][metric]['mean'] - ref:+.1f}"
+        for m in summary["methods"]
+        if m != "oracle" and per[m][metric]["mean"] is not None
+    ]
+    if not parts:
+        return None
+    return f"Gap to the oracle ({ref:.1f}) in {label}, in points: " + ", ".join(parts) + "."
+
+
+def _best(summary: Mapping[str, Any], metric: str, label: str) -> str | None:
+    per = summary["per_method"]
+    scored = [
+        (per[m][metric]["mean"], m)
+        for m in summary["methods"]
+        if not per[m]["reference"] and per[m][metric]["mean"] is not None
+    ]
+    if not scored:
+        return None
+    top = max(v for v, _ in scored)
+    winners = [m for v, m in scored if 100 * (top - v) < TIE_POINTS]
+    names = " and ".join(f"**{m}**" for m in winners)
+    return f"Best federated method in {label}: {names} ({100 * top:.1f})."
+
+
+def _collapse(summary: Mapping[str, Any]) -> list[str]:
+    per = summary["per_method"]
+    out = []
+    for m in summary["methods"]:
+        seeds = per[m]["collapsed_seeds"]
+        if seeds:
+            out.append(
+                f"Posterior collapse in **{m}** (KL < {COLLAPSE_KL} or 0 active units) for "
+                f"{len(seeds)} of {per[m]['n_seeds']} seeds ({', '.join(map(str, seeds))}): "
+                f"KL {fmt_stat(per[m]['kl'], decimals=3)}, "
+                f"active units {fmt_stat(per[m]['active_units'])}."
+            )
+    measured = [m for m in summary["methods"] if per[m]["kl"]["n"] or per[m]["active_units"]["n"]]
+    if measured and not out:
+        out.append(
+            f"No posterior collapse: every run that reports them has KL ≥ {COLLAPSE_KL} and at "
+            f"least one active unit ({', '.join(measured)})."
+        )
+    return out
+
+
+def compute_findings(summary: Mapping[str, Any]) -> list[str]:
+    """Plain statements derived from the summary by fixed rules, in a fixed order."""
+    found: list[str | None] = []
+    for metric, label in (
+        ("seen_macro", "seen macro accuracy"),
+        ("unseen_macro", "unseen macro accuracy"),
+    ):
+        found += [_compare(summary, a, b, metric, label) for a, b in COMPARISONS]
+    for metric, label in (
+        ("seen_macro", "seen macro accuracy"),
+        ("unseen_macro", "unseen macro accuracy"),
+    ):
+        found.append(_best(summary, metric, label))
+        found.append(_oracle_gaps(summary, metric, label))
+    found += _collapse(summary)
+    return [f for f in found if f is not None]
+
+
+def _config_section(config: Mapping[str, Any], seeds: Sequence[int]) -> str:
+    def get(key: str) -> str:
+        value = config.get(key)
+        return DASH + " (not recorded)" if value is None else str(value)
+
+    lines = [
+        f"- data: `{get('data')}`",
+        f"- clients: {get('num-clients')} (fraction unseen: {get('fraction-unseen')}, "
+        f"per round: {get('clients-per-round')})",
+        f"- rounds: {get('num-server-rounds')}",
+        f"- seeds: {', '.join(map(str, seeds))} ({len(seeds)})",
+        f"- backbone: `{get('backbone')}`",
+    ]
+    rows = [[f"`{k}`", f"`{json.dumps(v)}`"] for k, v in sorted(config.items())]
+    full = _markdown_table(["key", "value"], rows) if rows else "(empty)\n"
+    return (
+        "\n".join(lines)
+        + "\n\n<details><summary>Full configuration</summary>\n\n"
+        + full
+        + "\n</details>\n"
+    )
+
+
+def render_report(
+    results: Mapping[str, Any], summary: Mapping[str, Any], figures: Mapping[str, Path | None]
+) -> str:
+    """The text of report.md; ``figures`` maps each file name in FIGURES to its path or None."""
+    parts = [
+        "# FedVPA comparison report\n",
+        "## Configuration\n",
+        _config_section(results["config"], summary["seeds"]),
+        "## Results\n",
+        "Accuracies in percent, mean ± std over seeds. (ref.) marks the references, which see "
+        "pooled data and are not federated.\n",
+        render_table(summary),
+        "\n### Unseen clients, latent and communication\n",
+        render_unseen_table(summary),
+        "\n## Findings\n",
+    ]
+    findings = compute_findings(summary)
+    parts.append("\n".join(f"- {f}" for f in findings) + "\n" if findings else "- (none)\n")
+    parts += ["\n## Metric definitions\n", DEFINITIONS, "\n## Figures\n"]
+    for name, caption in FIGURES:
+        if figures.get(name) is not None:
+            parts.append(f"### {caption}\n\n![{caption}]({name})\n")
+        else:
+            parts.append(f"### {caption}\n\nNothing recorded to plot.\n")
+    return "\n".join(parts)
+
+
+def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Write results.json, the figures and report.md into ``out_dir``; returns report.md's path.
+
+    The input is validated before anything is written, so a malformed dict leaves no half report.
+    A figure with nothing to plot is deleted if an earlier report left one of that name.
+    """
+    validate_results(results)
+    summary = summarise(results)
+    text = json.dumps(results, indent=2, allow_nan=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(text + "\n", encoding="utf-8")
+    drawers = {
+        "accuracy_per_round.png": plot_accuracy_per_round,
+        "latents.png": plot_latents,
+        "k_curve.png": plot_k_curve,
+    }
+    figures: dict[str, Path | None] = {}
+    for name, draw in drawers.items():
+        figures[name] = draw(results, out / name)
+        if figures[name] is None:
+            (out / name).unlink(missing_ok=True)
+    report = out / "report.md"
+    report.write_text(render_report(results, summary, figures), encoding="utf-8")
+    return report

@@ -1,0 +1,169 @@
+"""``fedvpa run``: prepare the data once, run the method and its baseline on Flower, summarise.
+
+The experiment folder holds ``config.json`` (every key and the seed), one Flower run folder per
+method (``metrics.jsonl``, checkpoints, ``final.json``) and ``summary.json``. Each method's run is
+resumable on its own, so a killed experiment loses at most the round in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from fedvpa.errors import ConfigError
+from fedvpa.experiment import ExperimentConfig, prepare_clients
+from fedvpa.federation import checkpoint as ckpt
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+
+def load_run_config(run_dir: Path) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The configuration an experiment folder was started with (for ``--resume``)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError("not an experiment folder (no config.json)", path=str(run_dir))
+    try:
+        recorded = json.loads(path.read_text())
+        flat = dict(recorded["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"unreadable experiment config ({exc})", path=str(path)) from exc
+    flat["seed"] = recorded.get("seed", 0)
+    return ExperimentConfig.from_flat(flat, source=str(path)), flat
+
+
+def _versions() -> dict[str, str]:
+    import flwr
+    import torch
+
+    import fedvpa
+
+    return {
+        "fedvpa": getattr(fedvpa, "__version__", "0"),
+        "flwr": flwr.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def method_results(final: dict[str, Any]) -> dict[str, Any]:
+    """Per-type accuracy (seen / unseen) and diagnostics from a Flower run's ``final.json``."""
+    ev = final.get("eval", {})
+    out: dict[str, Any] = {"seen": {}, "unseen": {}}
+    for key, value in ev.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "eval" and parts[1] in ("seen", "unseen"):
+            out[parts[1]][parts[2]] = value
+        elif (
+            len(parts) == 4 and parts[:2] == ["eval", "conflict"] and parts[2] in ("seen", "unseen")
+        ):
+            out.setdefault("conflict", {}).setdefault(parts[2], {})[parts[3]] = value
+    for name in ("kl", "active_units", "silhouette"):
+        out[name] = ev.get(f"eval/{name}")
+    out["rounds"] = final.get("final_round")
+    out["bytes_up_total"] = final.get("bytes_up_total")
+    out["bytes_down_total"] = final.get("bytes_down_total")
+    out["failures_total"] = final.get("failures_total")
+    return out
+
+
+def run_experiment(
+    exp: ExperimentConfig, seed: int, out: Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run ``exp.federation.method`` (and its baseline) on the same prepared clients."""
+    from fedvpa.federation.runtime import run_federated
+
+    out = Path(out)
+    if not resume and (out / CONFIG_FILE).exists():
+        raise ConfigError(
+            "experiment folder already exists: pass --resume to continue it, or choose --out",
+            path=str(out),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        ckpt.write_json(
+            out / CONFIG_FILE, {"config": exp.to_flat(), "seed": seed, "versions": _versions()}
+        )
+    t0 = time.perf_counter()
+    prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
+    prep_seconds = time.perf_counter() - t0
+    fed = exp.federation
+    methods = [fed.method] + ([fed.baseline] if fed.baseline and fed.baseline != fed.method else [])
+    kwargs = exp.method_kwargs(prepared.clients[0].context.dim)
+    results: dict[str, Any] = {
+        "seed": seed,
+        "out": str(out),
+        "data": exp.data.data,
+        "num_clients": len(prepared.clients),
+        "user_types": list(prepared.partition.user_types),
+        "prepare_seconds": round(prep_seconds, 1),
+        "methods": {},
+    }
+    for name in methods:
+        run_dir = out / name
+        final_path = run_dir / ckpt.FINAL_FILE
+        done = (
+            final_path.is_file()
+            and json.loads(final_path.read_text()).get("final_round") == fed.num_server_rounds
+        )
+        if not done:
+            t = time.perf_counter()
+            run_federated(
+                name,
+                kwargs,
+                prepared.path,
+                len(prepared.clients),
+                run_dir,
+                fed.num_server_rounds,
+                fed.clients_per_round,
+                eval_every=fed.eval_every,
+                seed=seed,
+                resume=resume and ckpt.checkpoint_path(run_dir).exists(),
+                min_reply_fraction=fed.min_reply_fraction,
+                client_timeout=fed.client_timeout,
+            )
+            seconds = time.perf_counter() - t
+        else:
+            seconds = None
+        final = json.loads(final_path.read_text())
+        results["methods"][name] = {**method_results(final), "seconds": seconds}
+        ckpt.write_json(out / SUMMARY_FILE, results)  # after each method: nothing is lost
+    return results
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}"
+
+
+def print_run_summary(results: dict[str, Any]) -> str:
+    """A plain-text table: per-type accuracy of each method for seen and unseen clients."""
+    types = results["user_types"]
+    head = ["method", "clients"] + types + ["macro", "conflict", "KL", "active", "time"]
+    rows = []
+    for name, res in results["methods"].items():
+        for group in ("seen", "unseen"):
+            acc = res.get(group, {})
+            conflict = res.get("conflict", {}).get(group, {}).get("macro")
+            rows.append(
+                [name, group]
+                + [_pct(acc.get(t)) for t in types]
+                + [
+                    _pct(acc.get("macro")),
+                    _pct(conflict),
+                    "-" if res.get("kl") is None else f"{res['kl']:.2f}",
+                    "-" if res.get("active_units") is None else f"{res['active_units']:.0f}",
+                    "-" if res.get("seconds") is None else f"{res['seconds']:.0f}s",
+                ]
+            )
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append(
+        f"\nAccuracy in % on held-out test pairs (both A/B orders), {results['num_clients']} "
+        f"clients, data {results['data']}, seed {results['seed']}. Run folder: {results['out']}"
+    )
+    return "\n".join(lines)

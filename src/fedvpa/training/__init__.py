@@ -1,0 +1,1 @@
+"""Optimisation loops shared by every runtime: local steps and pooled-data references."""

@@ -1,0 +1,181 @@
+"""A client's local steps, its moment-matched posterior, and posterior inference at evaluation.
+
+Each step draws a fresh random split of the client's labelled pairs into a context set (read by
+the encoder) and a disjoint query set (scored by the selector), as in VPL, so the model learns
+to predict pairs whose labels ``z`` has never seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fedvpa.embeddings.tensors import ClientTensors, PairTensors
+from fedvpa.model.config import ModelConfig
+from fedvpa.model.diagnostics import moment_match
+from fedvpa.model.objective import local_objective, pad_contexts, pad_queries
+from fedvpa.model.priors import Prior
+from fedvpa.model.vpl import VariationalPreferenceModel
+
+
+@dataclass
+class LocalResult:
+    """What a client reports after its local steps (besides the shared weights in the model)."""
+
+    mu_bar: torch.Tensor  # [d]
+    sigma2_bar: torch.Tensor  # [d]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def split_context_query(
+    n: int, generator: torch.Generator, max_context: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random disjoint (context, query) index sets of ``range(n)``, both non-empty.
+
+    The context size is uniform on ``1 .. n - 1`` (capped at ``max_context``) so the encoder sees
+    every context size it will meet at evaluation.
+    """
+    if n < 2:
+        raise ValueError(f"a context/query split needs at least 2 labelled pairs, got {n}")
+    top = n - 1 if max_context is None else max(1, min(n - 1, max_context))
+    k = int(torch.randint(1, top + 1, (1,), generator=generator))
+    perm = torch.randperm(n, generator=generator)
+    return perm[:k], perm[k:]
+
+
+def posterior_of(
+    model: VariationalPreferenceModel, pairs: PairTensors
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu, logvar) [d]`` of ``q(z | pairs)``."""
+    ctx = pad_contexts([pairs])
+    mu, logvar = model.posterior(ctx.chosen, ctx.rejected, ctx.mask)
+    return mu[0], logvar[0]
+
+
+def context_pairs(client: ClientTensors) -> PairTensors:
+    """The labelled pairs a posterior may read at evaluation: never the test pairs.
+
+    Seen clients use context + train (they trained on them anyway); unseen clients only the
+    few context pairs they revealed.
+    """
+    return client.context if client.unseen else client.labelled
+
+
+def infer_posterior(
+    model: VariationalPreferenceModel, client_or_pairs: ClientTensors | PairTensors
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior of a client at evaluation (no parameter update); ``N(0, I)`` with no pairs."""
+    pairs = (
+        context_pairs(client_or_pairs)
+        if isinstance(client_or_pairs, ClientTensors)
+        else client_or_pairs
+    )
+    d = model.cfg.latent_dim
+    if len(pairs) == 0:
+        return torch.zeros(d), torch.zeros(d)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return posterior_of(model, pairs)
+    finally:
+        model.train(was_training)
+
+
+class VPLPredictor:
+    """Predictor for the latent model: ``z = mu(C)`` from the client's labelled pairs."""
+
+    def __init__(self, model: VariationalPreferenceModel, z_override: torch.Tensor | None = None):
+        self.model = model
+        self.z_override = z_override
+
+    def latent(self, client: ClientTensors) -> torch.Tensor:
+        if self.z_override is not None:
+            return self.z_override
+        return infer_posterior(self.model, client)[0]
+
+    def prob_a_preferred(self, client: ClientTensors, pairs: PairTensors) -> torch.Tensor:
+        z = self.latent(client)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return torch.sigmoid(self.model.logit(pairs.emb_a, pairs.emb_b, z))
+        finally:
+            self.model.train(was_training)
+
+
+def moment_matched_posterior(
+    model: VariationalPreferenceModel,
+    pairs: PairTensors,
+    num_subsets: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Moment-matched posterior over random context subsets (sizes as in training)."""
+    n = len(pairs)
+    contexts = []
+    for _ in range(num_subsets):
+        if n >= 2:
+            ctx, _ = split_context_query(n, generator)
+            contexts.append(pairs.subset(ctx))
+        else:
+            contexts.append(pairs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            batch = pad_contexts(contexts)
+            mu, logvar = model.posterior(batch.chosen, batch.rejected, batch.mask)
+    finally:
+        model.train(was_training)
+    return moment_match(mu, logvar)
+
+
+def train_local(
+    model: VariationalPreferenceModel,
+    prior: Prior,
+    client: ClientTensors,
+    proto_label: int | None,
+    cfg: ModelConfig,
+    steps: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 4,
+    seed: int = 0,
+) -> LocalResult:
+    """Local steps of one client on its own labelled pairs; updates ``model`` and ``prior``.
+
+    ``batch_size`` independent context/query splits of the client form each step's batch (lower
+    gradient variance with the same data). The Adam state is created here, fresh each round.
+    """
+    labelled = client.labelled
+    n = len(labelled)
+    if n < 2:
+        raise ValueError(
+            f"client {client.client_id} has {n} labelled pairs; local training needs 2"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += [p for p in prior.parameters() if p.requires_grad and p.numel() > 0]
+    optimiser = torch.optim.Adam(params, lr=lr)
+    labels = None
+    if proto_label is not None:
+        labels = torch.full((batch_size,), int(proto_label), dtype=torch.long)
+    sums: dict[str, float] = {}
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # dropout, if any
+        for step in range(steps):
+            splits = [split_context_query(n, gen) for _ in range(batch_size)]
+            context = pad_contexts([labelled.subset(c) for c, _ in splits])
+            queries = pad_queries([labelled.subset(q) for _, q in splits])
+            terms = local_objective(model, prior, context, queries, labels, cfg, gen, step)
+            optimiser.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimiser.step()
+            for key, value in terms.as_metrics().items():
+                sums[key] = sums.get(key, 0.0) + value
+    metrics = {key: value / max(steps, 1) for key, value in sums.items()}
+    mu_bar, sigma2_bar = moment_matched_posterior(model, labelled, cfg.posterior_subsamples, gen)
+    return LocalResult(mu_bar.detach(), sigma2_bar.detach(), client.num_examples, metrics)

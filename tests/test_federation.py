@@ -1,0 +1,287 @@
+"""The Flower runtime, end to end in the simulation engine, with the toy method.
+
+Four simulations (about 10 s each) are shared between the assertions through module fixtures:
+an uninterrupted 4-round run with one injected client failure, the same run stopped after round 2
+and resumed to round 4, and a run where every client fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedvpa.errors import ConfigError
+from fedvpa.federation import checkpoint as ckpt
+from fedvpa.federation.messages import arrays_to_record, record_to_arrays
+from fedvpa.federation.registry import create_method, method_reference, register_method
+from fedvpa.federation.runtime import run_federated
+from fedvpa.federation.strategy import FederationConfig, FederationError, sample_clients
+
+TESTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS_DIR))
+
+from toy_method import ToyMethod, make_clients  # noqa: E402
+
+SEED = 3
+NUM_SEEN, NUM_UNSEEN = 4, 2
+SEEN = list(range(NUM_SEEN))
+UNSEEN = list(range(NUM_SEEN, NUM_SEEN + NUM_UNSEEN))
+PER_ROUND = 2
+DIM = 8
+# The first client sampled in round 2 fails in round 2 only: 1 of 2 replies is enough (0.5).
+FAILING = sample_clients(SEED, 2, SEEN, PER_ROUND)[0]
+KWARGS = {"dim": DIM, "fail_clients": [FAILING], "fail_rounds": [2]}
+
+register_method("toy", ToyMethod, replace=True)
+
+
+def save_clients(path: Path) -> None:
+    clients = make_clients(NUM_SEEN, NUM_UNSEEN, dim=DIM)
+    try:
+        from fedvpa.embeddings.pipeline import save_client_tensors
+    except ImportError:
+        import torch
+
+        torch.save(clients, path)
+    else:
+        save_client_tensors(clients, path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Client data on disk, and the toy method importable by the Ray workers."""
+    paths = [str(TESTS_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    root = tmp_path_factory.mktemp("fed")
+    save_clients(root / "clients.pt")
+    return root
+
+
+def run(root: Path, name: str, rounds: int, resume: bool = False, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "method_kwargs": KWARGS,
+        "clients_per_round": PER_ROUND,
+        "eval_every": 2,
+        "seed": SEED,
+    }
+    args.update(kw)
+    return run_federated(
+        "toy",
+        data_path=root / "clients.pt",
+        num_clients=NUM_SEEN + NUM_UNSEEN,
+        run_dir=root / name,
+        num_rounds=rounds,
+        resume=resume,
+        client_timeout=120.0,
+        flwr_home=root / "flwr_home",
+        **args,
+    )
+
+
+def rows(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full(env: Path) -> dict[str, Any]:
+    return run(env, "full", rounds=4)
+
+
+@pytest.fixture(scope="module")
+def resumed(env: Path, full: dict[str, Any]) -> dict[str, Any]:
+    run(env, "resumed", rounds=2)
+    return run(env, "resumed", rounds=4, resume=True)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_results_arrived_in_run_folder(env: Path, full: dict[str, Any]) -> None:
+    run_dir = env / "full"
+    assert json.loads((run_dir / "final.json").read_text()) == json.loads(json.dumps(full))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["seed"] == SEED and config["method"] == "toy"
+    assert (run_dir / "checkpoint" / "latest.pkl").exists()
+    history = rows(run_dir)
+    assert [r["round"] for r in history] == [1, 2, 3, 4]
+    assert [("eval" in r) for r in history] == [False, True, False, True]
+    assert full["eval_round"] == 4
+    assert full["eval"]["eval/num_clients"] == NUM_SEEN + NUM_UNSEEN
+    assert 0.0 <= full["eval"]["eval/seen/macro"] <= 1.0
+    assert 0.0 <= full["eval"]["eval/unseen/macro"] <= 1.0
+    assert all(np.isfinite(r["train"]["loss"]) for r in history)
+
+
+@pytest.mark.slow
+def test_failed_client_is_counted_and_skipped(env: Path, full: dict[str, Any]) -> None:
+    round2 = rows(env / "full")[1]
+    assert round2["sampled"] == sample_clients(SEED, 2, SEEN, PER_ROUND)
+    assert round2["errors"] == 1 and round2["failures"] == 1 and round2["replies"] == 1
+    assert FAILING not in round2["trained"]
+    assert full["failures_total"] == 1
+    assert all(r["failures"] == 0 for i, r in enumerate(rows(env / "full")) if i != 1)
+
+
+def test_each_client_gets_its_own_payload_and_seed(full: dict[str, Any]) -> None:
+    # ToyMethod.client_train raises unless payload == [its id, round]: every reply proves it.
+    trained = full["info"]["trained"]
+    for rnd, clients in trained.items():
+        seeds = {c: v["seed"] for c, v in clients.items()}
+        for cid, seed in seeds.items():
+            assert seed == ckpt.derive_seed(SEED, int(rnd), int(cid), ckpt.STREAM_TRAIN)
+        assert len(set(seeds.values())) == len(seeds)
+
+
+@pytest.mark.slow
+def test_context_state_persists_across_rounds(env: Path, full: dict[str, Any]) -> None:
+    trained = full["info"]["trained"]
+    times: dict[str, int] = {}
+    reused = 0
+    for rnd in sorted(trained, key=int):
+        for cid, value in trained[rnd].items():
+            times[cid] = times.get(cid, 0) + 1
+            assert value["count"] == times[cid], f"client {cid} lost its state in round {rnd}"
+            reused += times[cid] > 1
+    assert reused > 0, "no client trained twice: the test would prove nothing"
+    sources = [r["state_sources"] for r in rows(env / "full")]
+    assert sum(s.get("1", 0) for s in sources) == reused  # from Context.state ...
+    assert all("2" not in s for s in sources)  # ... never from the files in an unbroken run
+
+
+@pytest.mark.slow
+def test_unseen_clients_never_train(env: Path, full: dict[str, Any]) -> None:
+    for row in rows(env / "full"):
+        assert not set(row["sampled"]) & set(UNSEEN)
+    assert full["unseen_clients"] == UNSEEN and full["seen_clients"] == SEEN
+    assert not any((env / "full" / "client_state" / f"client_{c}").exists() for c in UNSEEN)
+
+
+@pytest.mark.slow
+def test_bytes_are_accounted(env: Path) -> None:
+    w_bytes = DIM * 4
+    for row in rows(env / "full"):
+        assert set(row["bytes_down_per_client"]) == {str(c) for c in row["sampled"]}
+        assert set(row["bytes_up_per_client"]) == {str(c) for c in row["trained"]}
+        assert all(b > w_bytes for b in row["bytes_down_per_client"].values())
+        assert all(b > w_bytes for b in row["bytes_up_per_client"].values())
+        assert row["bytes_up"] == sum(row["bytes_up_per_client"].values())
+        if "eval" in row:
+            assert row["eval_bytes_down"] > (NUM_SEEN + NUM_UNSEEN) * w_bytes
+
+
+# ------------------------------------------------------------------ resume
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(
+    env: Path, full: dict[str, Any], resumed: dict[str, Any]
+) -> None:
+    assert resumed["resumed_from"] == 2
+    assert resumed["eval"] == full["eval"]
+    assert resumed["info"] == full["info"]
+    a, b = rows(env / "full"), rows(env / "resumed")
+    # Downlink bytes differ only because the config carries the run folder's path.
+    varying = {"state_sources", "bytes_down", "bytes_down_per_client", "eval_bytes_down"}
+    strip = [{k: v for k, v in r.items() if k not in varying} for r in (*a, *b)]
+    assert strip[:4] == strip[4:]
+    ca, cb = ckpt.load_checkpoint(env / "full"), ckpt.load_checkpoint(env / "resumed")
+    assert ca is not None and cb is not None
+    np.testing.assert_array_equal(ca.state.arrays["w"], cb.state.arrays["w"])
+    # Clients that trained before and after the restart got their state back from the files.
+    before = {c for r in ("1", "2") for c in full["info"]["trained"][r]}
+    after = {c for r in ("3", "4") for c in full["info"]["trained"][r]}
+    restored = sum(r["state_sources"].get("2", 0) for r in b[2:])
+    assert restored >= len(before & after) > 0
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_different_configuration(env: Path, resumed: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"differs .*\['seed'\]"):
+        run(env, "resumed", rounds=5, resume=True, seed=SEED + 1)
+
+
+@pytest.mark.slow
+def test_existing_checkpoint_needs_resume(env: Path, full: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="resume"):
+        run(env, "full", rounds=4)
+
+
+# ------------------------------------------------------------------ total failure
+
+
+@pytest.mark.slow
+def test_all_clients_failing_is_an_error(env: Path) -> None:
+    kwargs = {"dim": DIM, "fail_clients": SEEN}
+    with pytest.raises(FederationError, match=r"round 1 train: 0 of 2 clients replied"):
+        run(env, "allfail", rounds=1, method_kwargs=kwargs)
+    assert not (env / "allfail" / "final.json").exists()
+
+
+# ------------------------------------------------------------------ pieces, no simulation
+
+
+def test_sampling_is_a_function_of_seed_and_round() -> None:
+    assert sample_clients(0, 5, [3, 1, 2, 0], 2) == sample_clients(0, 5, [0, 1, 2, 3], 2)
+    draws = {tuple(sample_clients(0, r, list(range(10)), 3)) for r in range(1, 20)}
+    assert len(draws) > 10
+    assert sample_clients(0, 1, [7], 3) == [7]
+
+
+def test_client_state_files_keep_the_state_before_the_current_round(tmp_path: Path) -> None:
+    for rnd in (1, 3, 5):
+        ckpt.save_client_state(tmp_path, 7, rnd, {"count": np.array([rnd])})
+    assert sorted(p.name for p in (tmp_path / "client_7").iterdir()) == [
+        "round_3.npz",
+        "round_5.npz",
+    ]
+    found = ckpt.load_client_state(tmp_path, 7, max_round=4)
+    assert found is not None and found[0] == 3 and found[1]["count"][0] == 3
+    assert ckpt.load_client_state(tmp_path, 7, max_round=2) is None
+    assert ckpt.load_client_state(tmp_path, 8, max_round=9) is None
+
+
+def test_arrays_round_trip_through_records() -> None:
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "k": np.array([1, 2])}
+    back = record_to_arrays(arrays_to_record(arrays))
+    assert back.keys() == arrays.keys()
+    for key in arrays:
+        np.testing.assert_array_equal(back[key], arrays[key])
+        assert back[key].dtype == arrays[key].dtype
+
+
+def test_registry() -> None:
+    assert method_reference("toy") == "toy_method:ToyMethod"
+    assert isinstance(create_method("toy_method:ToyMethod", {"dim": 2}), ToyMethod)
+    with pytest.raises(ConfigError, match="unknown method"):
+        method_reference("no-such-method")
+    with pytest.raises(ConfigError, match="not importable"):
+        register_method("closure", lambda: ToyMethod(2))
+    with pytest.raises(ConfigError, match="already registered"):
+        register_method("toy", "toy_method:make_clients")
+
+
+def test_run_config_parsing_and_validation(tmp_path: Path) -> None:
+    config = FederationConfig.from_run_config(
+        {
+            "method": "toy",
+            "method-kwargs": '{"dim": 4}',
+            "data-path": str(tmp_path / "c.pt"),
+            "run-dir": str(tmp_path / "run"),
+            "num-clients": 3,
+            "num-server-rounds": 2,
+            "clients-per-round": 2,
+        }
+    )
+    assert config.method_kwargs == {"dim": 4}
+    assert config.state_dir == str(tmp_path / "run" / "client_state")
+    with pytest.raises(ConfigError, match="method-kwargs"):
+        FederationConfig.from_run_config({"method": "toy", "method-kwargs": "{oops"})
+    with pytest.raises(ConfigError, match="min-reply-fraction"):
+        FederationConfig("toy", "d", "r", 2, 1, 1, min_reply_fraction=0.0)

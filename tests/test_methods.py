@@ -1,0 +1,81 @@
+"""The methods' maths through an in-process loop: learning, private state, aggregation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_toy_clients
+from method_loop import run_in_process
+
+from fedvpa.federation.registry import create_method
+from fedvpa.methods.aggregation import weighted_average
+from fedvpa.methods.reward_heads import balanced_head_assignment
+
+DIM = 16
+SMALL = {"input_dim": DIM, "hidden_dim": 32, "feature_dim": 16, "latent_dim": 8}
+
+
+def _method(name: str, steps: int = 10, **model):
+    return create_method(
+        name, {"model": {**SMALL, **model}, "local": {"local_steps": steps, "num_rounds": 10}}
+    )
+
+
+@pytest.fixture(scope="module")
+def clients():
+    torch.set_num_threads(1)
+    return make_toy_clients(
+        num_clients=16, pairs=24, dim=DIM, seed=3, num_context=8, num_test=6, num_unseen=4
+    )
+
+
+def test_weighted_average_matches_hand_computation():
+    a = {"w": np.array([1.0, 2.0], np.float32)}
+    b = {"w": np.array([3.0, 6.0], np.float32)}
+    out = weighted_average([(a, 1.0), (b, 3.0)])
+    np.testing.assert_allclose(out["w"], [2.5, 5.0])
+    assert out["w"].dtype == np.float32
+    with pytest.raises(ValueError):
+        weighted_average([])
+
+
+def test_weighted_average_is_order_independent():
+    rng = np.random.default_rng(0)
+    items = [({"w": rng.normal(size=50).astype(np.float32)}, float(i + 1)) for i in range(7)]
+    forward = weighted_average(items)["w"]
+    backward = weighted_average(items[::-1])["w"]
+    assert np.array_equal(forward, backward)
+
+
+def test_balanced_head_assignment_prefers_low_loss_and_balances():
+    losses = np.array([[0.1, 0.9], [0.2, 0.8], [0.3, 0.7], [0.9, 0.1]])
+    heads = balanced_head_assignment(losses)
+    assert sorted(np.bincount(heads, minlength=2).tolist()) == [2, 2]
+    assert heads[3] == 1 and heads[0] == 0
+
+
+@pytest.mark.parametrize("name", ["fedavg-bt", "fedbiscuit", "fedvpl", "fedvpa-gp"])
+def test_every_method_learns_the_shared_axis(name, clients):
+    _, _, report = run_in_process(_method(name), clients, rounds=8, per_round=6)
+    assert report["seen"]["macro"] > 0.6, report
+
+
+def test_fedvpa_gp_keeps_private_pi_and_fills_the_prior_store(clients):
+    method = _method("fedvpa-gp", steps=5)
+    state, private, _ = run_in_process(method, clients, rounds=4, per_round=6)
+    assert state.extra["prior_mu"].shape == (6, SMALL["latent_dim"])
+    assert state.extra["labels"].shape[0] == len(state.extra["known_ids"])
+    # pi is private: it lives in the client's state, never in the shared arrays
+    assert not any("pi" in key for key in state.arrays)
+    trained_twice = [s for s in private.values() if s["rounds_trained"][0] >= 2]
+    assert trained_twice and all(s["pi_ids"].size > 0 for s in trained_twice)
+    labels = state.extra["labels"]
+    assert abs(int((labels == 0).sum()) - int((labels == 1).sum())) <= 1
+
+
+def test_fedvpl_sends_no_prior_components(clients):
+    method = _method("fedvpl")
+    state = method.init_server_state(0)
+    payload = method.client_payload(state, 0, 1)
+    assert "prior_mu" not in payload

@@ -1,0 +1,77 @@
+"""Orthogonal prototypes and the balanced prototype assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedvpa.errors import ConfigError
+from fedvpa.model.prototypes import (
+    OrthogonalPrototypes,
+    assign_prototype_labels,
+    balanced_kmeans,
+    match_clusters_to_prototypes,
+    nearest_prototype_labels,
+)
+
+
+def test_initial_prototypes_are_orthogonal_with_radius() -> None:
+    protos = OrthogonalPrototypes(4, 32, radius=5.0, seed=3)
+    gram = protos.weight @ protos.weight.T
+    torch.testing.assert_close(gram, 25.0 * torch.eye(4), atol=1e-4, rtol=0)
+    assert float(protos.orthonormality_loss().detach()) < 1e-6
+    same = OrthogonalPrototypes(4, 32, radius=5.0, seed=3)
+    torch.testing.assert_close(protos.weight, same.weight)
+    with torch.no_grad():
+        protos.weight[0] *= 1.1
+    assert float(protos.orthonormality_loss().detach()) > 1.0
+
+
+def test_too_many_prototypes_rejected() -> None:
+    with pytest.raises(ConfigError):
+        OrthogonalPrototypes(5, 4)
+
+
+def test_pull_loss_is_mean_squared_distance() -> None:
+    protos = OrthogonalPrototypes(2, 3, radius=1.0, seed=0)
+    labels = torch.tensor([0, 1])
+    z = protos.weight.detach()[labels] + torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert float(protos.pull_loss(z, labels).detach()) == pytest.approx(2.5)
+    # Leading sample dimension broadcasts.
+    assert float(protos.pull_loss(z.expand(3, 2, 3), labels).detach()) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(("n", "k"), [(10, 3), (12, 4), (7, 2), (100, 2), (3, 5)])
+def test_balanced_kmeans_sizes_within_one(n: int, k: int) -> None:
+    rng = np.random.default_rng(n * k)
+    # Deliberately unbalanced blobs: a plain k-means would give unequal clusters.
+    points = np.concatenate([rng.normal(0, 0.1, (n - n // 5, 2)), rng.normal(5, 0.1, (n // 5, 2))])
+    labels, centroids = balanced_kmeans(points, k, seed=0)
+    sizes = np.bincount(labels, minlength=k)
+    assert sizes.sum() == n and sizes.max() - sizes.min() <= 1
+    assert centroids.shape == (k, 2)
+
+
+def test_balanced_kmeans_recovers_two_equal_blobs() -> None:
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(-3, 0.2, (10, 4)), rng.normal(3, 0.2, (10, 4))])
+    labels, _ = balanced_kmeans(points, 2, seed=1)
+    assert len(set(labels[:10])) == 1 and len(set(labels[10:])) == 1 and labels[0] != labels[10]
+
+
+def test_matching_and_assignment_follow_geometry() -> None:
+    protos = np.array([[5.0, 0.0], [0.0, 5.0]])
+    perm = match_clusters_to_prototypes(np.array([[0.1, 4.0], [4.0, 0.2]]), protos)
+    assert perm.tolist() == [1, 0]
+    rng = np.random.default_rng(1)
+    mu = np.concatenate([rng.normal([0, 3], 0.3, (6, 2)), rng.normal([3, 0], 0.3, (6, 2))])
+    labels = assign_prototype_labels(mu, protos, seed=0)
+    assert labels.tolist() == [1] * 6 + [0] * 6
+    assert nearest_prototype_labels(mu, protos).tolist() == [1] * 6 + [0] * 6
+
+
+def test_assignment_with_fewer_clients_than_prototypes() -> None:
+    protos = np.eye(3) * 5
+    labels = assign_prototype_labels(np.array([[0.0, 0.0, 4.0], [4.0, 0.0, 0.0]]), protos)
+    assert labels.tolist() == [2, 0]
