@@ -11,6 +11,7 @@ from fedvpa.model.prototypes import (
     OrthogonalPrototypes,
     assign_prototype_labels,
     balanced_kmeans,
+    balanced_kmeans_with_centroids,
     match_clusters_to_prototypes,
     nearest_prototype_labels,
 )
@@ -47,7 +48,8 @@ def test_balanced_kmeans_sizes_within_one(n: int, k: int) -> None:
     rng = np.random.default_rng(n * k)
     # Deliberately unbalanced blobs: a plain k-means would give unequal clusters.
     points = np.concatenate([rng.normal(0, 0.1, (n - n // 5, 2)), rng.normal(5, 0.1, (n // 5, 2))])
-    labels, centroids = balanced_kmeans(points, k, seed=0)
+    labels, centroids = balanced_kmeans_with_centroids(points, k, seed=0)
+    assert np.array_equal(balanced_kmeans(points, k, seed=0), labels)
     sizes = np.bincount(labels, minlength=k)
     assert sizes.sum() == n and sizes.max() - sizes.min() <= 1
     assert centroids.shape == (k, 2)
@@ -56,7 +58,7 @@ def test_balanced_kmeans_sizes_within_one(n: int, k: int) -> None:
 def test_balanced_kmeans_recovers_two_equal_blobs() -> None:
     rng = np.random.default_rng(0)
     points = np.concatenate([rng.normal(-3, 0.2, (10, 4)), rng.normal(3, 0.2, (10, 4))])
-    labels, _ = balanced_kmeans(points, 2, seed=1)
+    labels = balanced_kmeans(points, 2, seed=1)
     assert len(set(labels[:10])) == 1 and len(set(labels[10:])) == 1 and labels[0] != labels[10]
 
 

@@ -61,14 +61,16 @@ def evaluate_client(
     return counts
 
 
-def _group_report(rows: list[Mapping[str, float]], names: Mapping[int, str], key: str, n_key: str):
+def _group_report(
+    rows: list[Mapping[str, float]], names: Mapping[int, str], key: str, n_key: str
+) -> dict[str, float] | None:
     per_type: dict[str, dict[str, float]] = {}
     for row in rows:
         name = names.get(int(row["type_index"]), str(int(row["type_index"])))
         acc = per_type.setdefault(name, {"n": 0.0, "correct": 0.0})
         acc["n"] += row[n_key]
         acc["correct"] += row[key]
-    report: dict[str, Any] = {}
+    report: dict[str, float] = {}
     accs = []
     total_n = 0.0
     for name in sorted(per_type):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from sklearn.metrics import silhouette_score
@@ -22,7 +24,9 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     return int((mu.var(dim=0, unbiased=False) > threshold).sum())
 
 
-def latent_silhouette(mu: torch.Tensor | np.ndarray, type_labels) -> float:
+def latent_silhouette(
+    mu: torch.Tensor | np.ndarray, type_labels: Sequence[int] | np.ndarray
+) -> float:
     """Silhouette of client posterior means grouped by true user type (nan if undefined)."""
     points = np.asarray(mu.detach() if isinstance(mu, torch.Tensor) else mu, dtype=np.float64)
     labels = np.asarray(type_labels)

@@ -181,7 +181,9 @@ class FederatedMixturePrior(nn.Module):
     def masked_logits(self) -> torch.Tensor:
         return self.pi_logits.masked_fill(~self.comp_mask, float("-inf"))
 
-    def weights(self, training: bool = False, generator: torch.Generator | None = None):
+    def weights(
+        self, training: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Mixture weights ``w`` (Gumbel noise only when training)."""
         return gumbel_softmax_weights(self.masked_logits(), self.tau, generator, noise=training)
 

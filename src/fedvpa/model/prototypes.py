@@ -79,7 +79,12 @@ def _balanced_assign(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return labels
 
 
-def balanced_kmeans(
+def balanced_kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 10) -> np.ndarray:
+    """Balanced k-means labels ``[N]`` in ``0 .. k-1``, cluster sizes within 1 of each other."""
+    return balanced_kmeans_with_centroids(points, k, seed, iterations)[0]
+
+
+def balanced_kmeans_with_centroids(
     points: np.ndarray, k: int, seed: int = 0, iterations: int = 10
 ) -> tuple[np.ndarray, np.ndarray]:
     """Balanced k-means: ``(labels [N], centroids [k, d])`` with cluster sizes within 1.
@@ -124,10 +129,12 @@ def match_clusters_to_prototypes(centroids: np.ndarray, prototypes: np.ndarray) 
     return perm
 
 
-def assign_prototype_labels(client_mu: np.ndarray, prototypes: np.ndarray, seed: int = 0):
+def assign_prototype_labels(
+    client_mu: np.ndarray, prototypes: np.ndarray, seed: int = 0
+) -> np.ndarray:
     """Prototype label of each client: balanced k-means (k = M), clusters matched to prototypes."""
     prototypes = np.asarray(prototypes, dtype=np.float64)
-    labels, centroids = balanced_kmeans(client_mu, prototypes.shape[0], seed)
+    labels, centroids = balanced_kmeans_with_centroids(client_mu, prototypes.shape[0], seed)
     if np.asarray(client_mu).shape[0] < prototypes.shape[0]:
         # Too few clients to cluster: each one is its own cluster, so nearest-free matching.
         cost = ((np.asarray(client_mu)[:, None, :] - prototypes[None]) ** 2).sum(-1)
