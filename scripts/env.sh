@@ -7,3 +7,4 @@ export TOKENIZERS_PARALLELISM=false
 export FEDVPA_CACHE="${FEDVPA_CACHE:-$HOME/.cache/fedvpa}"
 export FLWR_HOME="${FLWR_HOME:-$FEDVPA_CACHE/flwr-home}"
 mkdir -p "$FEDVPA_CACHE" "$FLWR_HOME"
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0

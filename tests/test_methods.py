@@ -62,10 +62,12 @@ def test_every_method_learns_the_shared_axis(name, clients):
 
 
 def test_fedvpa_gp_keeps_private_pi_and_fills_the_prior_store(clients):
-    method = _method("fedvpa-gp", steps=5)
+    method = _method("fedvpa-gp", steps=5, prior_warmup_rounds=1, ortho_warmup_rounds=1)
     state, private, _ = run_in_process(method, clients, rounds=4, per_round=6)
     assert state.extra["prior_mu"].shape == (6, SMALL["latent_dim"])
-    assert state.extra["labels"].shape[0] == len(state.extra["known_ids"])
+    # labels come from the last round's (fresh) posteriors, with one centroid per prototype
+    assert state.extra["labels"].shape[0] == len(state.extra["label_ids"]) == 6
+    assert state.extra["centroids"].shape == (2, SMALL["latent_dim"])
     # pi is private: it lives in the client's state, never in the shared arrays
     assert not any("pi" in key for key in state.arrays)
     trained_twice = [s for s in private.values() if s["rounds_trained"][0] >= 2]
@@ -79,3 +81,36 @@ def test_fedvpl_sends_no_prior_components(clients):
     state = method.init_server_state(0)
     payload = method.client_payload(state, 0, 1)
     assert "prior_mu" not in payload
+
+
+def test_mixture_prior_waits_for_its_warmup(clients):
+    method = _method("fedvpa-gp", prior_warmup_rounds=3)
+    state, _, _ = run_in_process(method, clients, rounds=2, per_round=4)
+    assert "prior_mu" not in method.client_payload(state, 0, 3)
+    assert method.client_payload(state, 0, 4)["prior_mu"].shape[0] == 4
+
+
+def test_unlabelled_client_takes_the_nearest_centroid(clients):
+    method = _method("fedvpa-gp", prior_warmup_rounds=0, ortho_warmup_rounds=0)
+    model = method._model(method.init_server_state(0).arrays)
+    client = clients[0]
+    from fedvpa.training.local import infer_posterior
+
+    mu = infer_posterior(model, client.labelled)[0].numpy()
+    centroids = np.stack([mu + 100.0, mu + 0.01]).astype(np.float32)
+    label = method._fallback_label(model, client, {"centroids": centroids})
+    assert label == 1
+    # before any clustering: the nearest prototype
+    nearest = int(model.prototypes.nearest(torch.as_tensor(mu)[None])[0])
+    assert method._fallback_label(model, client, {}) == nearest
+
+
+def test_prototype_assignment_is_balanced_and_matched():
+    from fedvpa.methods.variational import prototype_assignment
+
+    rng = np.random.default_rng(0)
+    protos = np.array([[5.0, 0.0], [0.0, 5.0]], np.float32)
+    mus = np.concatenate([rng.normal(size=(5, 2)) + [4, 0], rng.normal(size=(5, 2)) + [0, 4]])
+    labels, centroids = prototype_assignment(mus.astype(np.float32), protos, seed=0)
+    assert labels.tolist() == [0] * 5 + [1] * 5
+    assert np.linalg.norm(centroids[0] - [4, 0]) < 1.5

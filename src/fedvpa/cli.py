@@ -16,19 +16,14 @@ from typing import Annotated
 import typer
 
 from fedvpa.errors import FedvpaInputError
+from fedvpa.federation.environment import FLOWER_ENV
 
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def set_runtime_env() -> None:
     """Flower must not phone home or reinstall dependencies (which would pull a CUDA torch)."""
-    for key, value in FLOWER_ENV.items():
+    for key, value in {**FLOWER_ENV, **OFFLINE_ENV}.items():
         os.environ.setdefault(key, value)
     cache = Path(os.environ.setdefault("FEDVPA_CACHE", str(Path.home() / ".cache" / "fedvpa")))
     os.environ.setdefault("FLWR_HOME", str(cache / "flwr-home"))
@@ -238,6 +233,68 @@ def run(
     seed = int(flat.get("seed", opts.seed)) if resume is not None else opts.seed
     results = run_experiment(exp, seed=seed, out=out, resume=resume is not None)
     typer.echo(print_run_summary(results))
+
+
+def _int_list(text: str, field: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise FedvpaInputError(f"expected integers like 0,1,2, got {text!r}", field=field) from exc
+    if not values:
+        raise FedvpaInputError("expected at least one integer", field=field)
+    return values
+
+
+@app.command("compare")
+def compare(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(help="Comma list (default: oracle,centralised-vpl and every federated one)."),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Comma list of seeds (default: the global --seed, 0).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="synthetic-2 (default), synthetic-4, or a file.")
+    ] = None,
+    num_clients: Annotated[int | None, typer.Option(help="Clients (default 100).")] = None,
+    num_server_rounds: Annotated[
+        int | None, typer.Option("--rounds", help="Rounds (default 50).")
+    ] = None,
+    clients_per_round: Annotated[int | None, typer.Option(help="Sampled per round (10).")] = None,
+    pairs_per_client: Annotated[int | None, typer.Option(help="Pairs per client (16).")] = None,
+    type_ratio: Annotated[
+        str | None, typer.Option(help="User-type shares, e.g. 0.3,0.7 (default: equal).")
+    ] = None,
+    reference_steps: Annotated[
+        int | None,
+        typer.Option(help="Optimiser steps of oracle / centralised-vpl (default 500 / 1000)."),
+    ] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Every method on the same clients, backbone, rounds and seeds; writes report.md."""
+    from fedvpa.compare import DEFAULT_METHODS, default_out, render_summary, run_compare
+
+    opts = _opts(ctx)
+    exp, _ = _experiment(
+        config,
+        overrides,
+        data=data,
+        num_clients=num_clients,
+        num_server_rounds=num_server_rounds,
+        clients_per_round=clients_per_round,
+        pairs_per_client=pairs_per_client,
+        type_ratio=_ratio(type_ratio) if type_ratio else None,
+    )
+    names = [m.strip() for m in methods.split(",")] if methods else list(DEFAULT_METHODS)
+    seed_list = _int_list(seeds, "seeds") if seeds else [opts.seed]
+    out = opts.out or default_out(exp.data.data)
+    results = run_compare(exp, names, seed_list, out, reference_steps=reference_steps)
+    typer.echo(render_summary(results, out))
+    if results["failures"]:
+        raise typer.Exit(1)
 
 
 def _ratio(text: str) -> tuple[float, ...]:

@@ -21,15 +21,11 @@ from typing import Any
 
 from fedvpa.errors import ConfigError
 from fedvpa.federation import checkpoint as ckpt
+from fedvpa.federation.environment import FLOWER_ENV
 from fedvpa.federation.registry import method_reference
 from fedvpa.federation.server_app import ServerOutcome, make_server_app
 from fedvpa.federation.strategy import FederationConfig, FederationError
 
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
 DEFAULT_BACKEND: dict[str, Any] = {"num_cpus": 2, "client_num_cpus": 1, "client_num_gpus": 0.0}
 
 

@@ -13,7 +13,7 @@ class LocalConfig:
     """Client-side optimisation: paper default is 30 local steps per round."""
 
     local_steps: int = 30
-    lr: float = 1e-3
+    lr: float = 5e-4
     batch_size: int = 4  # context/query views (latent methods) or x16 pairs (reward heads)
     num_rounds: int = 50  # for schedules that depend on the round (temperature annealing)
 

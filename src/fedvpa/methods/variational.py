@@ -21,7 +21,7 @@ from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrior
-from fedvpa.model.prototypes import assign_prototype_labels
+from fedvpa.model.prototypes import balanced_kmeans_with_centroids, match_clusters_to_prototypes
 from fedvpa.model.vpl import VariationalPreferenceModel
 from fedvpa.training.local import VPLPredictor, infer_posterior, train_local
 
@@ -58,21 +58,24 @@ class VariationalMethod(FederatedMethod):
             "prior_ids": np.zeros((0,), np.int64),
             "known_ids": np.zeros((0,), np.int64),  # every client whose posterior mean we know
             "known_mu": np.zeros((0, d), np.float32),
-            "labels": np.zeros((0,), np.int64),  # prototype label per known client
+            "label_ids": np.zeros((0,), np.int64),  # clients clustered last round
+            "labels": np.zeros((0,), np.int64),  # their prototype labels
         }
         return ServerState(arrays=self._model(seed=seed).shared_state(), extra=extra)
 
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
         extra = state.extra
         label = UNKNOWN
-        hits = np.flatnonzero(extra["known_ids"] == client_id)
-        if self.cfg.use_ortho and hits.size and extra["labels"].size:
+        hits = np.flatnonzero(extra.get("label_ids", np.zeros(0, np.int64)) == client_id)
+        if self.cfg.use_ortho and hits.size:
             label = int(extra["labels"][hits[0]])
         payload: Arrays = {
             "proto_label": np.array([label], np.int64),
             "tau": np.array([self.cfg.tau_at(server_round, self.local.num_rounds)], np.float32),
         }
-        if self.cfg.prior == "mixture":
+        if "centroids" in extra:
+            payload["centroids"] = extra["centroids"]
+        if self.cfg.prior == "mixture" and server_round > self.cfg.prior_warmup_rounds:
             for key in ("prior_mu", "prior_var", "prior_n", "prior_ids"):
                 payload[key] = extra[key]
         return payload
@@ -90,15 +93,19 @@ class VariationalMethod(FederatedMethod):
         extra["prior_mu"] = mus
         extra["prior_var"] = np.stack([u.stats["sigma2"] for _, u in updates]).astype(np.float32)
         extra["prior_n"] = np.array([u.num_examples for _, u in updates], np.float32)
+        # The server knows the posterior means of the clients it has heard from; clustering uses
+        # only this round's (fresh) means: older ones come from an older encoder and would pin
+        # the groups to a latent space that no longer exists.
         known = {int(c): m for c, m in zip(extra["known_ids"], extra["known_mu"], strict=True)}
         known.update({int(c): m for c, m in zip(ids, mus, strict=True)})
         order = sorted(known)
         extra["known_ids"] = np.array(order, np.int64)
         extra["known_mu"] = np.stack([known[c] for c in order]).astype(np.float32)
-        if self.cfg.use_ortho and len(order) >= self.cfg.num_prototypes:
-            extra["labels"] = assign_prototype_labels(
-                extra["known_mu"], arrays[PROTOTYPES_KEY], seed=server_round
-            ).astype(np.int64)
+        if self.cfg.use_ortho and len(ids) > self.cfg.num_prototypes:
+            extra["label_ids"] = ids
+            extra["labels"], extra["centroids"] = prototype_assignment(
+                mus, arrays[PROTOTYPES_KEY], seed=server_round
+            )
         info = dict(state.info)
         info["prior_components"] = len(ids)
         return ServerState(arrays=arrays, extra=extra, info=info)
@@ -134,6 +141,7 @@ class VariationalMethod(FederatedMethod):
             num_samples=self.cfg.kl_samples,
             exclude=exclude,
             pi_init=torch.as_tensor(pi),
+            var_floor=self.cfg.prior_var_floor,
         )
 
     def client_train(
@@ -148,11 +156,10 @@ class VariationalMethod(FederatedMethod):
         model = self._model(global_arrays)
         prior = self._prior(payload, client.client_id, client_state)
         label: int | None = None
-        if self.cfg.use_ortho:
+        if self.cfg.use_ortho and server_round > self.cfg.ortho_warmup_rounds:
             label = int(payload.get("proto_label", np.array([UNKNOWN]))[0])
-            if label == UNKNOWN:  # before the server's first assignment: nearest prototype
-                mu, _ = infer_posterior(model, client.labelled)
-                label = int(model.prototypes.nearest(mu.unsqueeze(0))[0])
+            if label == UNKNOWN:
+                label = self._fallback_label(model, client, payload)
         result = train_local(
             model,
             prior,
@@ -197,6 +204,23 @@ class VariationalMethod(FederatedMethod):
         )
         return update, new_state
 
+    @staticmethod
+    def _fallback_label(
+        model: VariationalPreferenceModel, client: ClientTensors, payload: Arrays
+    ) -> int:
+        """A client the server has not labelled yet joins the group its posterior is nearest.
+
+        Nearest k-means centroid (in prototype order) when the server has clustered, else the
+        nearest prototype (the paper's rule before any assignment). Centroids follow the data,
+        whereas at radius s every unstructured posterior is nearest the same prototype, which
+        would send all new clients to one group.
+        """
+        mu, _ = infer_posterior(model, client.labelled)
+        anchors = payload.get("centroids")
+        if anchors is None or anchors.size == 0:
+            return int(model.prototypes.nearest(mu.unsqueeze(0))[0])
+        return int(((anchors - mu.numpy()[None]) ** 2).sum(-1).argmin())
+
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
         model = self._model(global_arrays)
         model.eval()
@@ -207,6 +231,18 @@ class VariationalMethod(FederatedMethod):
         model = self._model(global_arrays)
         mu, logvar = infer_posterior(model, client)
         return {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
+
+
+def prototype_assignment(
+    client_mu: np.ndarray, prototypes: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced k-means (k = M) labels matched to prototypes, and the centroids in prototype
+    order (what unlabelled clients compare themselves with)."""
+    labels, centroids = balanced_kmeans_with_centroids(client_mu, prototypes.shape[0], seed)
+    perm = match_clusters_to_prototypes(centroids, prototypes)
+    ordered = np.empty_like(centroids)
+    ordered[perm] = centroids
+    return perm[labels].astype(np.int64), ordered.astype(np.float32)
 
 
 VARIANTS = {

@@ -44,6 +44,14 @@ class ModelConfig:
     prototype_radius: float = 5.0
     ortho_lambda: float = 1.0
     ortho_gamma: float = 0.1
+    # Warm-up rounds under N(0, I) and without the prototype pull, so z first learns the
+    # preference signal: a mixture prior built from unstructured posteriors, or k-means labels
+    # on them, would pin every client to one point (measured; see methods/variational.py).
+    prior_warmup_rounds: int = 10
+    # Floor on the mixture components' variances: a component from a client with a handful of
+    # pairs can be very tight, and a tight component makes KL(q || p_mix) dwarf the likelihood.
+    prior_var_floor: float = 1.0
+    ortho_warmup_rounds: int = 10
     kl_anneal_steps: int = 0
     z_samples: int = 1
     dropout: float = 0.0
@@ -84,7 +92,7 @@ class ModelConfig:
                 raise ConfigError(
                     f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}", field=name
                 )
-        non_negative = ("beta", "ortho_lambda", "ortho_gamma", "dropout")
+        non_negative = ("beta", "ortho_lambda", "ortho_gamma", "dropout", "prior_var_floor")
         for name in non_negative:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
@@ -110,6 +118,10 @@ class ModelConfig:
                 f"feature_dim={self.feature_dim} is not divisible by {self.attention_heads} heads",
                 field="attention_heads",
             )
+        for name in ("prior_warmup_rounds", "ortho_warmup_rounds"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"must be a non-negative integer, got {value!r}", field=name)
         if not isinstance(self.kl_anneal_steps, int) or self.kl_anneal_steps < 0:
             raise ConfigError(
                 f"must be a non-negative integer, got {self.kl_anneal_steps!r}",

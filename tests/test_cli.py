@@ -1,0 +1,154 @@
+"""The ``fedvpa`` command: configuration, one-line errors with exit code 2, and a real run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedvpa.config import load_toml
+from fedvpa.errors import ConfigError
+from fedvpa.experiment import ExperimentConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fedvpa(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", "from fedvpa.cli import main; main()", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_every_example_config_parses():
+    for path in sorted((ROOT / "conf").glob("*.toml")):
+        flat = load_toml(path)
+        flat = {
+            k: v
+            for k, v in flat.items()
+            if k
+            not in {
+                "method-kwargs",
+                "data-path",
+                "run-dir",
+                "resume",
+                "node-wait-timeout",
+                "client-state-dir",
+                "methods",
+                "seeds",
+            }
+        }
+        ExperimentConfig.from_flat(flat, source=str(path))
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_flat({"latent-dimm": 8}, source="x.toml")
+    assert "latent-dimm" in str(err.value) and "x.toml" in str(err.value)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_flat({"num-clients": "many"})
+    assert "num-clients" in str(err.value)
+
+
+def test_bad_model_value_fails_before_any_work():
+    with pytest.raises(ConfigError):
+        ExperimentConfig.from_flat({"beta": -1.0})
+
+
+def test_method_kwargs_carry_model_and_local_settings():
+    exp = ExperimentConfig.from_flat({"latent-dim": 8, "local-steps": 3, "num-server-rounds": 7})
+    kwargs = exp.method_kwargs(input_dim=16)
+    assert kwargs["model"] == {"latent_dim": 8, "input_dim": 16}
+    assert kwargs["local"] == {"local_steps": 3, "num_rounds": 7}
+    json.dumps(kwargs)
+
+
+def test_malformed_line_gives_one_line_error_and_exit_2(tmp_path):
+    path = tmp_path / "bad.jsonl.gz"
+    rows = [
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}),
+        "{not json",
+    ]
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(rows) + "\n")
+    result = fedvpa("data", "summary", str(path))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "bad.jsonl.gz:2" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_exit_2(tmp_path):
+    result = fedvpa("data", "summary", str(tmp_path / "nope.jsonl"))
+    assert result.returncode == 2 and "nope.jsonl" in result.stderr
+
+
+def test_bad_set_override_exit_2():
+    result = fedvpa("run", "--set", "latent-dimm=3")
+    assert result.returncode == 2 and "latent-dimm" in result.stderr
+
+
+def test_data_summary_on_the_embedded_data(tmp_path):
+    result = fedvpa("--out", str(tmp_path), "data", "summary", "synthetic-2", "--num-clients", "10")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "data_summary.json").read_text())
+    assert summary["pairs"]["rows"] > 0
+    assert summary["partition"]["clients"] == 10
+
+
+@pytest.mark.slow
+def test_fedvpa_run_end_to_end_and_resume_of_a_finished_run(tmp_path):
+    """The main job, shrunk: real data generation, MiniLM embeddings, two methods on Flower."""
+    out = tmp_path / "run"
+    env = {"FEDVPA_CACHE": str(tmp_path / "cache")}
+    args = [
+        "--out",
+        str(out),
+        "run",
+        "--num-clients",
+        "6",
+        "--rounds",
+        "2",
+        "--clients-per-round",
+        "2",
+        "--set",
+        "synthetic-pairs-per-type=40",
+        "--set",
+        "pairs-per-client=6",
+        "--set",
+        "local-steps=2",
+        "--set",
+        "eval-every=1",
+        "--set",
+        "fraction-unseen=0.34",
+    ]
+    result = fedvpa(*args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"fedvpa-gp", "fedavg-bt"}
+    for res in summary["methods"].values():
+        assert res["seen"]["macro"] is not None and res["unseen"]["macro"] is not None
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 0 and config["config"]["num-clients"] == 6
+    assert "fedavg-bt" in result.stdout and "unseen" in result.stdout
+    # a second run into the same folder is refused; --resume of a finished run redoes nothing
+    again = fedvpa(*args, env=env)
+    assert again.returncode == 2
+    resumed = fedvpa("run", "--resume", str(out), env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["methods"] == summary["methods"] | {
+        name: {**res, "seconds": None} for name, res in summary["methods"].items()
+    }

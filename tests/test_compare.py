@@ -1,0 +1,274 @@
+"""``fedvpa compare``: context truncation, results that the report accepts, failures, resume.
+
+The references run on toy tensor clients (``tests/helpers.py``) through the same per-seed loop
+the command uses, bypassing the text-and-backbone preparation; one slow test drives a federated
+method through Flower end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import TYPE_NAMES, make_toy_clients
+
+from fedvpa import compare
+from fedvpa.embeddings.tensors import ClientTensors, PairTensors
+from fedvpa.errors import ConfigError
+from fedvpa.experiment import ExperimentConfig
+from fedvpa.reports.aggregate import MACRO_TOLERANCE, macro_of, validate_results
+
+DIM = 16
+REFERENCE_STEPS = 100  # the trainers early-stop; toy data needs few steps
+SMALL_MODEL = {"hidden-dim": 16, "feature-dim": 8, "latent-dim": 4, "selector-hidden": 8}
+
+
+def toy_clients(num_clients: int = 12, num_unseen: int = 4) -> list[ClientTensors]:
+    return make_toy_clients(
+        num_clients=num_clients, pairs=16, dim=DIM, seed=3, num_context=8, num_unseen=num_unseen
+    )
+
+
+def toy_experiment(**extra: Any) -> ExperimentConfig:
+    flat = {"num-clients": 12, "num-server-rounds": 3, "clients-per-round": 4, "eval-every": 1}
+    flat.update(SMALL_MODEL)
+    flat.update(extra)
+    return ExperimentConfig.from_flat(flat)
+
+
+class SpyPredictor:
+    """Records what each call could read; predicts from the context's mean label."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[ClientTensors, PairTensors]] = []
+
+    def prob_a_preferred(self, client: ClientTensors, pairs: PairTensors) -> torch.Tensor:
+        self.calls.append((client, pairs))
+        bias = float(client.context.label.mean()) if len(client.context) else 0.5
+        return torch.full((len(pairs),), bias)
+
+
+# ------------------------------------------------------------------ k-curve truncation
+
+
+def test_truncation_keeps_exactly_the_first_k_context_pairs_and_no_test_pair() -> None:
+    client = toy_clients()[-1]
+    for k in (1, 3, 8):
+        cut = compare.truncate_context(client, k)
+        assert len(cut.context) == k and len(cut.train) == 0 and len(cut.labelled) == k
+        assert torch.equal(cut.context.emb_a, client.context.emb_a[:k])
+        assert torch.equal(cut.test.emb_a, client.test.emb_a)
+        for row in cut.labelled.emb_a:  # nothing a posterior may read is a test pair
+            assert not (row == client.test.emb_a).all(dim=1).any()
+    seen = toy_clients()[0]
+    assert len(seen.train) > 0 and len(compare.truncate_context(seen, 2).labelled) == 2
+    with pytest.raises(ValueError):
+        compare.truncate_context(client, 9)
+
+
+def test_k_curve_scores_unseen_test_pairs_with_k_context_pairs() -> None:
+    clients = toy_clients()
+    spy = SpyPredictor()
+    curve = compare.k_curve(spy, clients, (1, 2, 4, 8, 16))
+    assert curve is not None and curve["k"] == [1, 2, 4, 8]  # 16 > the 8 pairs available
+    unseen = {c.client_id: c for c in clients if c.unseen}
+    per_k = len(unseen) * 2  # every test set scored in both A/B orders
+    assert len(spy.calls) == per_k * 4
+    for i, (client, pairs) in enumerate(spy.calls):
+        k = curve["k"][i // per_k]
+        original = unseen[client.client_id]
+        assert len(client.labelled) == k
+        assert torch.equal(client.context.emb_a, original.context.emb_a[:k])
+        assert len(pairs) == len(original.test)
+        test_rows = {tuple(r.tolist()) for r in original.test.emb_a} | {
+            tuple(r.tolist()) for r in original.test.emb_b
+        }
+        assert {tuple(r.tolist()) for r in pairs.emb_a} <= test_rows
+    assert all(0.0 <= v <= 1.0 for v in curve["unseen_macro"])
+
+
+def test_k_curve_is_null_without_unseen_clients() -> None:
+    assert compare.k_curve(SpyPredictor(), toy_clients(num_unseen=0), (1, 2)) is None
+
+
+# ------------------------------------------------------------------ metric conversion
+
+
+def test_final_from_eval_recomputes_macro_and_drops_nan() -> None:
+    flat = {
+        "eval/seen/helpful": 0.8,
+        "eval/seen/harmless": 0.6,
+        "eval/seen/macro": 0.123,  # disagrees with the per-type values: recomputed
+        "eval/seen/n": 40.0,
+        "eval/unseen/helpful": float("nan"),
+        "eval/unseen/harmless": 0.5,
+        "eval/conflict/seen/helpful": 0.7,
+        "eval/conflict/seen/harmless": 0.5,
+        "eval/kl": float("inf"),
+        "eval/active_units": 3.0,
+    }
+    final = compare.final_from_eval(flat, list(TYPE_NAMES), 1234)
+    assert final["seen"]["macro"] == pytest.approx(0.7)
+    assert final["seen"]["n"] == 40 and final["seen"]["conflict"] == pytest.approx(0.6)
+    assert final["unseen"]["per_type"] == {"helpful": None, "harmless": 0.5}
+    assert final["unseen"]["macro"] == 0.5 and final["unseen"]["n"] == 0
+    assert final["kl"] is None and final["active_units"] == 3.0
+    assert final["bytes_up_per_client_round"] == 1234.0
+
+
+def test_history_and_bytes_from_metrics_rows() -> None:
+    rows = [
+        {"round": 1, "bytes_up": 300, "replies": 3},
+        {"round": 2, "bytes_up": 500, "replies": 2, "eval": {"eval/seen/helpful": 0.6}},
+        {"round": 2, "bytes_up": 500, "replies": 2, "eval": {"eval/seen/helpful": 0.7}},
+        {"round": 3, "bytes_up": 0, "replies": 0, "eval": {"eval/kl": 0.2}},
+    ]
+    history = compare.history_from_rows(rows, list(TYPE_NAMES))
+    assert [h["round"] for h in history] == [2, 3]
+    assert history[0]["seen_macro"] == 0.7 and history[1]["kl"] == 0.2
+    assert compare.bytes_up_per_client_round(rows) == pytest.approx(1300 / 7)
+    assert compare.bytes_up_per_client_round([]) is None
+
+
+def test_unknown_or_repeated_methods_are_refused_before_training() -> None:
+    with pytest.raises(ConfigError, match="unknown method"):
+        compare.check_methods(["oracle", "fedvpl-typo"])
+    with pytest.raises(ConfigError, match="twice"):
+        compare.check_methods(["oracle", "oracle"])
+    assert compare.check_methods(list(compare.DEFAULT_METHODS)) == list(compare.DEFAULT_METHODS)
+
+
+def test_default_out_names_the_data() -> None:
+    assert compare.default_out("synthetic-2") == Path("runs/compare-synthetic-2")
+    assert compare.default_out("../shared/data/relabeled-hh-rlhf/dev.jsonl.gz") == Path(
+        "runs/compare-relabeled-hh-rlhf-dev"
+    )
+
+
+# ------------------------------------------------------------------ references end to end
+
+
+@pytest.fixture(scope="module")
+def reference_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("compare-refs")
+    exp = toy_experiment()
+    results = compare.new_results(exp, list(compare.REFERENCES), [0], compare.DEFAULT_K_VALUES)
+    compare.compare_seed(
+        exp,
+        toy_clients(),
+        0,
+        list(compare.REFERENCES),
+        out,
+        results,
+        reference_steps=REFERENCE_STEPS,
+    )
+    return results, out
+
+
+def test_reference_results_validate_and_reach_the_report(
+    reference_results: tuple[dict[str, Any], Path],
+) -> None:
+    results, out = reference_results
+    assert results["failures"] == []
+    validate_results(results)
+    assert [r["method"] for r in results["runs"]] == ["oracle", "centralised-vpl"]
+    on_disk = json.loads((out / "results.json").read_text())
+    validate_results(on_disk)
+    assert on_disk["runs"] == json.loads(json.dumps(results["runs"]))
+    assert (out / "report.md").is_file()
+    oracle, vpl = results["runs"]
+    for run in results["runs"]:
+        assert run["history"] == [] and run["user_types"] == list(TYPE_NAMES)
+        for split in ("seen", "unseen"):
+            final = run["final"][split]
+            assert final["n"] > 0
+            assert abs(final["macro"] - macro_of(final["per_type"])) <= MACRO_TOLERANCE
+    # The oracle knows each client's true type on separable toy data: far above chance.
+    assert oracle["final"]["seen"]["macro"] > 0.8 and oracle["k_curve"] is None
+    assert vpl["latent"] is not None and len(vpl["latent"]["mu"]) == 12
+    assert vpl["k_curve"]["k"] == [1, 2, 4, 8]
+    assert vpl["final"]["kl"] is not None and vpl["final"]["bytes_up_per_client_round"] is None
+    assert all(
+        isinstance(v, float) and math.isfinite(v)
+        for v in vpl["k_curve"]["unseen_macro"] + [vpl["seconds"]]
+    )
+
+
+def test_finished_runs_are_reused_when_the_comparison_is_rerun(
+    reference_results: tuple[dict[str, Any], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, out = reference_results
+
+    def must_not_train(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished run was retrained")
+
+    monkeypatch.setattr(compare, "run_reference", must_not_train)
+    exp = toy_experiment()
+    again = compare.new_results(exp, list(compare.REFERENCES), [0], compare.DEFAULT_K_VALUES)
+    compare.compare_seed(
+        exp, toy_clients(), 0, list(compare.REFERENCES), out, again, reference_steps=REFERENCE_STEPS
+    )
+    assert again["failures"] == [] and again["runs"] == json.loads(json.dumps(first["runs"]))
+    # Other data (or another config) is another fingerprint: retrained, here -> recorded failure.
+    other = [replace(c, unseen=not c.unseen) if c.client_id == 0 else c for c in toy_clients()]
+    third = compare.new_results(exp, ["oracle"], [0], compare.DEFAULT_K_VALUES)
+    compare.compare_seed(exp, other, 0, ["oracle"], out, third, reference_steps=REFERENCE_STEPS)
+    assert [f["method"] for f in third["failures"]] == ["oracle"]
+
+
+def test_a_failing_method_is_recorded_and_earlier_results_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = compare.run_reference
+
+    def flaky(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if name == "centralised-vpl":
+            raise RuntimeError("boom")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_reference", flaky)
+    exp = toy_experiment()
+    methods = ["oracle", "centralised-vpl", "fedavg-bt"]  # fedavg-bt: no saved tensors given
+    results = compare.new_results(exp, methods, [0], compare.DEFAULT_K_VALUES)
+    compare.compare_seed(
+        exp, toy_clients(), 0, methods, tmp_path, results, reference_steps=REFERENCE_STEPS
+    )
+    assert [r["method"] for r in results["runs"]] == ["oracle"]
+    failures = {f["method"]: f["error"] for f in results["failures"]}
+    assert failures["centralised-vpl"] == "RuntimeError: boom"
+    assert "ConfigError" in failures["fedavg-bt"]
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in on_disk["runs"]] == ["oracle"]
+    assert len(on_disk["failures"]) == 2
+    assert (tmp_path / "report.md").is_file()
+
+
+# ------------------------------------------------------------------ Flower end to end
+
+
+@pytest.mark.slow
+def test_one_federated_method_through_flower(tmp_path: Path) -> None:
+    from fedvpa.embeddings.pipeline import save_client_tensors
+    from fedvpa.reports.aggregate import summarise
+
+    clients = toy_clients(num_clients=6, num_unseen=2)
+    data_path = tmp_path / "clients.pt"
+    save_client_tensors(clients, data_path)
+    exp = toy_experiment(**{"num-clients": 6, "clients-per-round": 2, "local-steps": 5})
+    out = tmp_path / "compare"
+    results = compare.new_results(exp, ["fedavg-bt"], [0], compare.DEFAULT_K_VALUES)
+    compare.compare_seed(exp, clients, 0, ["fedavg-bt"], out, results, data_path=data_path)
+    assert results["failures"] == []
+    (run,) = results["runs"]
+    assert [h["round"] for h in run["history"]] == [1, 2, 3]
+    assert run["final"]["bytes_up_per_client_round"] > 0 and run["latent"] is None
+    assert run["k_curve"]["k"] == [1, 2, 4, 8]
+    for name in ("results.json", "report.md", "accuracy_per_round.png", "k_curve.png"):
+        assert (out / name).is_file(), name
+    assert (out / "runs" / "fedavg-bt-seed0" / "final.json").is_file()
+    assert "fedavg-bt" in summarise(json.loads((out / "results.json").read_text()))["methods"]
