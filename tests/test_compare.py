@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,8 @@ def test_reference_results_validate_and_reach_the_report(
     assert oracle["final"]["seen"]["macro"] > 0.8 and oracle["k_curve"] is None
     assert vpl["latent"] is not None and len(vpl["latent"]["mu"]) == 12
     assert vpl["k_curve"]["k"] == [1, 2, 4, 8]
+    # k = 8 is every context pair an unseen toy client has: the curve ends at the final score.
+    assert vpl["k_curve"]["unseen_macro"][-1] == pytest.approx(vpl["final"]["unseen"]["macro"])
     assert vpl["final"]["kl"] is not None and vpl["final"]["bytes_up_per_client_round"] is None
     assert all(
         isinstance(v, float) and math.isfinite(v)
@@ -200,9 +203,13 @@ def test_reference_results_validate_and_reach_the_report(
 
 
 def test_finished_runs_are_reused_when_the_comparison_is_rerun(
-    reference_results: tuple[dict[str, Any], Path], monkeypatch: pytest.MonkeyPatch
+    reference_results: tuple[dict[str, Any], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    first, out = reference_results
+    first, done = reference_results
+    out = tmp_path / "again"
+    shutil.copytree(done, out)
 
     def must_not_train(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a finished run was retrained")
@@ -219,6 +226,25 @@ def test_finished_runs_are_reused_when_the_comparison_is_rerun(
     third = compare.new_results(exp, ["oracle"], [0], compare.DEFAULT_K_VALUES)
     compare.compare_seed(exp, other, 0, ["oracle"], out, third, reference_steps=REFERENCE_STEPS)
     assert [f["method"] for f in third["failures"]] == ["oracle"]
+
+
+def test_a_later_comparison_extends_the_folder_or_is_refused(
+    reference_results: tuple[dict[str, Any], Path],
+) -> None:
+    first, out = reference_results
+    later = compare.new_results(toy_experiment(), ["oracle"], [1], compare.DEFAULT_K_VALUES)
+    compare.carry_over(later, out)
+    assert [(r["method"], r["seed"]) for r in later["runs"]] == [
+        ("oracle", 0),
+        ("centralised-vpl", 0),
+    ]
+    assert later["config"]["seeds"] == [0, 1]
+    assert later["config"]["methods"] == ["centralised-vpl", "oracle"]
+    other = compare.new_results(
+        toy_experiment(**{"num-server-rounds": 7}), ["oracle"], [1], compare.DEFAULT_K_VALUES
+    )
+    with pytest.raises(ConfigError, match="num-server-rounds"):
+        compare.carry_over(other, out)
 
 
 def test_a_failing_method_is_recorded_and_earlier_results_kept(
@@ -272,3 +298,17 @@ def test_one_federated_method_through_flower(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     assert (out / "runs" / "fedavg-bt-seed0" / "final.json").is_file()
     assert "fedavg-bt" in summarise(json.loads((out / "results.json").read_text()))["methods"]
+
+    # Without run.json the finished Flower run is re-read from its files, not retrained ...
+    (out / "runs" / "fedavg-bt-seed0" / "run.json").unlink()
+    again = compare.new_results(exp, ["fedavg-bt"], [0], compare.DEFAULT_K_VALUES)
+    compare.compare_seed(exp, clients, 0, ["fedavg-bt"], out, again, data_path=data_path)
+    (rerun,) = again["runs"]
+    assert {k: v for k, v in rerun.items() if k != "seconds"} == {
+        k: v for k, v in run.items() if k != "seconds"
+    }
+    # ... but never under another configuration.
+    changed = toy_experiment(**{"num-clients": 6, "clients-per-round": 2, "local-steps": 6})
+    other = compare.new_results(changed, ["fedavg-bt"], [0], compare.DEFAULT_K_VALUES)
+    compare.compare_seed(changed, clients, 0, ["fedavg-bt"], out, other, data_path=data_path)
+    assert other["runs"] == [] and "another configuration" in other["failures"][0]["error"]

@@ -375,6 +375,24 @@ def _final_if_complete(run_dir: Path, num_rounds: int) -> dict[str, Any] | None:
     return final if final.get("final_round") == num_rounds else None
 
 
+def _check_same_run(run_dir: Path, expected: Mapping[str, Any]) -> None:
+    """A finished run folder is reused only if it ran what this comparison would run."""
+    path = run_dir / ckpt.CONFIG_FILE
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"finished run without a readable config ({exc})", path=str(path)
+        ) from exc
+    differ = sorted(k for k, v in expected.items() if recorded.get(k) != v)
+    if differ:
+        raise ConfigError(
+            f"finished run under another configuration ({', '.join(differ)}): remove the folder "
+            "or choose another --out",
+            path=str(run_dir),
+        )
+
+
 def run_federated_method(
     name: str,
     exp: ExperimentConfig,
@@ -392,6 +410,19 @@ def run_federated_method(
     fed = exp.federation
     kwargs = exp.method_kwargs(clients[0].context.dim)
     final = _final_if_complete(run_dir, fed.num_server_rounds)
+    if final is not None:
+        _check_same_run(
+            run_dir,
+            {
+                "method": name,
+                "method_kwargs": json.loads(json.dumps(kwargs)),
+                "seed": int(seed),
+                "num_clients": len(clients),
+                "clients_per_round": fed.clients_per_round,
+                "eval_every": fed.eval_every,
+                "data_path": str(Path(data_path).expanduser().resolve()),
+            },
+        )
     seconds: float | None = None
     if final is None:
         start = time.perf_counter()
@@ -473,6 +504,42 @@ def new_results(
         "reference-steps": reference_steps,
     }
     return {"config": json.loads(json.dumps(config, default=str)), "runs": [], "failures": []}
+
+
+def carry_over(results: dict[str, Any], out: Path) -> None:
+    """Keep the runs of an earlier comparison in ``out`` that this one does not redo.
+
+    Running more seeds (or methods) into the same folder then extends its report instead of
+    replacing it. An earlier comparison under another configuration is refused before anything
+    is written: mixing them would put incomparable numbers in one table.
+    """
+    path = Path(out) / RESULTS_FILE
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+        old_config, old_runs = dict(old["config"]), list(old["runs"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"unreadable earlier results ({exc})", path=str(path)) from exc
+
+    def base(config: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k not in ("methods", "seeds")}
+
+    new_base, old_base = base(results["config"]), base(old_config)
+    differ = sorted(k for k in set(new_base) | set(old_base) if old_base.get(k) != new_base.get(k))
+    if differ:
+        raise ConfigError(
+            f"holds a comparison under another configuration ({', '.join(differ)}): choose "
+            "another --out",
+            path=str(path),
+        )
+    planned = {(m, s) for m in results["config"]["methods"] for s in results["config"]["seeds"]}
+    kept = [r for r in old_runs if (r.get("method"), r.get("seed")) not in planned]
+    results["runs"] = kept + results["runs"]
+    config = results["config"]
+    for key in ("methods", "seeds"):
+        earlier = [v for v in old_config.get(key, []) if v not in config[key]]
+        config[key] = earlier + config[key]
 
 
 def save_results(results: Mapping[str, Any], out: Path) -> Path | None:
@@ -597,6 +664,7 @@ def run_compare(
         raise ConfigError("must be >= 1", field="reference-steps")
     out = Path(out)
     results = new_results(exp, names, seeds, k_values, reference_steps)
+    carry_over(results, out)
     say = _print if progress else None
     for seed in seeds:
         if say:
@@ -658,10 +726,12 @@ __all__ = [
     "DEFAULT_METHODS",
     "REFERENCES",
     "bytes_up_per_client_round",
+    "carry_over",
     "check_methods",
     "compare_seed",
     "default_out",
     "final_from_eval",
+    "new_results",
     "history_from_rows",
     "k_curve",
     "render_summary",

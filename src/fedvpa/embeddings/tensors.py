@@ -50,12 +50,18 @@ class PairTensors:
         return chosen, rejected
 
     def swapped(self) -> PairTensors:
-        return PairTensors(self.emb_b, self.emb_a, 1.0 - self.label, self.conflict,
-                           self.conflict_known)
+        return PairTensors(
+            self.emb_b, self.emb_a, 1.0 - self.label, self.conflict, self.conflict_known
+        )
 
     def subset(self, index: torch.Tensor) -> PairTensors:
-        return PairTensors(self.emb_a[index], self.emb_b[index], self.label[index],
-                           self.conflict[index], self.conflict_known)
+        return PairTensors(
+            self.emb_a[index],
+            self.emb_b[index],
+            self.label[index],
+            self.conflict[index],
+            self.conflict_known,
+        )
 
     @staticmethod
     def concat(parts: list[PairTensors]) -> PairTensors:
