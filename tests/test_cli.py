@@ -152,3 +152,25 @@ def test_fedvpa_run_end_to_end_and_resume_of_a_finished_run(tmp_path):
     assert json.loads((out / "summary.json").read_text())["methods"] == summary["methods"] | {
         name: {**res, "seconds": None} for name, res in summary["methods"].items()
     }
+
+
+def test_embed_fills_the_cache_and_a_rerun_skips_the_model(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {
+            "prompt": f"How do I bake bread number {i}?",
+            "chosen": f"Knead it {i} times.",
+            "rejected": "No.",
+        }
+        for i in range(3)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = ["--out", str(tmp_path / "o"), "embed", str(path), "--cache-dir", str(tmp_path / "c")]
+    first = fedvpa(*args)
+    assert first.returncode == 0, first.stderr
+    cold = json.loads((tmp_path / "o" / "embed.json").read_text())
+    assert cold["texts"] == 6 and cold["dim"] == 384
+    second = fedvpa(*args)
+    assert second.returncode == 0, second.stderr
+    warm = json.loads((tmp_path / "o" / "embed.json").read_text())
+    assert warm["stats"]["model_calls"] == 0, warm["stats"]

@@ -123,6 +123,7 @@ def embed(
     batch_size: Annotated[int, typer.Option(help="Texts per model call.")] = 64,
 ) -> None:
     """Embed every text of a data set into the on-disk cache (re-runs skip the model)."""
+    import dataclasses
     import time
 
     from fedvpa.config import DataConfig, EmbeddingConfig
@@ -146,7 +147,7 @@ def embed(
         "dim": int(vectors.shape[1]),
         "seconds": round(seconds, 2),
         "cache": str(emb.resolved_cache_dir() / "embeddings"),
-        "stats": dict(cache.stats) if isinstance(cache.stats, dict) else str(cache.stats),
+        "stats": dataclasses.asdict(cache.stats),
         "read": report,
     }
     typer.echo(json.dumps(result, indent=2, default=str))
