@@ -189,19 +189,23 @@ def _parse_value(text: str) -> object:
         return text
 
 
+DataNameOpt = Annotated[
+    str | None, typer.Option("--data", help="synthetic-2 (default), synthetic-4, or a file.")
+]
+ClientsOpt = Annotated[int | None, typer.Option(help="Clients (default 100).")]
+RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Rounds (default 50).")]
+PerRoundOpt = Annotated[int | None, typer.Option(help="Clients sampled per round (default 10).")]
+
+
 @app.command("run")
 def run(
     ctx: typer.Context,
     config: ConfigOpt = None,
     method: Annotated[str | None, typer.Option(help="fedvpa-gp (default), fedvpl, ...")] = None,
-    data: Annotated[
-        str | None, typer.Option(help="synthetic-2 (default), synthetic-4, or a file.")
-    ] = None,
-    num_clients: Annotated[int | None, typer.Option(help="Clients (default 100).")] = None,
-    num_server_rounds: Annotated[
-        int | None, typer.Option("--rounds", help="Rounds (default 50).")
-    ] = None,
-    clients_per_round: Annotated[int | None, typer.Option(help="Sampled per round (10).")] = None,
+    data: DataNameOpt = None,
+    num_clients: ClientsOpt = None,
+    num_server_rounds: RoundsOpt = None,
+    clients_per_round: PerRoundOpt = None,
     baseline: Annotated[
         str | None, typer.Option(help="Method run alongside (default fedavg-bt; '' for none).")
     ] = None,
@@ -257,14 +261,10 @@ def compare(
     seeds: Annotated[
         str | None, typer.Option(help="Comma list of seeds (default: the global --seed, 0).")
     ] = None,
-    data: Annotated[
-        str | None, typer.Option(help="synthetic-2 (default), synthetic-4, or a file.")
-    ] = None,
-    num_clients: Annotated[int | None, typer.Option(help="Clients (default 100).")] = None,
-    num_server_rounds: Annotated[
-        int | None, typer.Option("--rounds", help="Rounds (default 50).")
-    ] = None,
-    clients_per_round: Annotated[int | None, typer.Option(help="Sampled per round (10).")] = None,
+    data: DataNameOpt = None,
+    num_clients: ClientsOpt = None,
+    num_server_rounds: RoundsOpt = None,
+    clients_per_round: PerRoundOpt = None,
     pairs_per_client: Annotated[int | None, typer.Option(help="Pairs per client (16).")] = None,
     type_ratio: Annotated[
         str | None, typer.Option(help="User-type shares, e.g. 0.3,0.7 (default: equal).")
