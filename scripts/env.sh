@@ -1,4 +1,6 @@
 # Environment for Flower and the offline model loading (sourced by the scripts and CI).
+# The venv first on PATH: `flwr run` starts flower-superlink / flower-superexec by name.
+export PATH="$(pwd)/.venv/bin:$PATH"
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
