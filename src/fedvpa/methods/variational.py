@@ -56,8 +56,6 @@ class VariationalMethod(FederatedMethod):
             "prior_var": np.zeros((0, d), np.float32),
             "prior_n": np.zeros((0,), np.float32),
             "prior_ids": np.zeros((0,), np.int64),
-            "known_ids": np.zeros((0,), np.int64),  # every client whose posterior mean we know
-            "known_mu": np.zeros((0, d), np.float32),
             "label_ids": np.zeros((0,), np.int64),  # clients clustered last round
             "labels": np.zeros((0,), np.int64),  # their prototype labels
         }
@@ -93,14 +91,8 @@ class VariationalMethod(FederatedMethod):
         extra["prior_mu"] = mus
         extra["prior_var"] = np.stack([u.stats["sigma2"] for _, u in updates]).astype(np.float32)
         extra["prior_n"] = np.array([u.num_examples for _, u in updates], np.float32)
-        # The server knows the posterior means of the clients it has heard from; clustering uses
-        # only this round's (fresh) means: older ones come from an older encoder and would pin
-        # the groups to a latent space that no longer exists.
-        known = {int(c): m for c, m in zip(extra["known_ids"], extra["known_mu"], strict=True)}
-        known.update({int(c): m for c, m in zip(ids, mus, strict=True)})
-        order = sorted(known)
-        extra["known_ids"] = np.array(order, np.int64)
-        extra["known_mu"] = np.stack([known[c] for c in order]).astype(np.float32)
+        # Clustering uses only this round's (fresh) posterior means: older ones come from an older
+        # encoder and would pin the groups to a latent space that no longer exists.
         if self.cfg.use_ortho and len(ids) > self.cfg.num_prototypes:
             extra["label_ids"] = ids
             extra["labels"], extra["centroids"] = prototype_assignment(
