@@ -174,3 +174,14 @@ def test_embed_fills_the_cache_and_a_rerun_skips_the_model(tmp_path):
     assert second.returncode == 0, second.stderr
     warm = json.loads((tmp_path / "o" / "embed.json").read_text())
     assert warm["stats"]["model_calls"] == 0, warm["stats"]
+
+
+def test_default_run_folder_never_collides(tmp_path):
+    from fedvpa.cli import _fresh_folder
+
+    base = tmp_path / "fedvpa-gp-seed0"
+    assert _fresh_folder(base) == base
+    base.mkdir()
+    assert _fresh_folder(base) == tmp_path / "fedvpa-gp-seed0-2"
+    (tmp_path / "fedvpa-gp-seed0-2").mkdir()
+    assert _fresh_folder(base) == tmp_path / "fedvpa-gp-seed0-3"

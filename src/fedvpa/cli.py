@@ -234,10 +234,20 @@ def run(
             clients_per_round=clients_per_round,
             baseline=baseline,
         )
-        out = opts.out or Path("runs") / f"{exp.federation.method}-seed{opts.seed}"
+        out = opts.out or _fresh_folder(Path("runs") / f"{exp.federation.method}-seed{opts.seed}")
     seed = int(flat.get("seed", opts.seed)) if resume is not None else opts.seed
     results = run_experiment(exp, seed=seed, out=out, resume=resume is not None)
     typer.echo(print_run_summary(results))
+
+
+def _fresh_folder(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... : a default folder never collides with an old run
+    (an explicit ``--out`` that exists is refused instead, so nothing is overwritten)."""
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 def _int_list(text: str, field: str) -> list[int]:
