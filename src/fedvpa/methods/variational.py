@@ -162,6 +162,7 @@ class VariationalMethod(FederatedMethod):
             lr=self.local.lr,
             batch_size=self.local.batch_size,
             seed=seed,
+            latent_first_steps=self.local.latent_only_steps,
         )
         new_state = dict(client_state)
         if isinstance(prior, FederatedMixturePrior):

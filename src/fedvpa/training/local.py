@@ -133,6 +133,13 @@ def moment_matched_posterior(
     return moment_match(mu, logvar)
 
 
+def is_latent_parameter(name: str) -> bool:
+    """Parameters of the pathway from a client's context to its preference: the set encoder and
+    the z-dependent part of the selector (``W`` of the logit-bias form; the whole reward MLP,
+    which reads ``z``, in the VPL form)."""
+    return name.startswith(("encoder.", "selector.bias.", "selector.reward."))
+
+
 def train_local(
     model: VariationalPreferenceModel,
     prior: Prior,
@@ -143,8 +150,15 @@ def train_local(
     lr: float = 1e-3,
     batch_size: int = 4,
     seed: int = 0,
+    latent_first_steps: int = 0,
 ) -> LocalResult:
     """Local steps of one client on its own labelled pairs; updates ``model`` and ``prior``.
+
+    The first ``latent_first_steps`` steps update only the latent pathway (set encoder and the
+    z-dependent part of the selector). A client holds one user type, so plain local steps fit its
+    preference through the shared base weights within a few steps, which FedAvg then cancels
+    between types; frozen base weights make the client's preference flow through ``z`` instead,
+    where updates from the two types add up (FedRep-style ordering, personal part first).
 
     ``batch_size`` independent context/query splits of the client form each step's batch (lower
     gradient variance with the same data). The Adam state is created here, fresh each round.
@@ -159,6 +173,7 @@ def train_local(
     params = [p for p in model.parameters() if p.requires_grad]
     params += [p for p in prior.parameters() if p.requires_grad and p.numel() > 0]
     optimiser = torch.optim.Adam(params, lr=lr)
+    frozen = [p for name, p in model.named_parameters() if not is_latent_parameter(name)]
     labels = None
     if proto_label is not None:
         labels = torch.full((batch_size,), int(proto_label), dtype=torch.long)
@@ -173,6 +188,9 @@ def train_local(
             terms = local_objective(model, prior, context, queries, labels, cfg, gen, step)
             optimiser.zero_grad(set_to_none=True)
             terms.total.backward()
+            if step < latent_first_steps:
+                for p in frozen:
+                    p.grad = None  # Adam skips them: no update, no moment
             optimiser.step()
             for key, value in terms.as_metrics().items():
                 sums[key] = sums.get(key, 0.0) + value
