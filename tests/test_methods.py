@@ -114,3 +114,31 @@ def test_prototype_assignment_is_balanced_and_matched():
     labels, centroids = prototype_assignment(mus.astype(np.float32), protos, seed=0)
     assert labels.tolist() == [0] * 5 + [1] * 5
     assert np.linalg.norm(centroids[0] - [4, 0]) < 1.5
+
+
+def test_latent_first_steps_leave_the_base_untouched(clients):
+    from fedvpa.model.config import ModelConfig
+    from fedvpa.model.priors import StandardNormalPrior
+    from fedvpa.model.vpl import VariationalPreferenceModel
+    from fedvpa.training.local import is_latent_parameter, train_local
+
+    cfg = ModelConfig(**SMALL, use_ortho=False)
+    model = VariationalPreferenceModel(cfg, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local(model, StandardNormalPrior(), clients[0], None, cfg, steps=4, latent_first_steps=4)
+    after = model.state_dict()
+    for name, _ in model.named_parameters():
+        changed = not torch.equal(before[name], after[name])
+        assert changed == is_latent_parameter(name), name
+    # one more full step afterwards moves the base too
+    train_local(model, StandardNormalPrior(), clients[0], None, cfg, steps=2, latent_first_steps=1)
+    assert not torch.equal(
+        before["feature.net.0.weight"], model.state_dict()["feature.net.0.weight"]
+    )
+
+
+def test_latent_only_steps_keep_one_full_step():
+    from fedvpa.methods.local_config import LocalConfig
+
+    assert LocalConfig(local_steps=30, latent_first_steps=25).latent_only_steps == 25
+    assert LocalConfig(local_steps=2, latent_first_steps=25).latent_only_steps == 1
