@@ -364,15 +364,20 @@ def _read_rows(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _final_if_complete(run_dir: Path, num_rounds: int) -> dict[str, Any] | None:
-    path = run_dir / ckpt.FINAL_FILE
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable (it is then redone)."""
     if not path.is_file():
         return None
     try:
-        final = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    return final if final.get("final_round") == num_rounds else None
+
+
+def final_if_complete(run_dir: Path, num_rounds: int) -> dict[str, Any] | None:
+    """A run folder's ``final.json`` if the run reached ``num_rounds``, else None."""
+    final = read_json_or_none(run_dir / ckpt.FINAL_FILE)
+    return final if isinstance(final, dict) and final.get("final_round") == num_rounds else None
 
 
 def _check_same_run(run_dir: Path, expected: Mapping[str, Any]) -> None:
@@ -409,7 +414,7 @@ def run_federated_method(
 
     fed = exp.federation
     kwargs = exp.method_kwargs(clients[0].context.dim)
-    final = _final_if_complete(run_dir, fed.num_server_rounds)
+    final = final_if_complete(run_dir, fed.num_server_rounds)
     if final is not None:
         _check_same_run(
             run_dir,
@@ -441,7 +446,7 @@ def run_federated_method(
             client_timeout=fed.client_timeout,
         )
         seconds = time.perf_counter() - start
-        final = _final_if_complete(run_dir, fed.num_server_rounds)
+        final = final_if_complete(run_dir, fed.num_server_rounds)
         if final is None:
             raise RuntimeError(f"{run_dir}: no final.json for {fed.num_server_rounds} rounds")
     if seconds is None:  # re-read: the time of the process that finished it
@@ -565,11 +570,8 @@ def _describe(run: Mapping[str, Any]) -> str:
 
 
 def _load_cached(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        stored = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    stored = read_json_or_none(path)
+    if not isinstance(stored, dict):
         return None
     if stored.get("fingerprint") != fingerprint or not isinstance(stored.get("run"), dict):
         return None

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedvpa.compare import final_if_complete
 from fedvpa.errors import ConfigError
 from fedvpa.experiment import ExperimentConfig, prepare_clients
 from fedvpa.federation import checkpoint as ckpt
@@ -104,12 +105,7 @@ def run_experiment(
     }
     for name in methods:
         run_dir = out / name
-        final_path = run_dir / ckpt.FINAL_FILE
-        done = (
-            final_path.is_file()
-            and json.loads(final_path.read_text()).get("final_round") == fed.num_server_rounds
-        )
-        if not done:
+        if final_if_complete(run_dir, fed.num_server_rounds) is None:
             t = time.perf_counter()
             run_federated(
                 name,
@@ -128,7 +124,7 @@ def run_experiment(
             seconds = time.perf_counter() - t
         else:
             seconds = None
-        final = json.loads(final_path.read_text())
+        final = json.loads((run_dir / ckpt.FINAL_FILE).read_text())
         results["methods"][name] = {**method_results(final), "seconds": seconds}
         ckpt.write_json(out / SUMMARY_FILE, results)  # after each method: nothing is lost
     return results

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedvpa.embeddings.pipeline import load_client_tensors
 from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import ConfigError, DataFormatError
+from fedvpa.evaluation.accuracy import evaluate_client
 from fedvpa.federation import checkpoint as ckpt
 from fedvpa.federation.messages import (
     ARRAYS_KEY,
@@ -63,28 +64,10 @@ _LOCK = threading.Lock()
 app = ClientApp()
 
 
-def load_client_file(path: Path) -> list[ClientTensors]:
-    """The data layer's loader when it exists, else a plain ``torch.save``d list."""
-    try:
-        from fedvpa.embeddings.pipeline import load_client_tensors  # type: ignore[attr-defined]
-    except ImportError:
-        load_client_tensors = None
-    if load_client_tensors is not None:
-        clients = load_client_tensors(path)
-    else:
-        if not path.exists():
-            raise DataFormatError("client tensor file not found", path=str(path))
-        # Our own file of ClientTensors dataclasses: not loadable with weights_only=True.
-        clients = torch.load(path, weights_only=False)
-    if not isinstance(clients, list) or not all(isinstance(c, ClientTensors) for c in clients):
-        raise DataFormatError("expected a list of ClientTensors", path=str(path))
-    return clients
-
-
 def cached_clients(path: str) -> list[ClientTensors]:
     with _LOCK:
         if path not in _DATA_CACHE:
-            _DATA_CACHE[path] = load_client_file(Path(path))
+            _DATA_CACHE[path] = load_client_tensors(Path(path))
         return _DATA_CACHE[path]
 
 
@@ -203,22 +186,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def count_correct(predictor: Predictor, client: ClientTensors) -> dict[str, float]:
-    """Fallback scorer (used only while ``fedvpa.evaluation.accuracy`` does not exist)."""
-    pairs = client.test
-    if len(pairs) == 0:
-        return {"correct": 0.0, "n": 0.0}
-    with torch.no_grad():
-        prob = predictor.prob_a_preferred(client, pairs)
-    correct = ((prob > 0.5).float() == pairs.label).sum().item()
-    return {"correct": float(correct), "n": float(len(pairs))}
-
-
 def score_client(predictor: Predictor, client: ClientTensors) -> dict[str, float]:
-    try:
-        from fedvpa.evaluation.accuracy import evaluate_client  # type: ignore[import-not-found]
-    except ImportError:
-        return count_correct(predictor, client)
     counts = evaluate_client(predictor, client)
     return {
         str(k): float(v)
