@@ -26,7 +26,11 @@ def run_in_process(
     rng = random.Random(seed)
     for r in range(1, rounds + 1):
         chosen = sorted(rng.sample([c.client_id for c in seen], per_round))
-        state = method.plan_round(state, chosen, r)
+        located = None
+        if method.needs_locate(r):
+            by_id = {c.client_id: c for c in clients}
+            located = {cid: method.locate(state.arrays, by_id[cid]) for cid in chosen}
+        state = method.plan_round(state, chosen, r, located)
         updates = []
         for cid in chosen:
             client = next(c for c in clients if c.client_id == cid)

@@ -36,7 +36,8 @@ PER_ROUND = 2
 DIM = 8
 # The first client sampled in round 2 fails in round 2 only: 1 of 2 replies is enough (0.5).
 FAILING = sample_clients(SEED, 2, SEEN, PER_ROUND)[0]
-KWARGS = {"dim": DIM, "fail_clients": [FAILING], "fail_rounds": [2]}
+LOCATE_FROM = 3  # rounds 3 and 4 start with a locate exchange
+KWARGS = {"dim": DIM, "fail_clients": [FAILING], "fail_rounds": [2], "locate_from": LOCATE_FROM}
 
 register_method("toy", ToyMethod, replace=True)
 
@@ -174,6 +175,24 @@ def test_bytes_are_accounted(env: Path) -> None:
         assert row["bytes_up"] == sum(row["bytes_up_per_client"].values())
         if "eval" in row:
             assert row["eval_bytes_down"] > (NUM_SEEN + NUM_UNSEEN) * w_bytes
+
+
+@pytest.mark.slow
+def test_locate_exchange_reaches_the_plan_and_is_accounted(env: Path, full: dict[str, Any]) -> None:
+    history = rows(env / "full")
+    located = full["info"]["located"]
+    for row in history:
+        if row["round"] < LOCATE_FROM:
+            assert "locate_replies" not in row and located[str(row["round"])] == []
+            continue
+        # every sampled client answered under the round's weights and the plan saw them all
+        assert located[str(row["round"])] == row["sampled"]
+        assert row["locate_replies"] == len(row["sampled"]) and row["locate_failures"] == 0
+        assert row["bytes_down"] == sum(row["bytes_down_per_client"].values())
+    # locate sends the weights a second time: a located round costs more than a plain one
+    plain = history[LOCATE_FROM - 2]["bytes_down_per_client"]
+    later = history[LOCATE_FROM - 1]["bytes_down_per_client"]
+    assert min(later.values()) > max(plain.values())
 
 
 # ------------------------------------------------------------------ resume

@@ -65,15 +65,15 @@ def test_fedvpa_gp_keeps_private_pi_and_fills_the_prior_store(clients):
     method = _method("fedvpa-gp", steps=5, prior_warmup_rounds=1, ortho_warmup_rounds=1)
     state, private, _ = run_in_process(method, clients, rounds=4, per_round=6)
     assert state.extra["prior_mu"].shape == (6, SMALL["latent_dim"])
-    # labels come from the last round's (fresh) posteriors, with one centroid per prototype
+    # labels of the last round's clients (located under its shared model), one centroid each
     assert state.extra["labels"].shape[0] == len(state.extra["label_ids"]) == 6
     assert state.extra["centroids"].shape == (2, SMALL["latent_dim"])
     # pi is private: it lives in the client's state, never in the shared arrays
     assert not any("pi" in key for key in state.arrays)
     trained_twice = [s for s in private.values() if s["rounds_trained"][0] >= 2]
     assert trained_twice and all(s["pi_ids"].size > 0 for s in trained_twice)
-    labels = state.extra["labels"]
-    assert abs(int((labels == 0).sum()) - int((labels == 1).sum())) <= 1
+    sizes = np.bincount(state.extra["labels"], minlength=2)
+    assert sizes.min() >= 1  # cluster_min_share = 0.5 of 6 clients in 2 groups: at least 1
 
 
 def test_fedvpl_sends_no_prior_components(clients):
@@ -103,6 +103,39 @@ def test_unlabelled_client_takes_the_nearest_centroid(clients):
     # before any clustering: the nearest prototype
     nearest = int(model.prototypes.nearest(torch.as_tensor(mu)[None])[0])
     assert method._fallback_label(model, client, {}) == nearest
+
+
+def test_fedvpa_gp_labels_the_round_from_where_the_shared_model_puts_it():
+    method = _method("fedvpa-gp", ortho_warmup_rounds=2)
+    assert not method.needs_locate(2) and method.needs_locate(3)
+    assert not _method("fedvpl").needs_locate(50) and not _method("fedvpl+gp").needs_locate(50)
+    state = method.init_server_state(0)
+    rng = np.random.default_rng(0)
+    axis = np.eye(8, dtype=np.float32)[0] * 3.0
+    ids = [0, 1, 2, 3, 4, 5]  # an uneven 4:2 split of the two groups
+    located = {
+        c: {"mu": (axis if c < 4 else -axis) + rng.normal(0, 0.1, 8).astype(np.float32)}
+        for c in ids
+    }
+    planned = method.plan_round(state, ids, 3, located)
+    labels = [int(method.client_payload(planned, c, 3)["proto_label"][0]) for c in ids]
+    assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1 and labels[0] != labels[4]
+    assert int(method.client_payload(planned, 99, 3)["proto_label"][0]) == -1  # not located
+    # First pull round: the prototypes become the orthogonal radius-s set nearest the clusters.
+    protos = planned.arrays["prototypes.weight"]
+    assert not np.allclose(protos, state.arrays["prototypes.weight"])
+    np.testing.assert_allclose(protos @ protos.T, 25.0 * np.eye(2), atol=1e-3)
+    assert protos[labels[0]] @ axis > 0 > protos[labels[4]] @ axis
+    # Later rounds keep them, and a round nobody located leaves no stale labels behind.
+    again = method.plan_round(planned, ids, 4, located)
+    np.testing.assert_array_equal(again.arrays["prototypes.weight"], protos)
+    empty = method.plan_round(again, ids, 5, None)
+    assert int(method.client_payload(empty, 0, 5)["proto_label"][0]) == -1
+    # The paper's strict balance forces the 4:2 round into 3:3 and mislabels one client.
+    strict = _method("fedvpa-gp", ortho_warmup_rounds=2, cluster_min_share=1.0)
+    forced = strict.plan_round(strict.init_server_state(0), ids, 3, located)
+    sizes = np.bincount(forced.extra["labels"], minlength=2)
+    assert sizes.tolist() == [3, 3]
 
 
 def test_prototype_assignment_is_balanced_and_matched():

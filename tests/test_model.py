@@ -42,6 +42,11 @@ def test_paper_defaults() -> None:
         ("dropout", 1.0),
         ("attention_heads", 3),
         ("nll_reduction", "max"),
+        ("prototype_init", "random"),
+        ("pull_on", "sigma"),
+        ("cluster_min_share", 0.0),
+        ("cluster_min_share", 1.5),
+        ("ortho_ramp_rounds", -1),
     ],
 )
 def test_bad_config_raises(field: str, value: object) -> None:
@@ -57,6 +62,14 @@ def test_config_round_trip_and_schedules() -> None:
     assert cfg.beta_at(0) == pytest.approx(0.01) and cfg.beta_at(100) == pytest.approx(0.1)
     with pytest.raises(ConfigError):
         ModelConfig.from_dict({"latent": 3})
+
+
+def test_pull_weight_waits_for_the_warmup_then_ramps() -> None:
+    cfg = ModelConfig(ortho_lambda=2.0, ortho_warmup_rounds=10, ortho_ramp_rounds=4)
+    weights = [cfg.ortho_lambda_at(r) for r in (1, 10, 11, 12, 14, 50)]
+    assert weights == pytest.approx([0.0, 0.0, 0.5, 1.0, 2.0, 2.0])
+    at_once = ModelConfig(ortho_warmup_rounds=3, ortho_ramp_rounds=0)
+    assert at_once.ortho_lambda_at(3) == 0.0 and at_once.ortho_lambda_at(4) == 1.0
 
 
 @pytest.mark.parametrize("selector", ["reward", "logit-bias"])

@@ -62,6 +62,31 @@ def test_objective_terms_add_up() -> None:
     assert float(no_ortho.orth_pull) == 0.0 and float(no_ortho.orth_norm) == 0.0
 
 
+def test_pull_on_mu_is_the_distance_of_the_mean_and_z_adds_the_variance() -> None:
+    contexts, queries = _batch()
+    labels = torch.tensor([0, 1, 0, 1])
+    pulls = {}
+    for target in ("mu", "z"):
+        cfg = small_cfg(pull_on=target, z_samples=4000)
+        model = VariationalPreferenceModel(cfg, seed=0)
+        terms = local_objective(
+            model,
+            StandardNormalPrior(),
+            pad_contexts(contexts),
+            queries,
+            labels,
+            cfg,
+            torch.Generator().manual_seed(0),
+        )
+        protos = model.prototypes.weight.detach()[labels]
+        pulls[target] = float(terms.orth_pull)
+    closed = (terms.mu - protos).pow(2).sum(-1).mean()
+    variance = terms.logvar.exp().sum(-1).mean()
+    assert pulls["mu"] == pytest.approx(float(closed), rel=1e-5)
+    # E||z - p||^2 = ||mu - p||^2 + sum sigma^2 (Monte Carlo over 4000 samples)
+    assert pulls["z"] == pytest.approx(float(closed + variance), rel=0.03)
+
+
 def test_no_label_leakage_flipping_query_labels_leaves_z_unchanged() -> None:
     cfg = small_cfg()
     model = VariationalPreferenceModel(cfg, seed=0)

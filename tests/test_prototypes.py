@@ -13,7 +13,9 @@ from fedvpa.model.prototypes import (
     balanced_kmeans,
     balanced_kmeans_with_centroids,
     match_clusters_to_prototypes,
+    nearest_orthogonal_prototypes,
     nearest_prototype_labels,
+    orthonormal_rows,
 )
 
 
@@ -77,3 +79,41 @@ def test_assignment_with_fewer_clients_than_prototypes() -> None:
     protos = np.eye(3) * 5
     labels = assign_prototype_labels(np.array([[0.0, 0.0, 4.0], [4.0, 0.0, 0.0]]), protos)
     assert labels.tolist() == [2, 0]
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "share"), [(10, 2, 0.5), (20, 4, 0.5), (9, 3, 0.3), (50, 2, 0.8)]
+)
+def test_relaxed_balance_keeps_every_cluster_above_its_floor(n, k, share) -> None:
+    rng = np.random.default_rng(n + k)
+    points = np.concatenate([rng.normal(0, 0.1, (n - 1, 2)), rng.normal(9, 0.1, (1, 2))])
+    labels = balanced_kmeans(points, k, seed=0, min_share=share)
+    sizes = np.bincount(labels, minlength=k)
+    assert sizes.sum() == n and sizes.min() >= max(1, int(np.floor(share * n / k)))
+
+
+def test_relaxed_balance_follows_an_uneven_split_that_strict_balance_breaks() -> None:
+    rng = np.random.default_rng(4)
+    truth = np.array([0] * 8 + [1] * 2)  # 10 sampled clients split 8:2
+    points = np.where(truth[:, None] == 0, -3.0, 3.0) + rng.normal(0, 0.3, (10, 3))
+
+    def errors(labels: np.ndarray) -> int:
+        return int(min((labels != truth).sum(), (labels == truth).sum()))
+
+    assert errors(balanced_kmeans(points, 2, seed=0, min_share=0.4)) == 0
+    assert errors(balanced_kmeans(points, 2, seed=0)) == 3  # forced to 5:5
+
+
+def test_nearest_orthogonal_prototypes_are_orthogonal_at_radius_and_nearest() -> None:
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(3, 8))
+    protos = nearest_orthogonal_prototypes(centroids, radius=5.0)
+    np.testing.assert_allclose(protos @ protos.T, 25.0 * np.eye(3), atol=1e-4)
+    best = np.linalg.norm(protos - centroids)
+    for seed in range(20):  # no other orthogonal radius-5 set is closer (Procrustes optimum)
+        other = orthonormal_rows(3, 8, seed).numpy() * 5.0
+        assert best <= np.linalg.norm(other - centroids) + 1e-6
+    exact = orthonormal_rows(2, 8, 1).numpy() * 2.0  # already a valid set: returned unchanged
+    np.testing.assert_allclose(nearest_orthogonal_prototypes(exact, 2.0), exact, atol=1e-5)
+    with pytest.raises(ValueError, match="M <= d"):
+        nearest_orthogonal_prototypes(rng.normal(size=(5, 3)), 1.0)

@@ -6,13 +6,18 @@ a counter of how often the client trained. The server sends every client a paylo
 (``tag = [client_id, round]``), so tests can check that messages really are per client, and the
 server records in ``info`` which clients trained in which round.
 
+From round ``locate_from`` on, the method asks for a locate exchange before training: each
+sampled client answers ``[client_id, round]`` computed under the global weights it was sent, the
+plan records who answered, and ``tag[2]`` tells a client whether the server located it (a
+located client that is not told so raises), so tests can see the exchange end to end.
+
 Failure injection for tests: ``fail_clients`` raise in ``client_train`` (in ``fail_rounds`` only,
 when given).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +46,9 @@ class ToyMethod(FederatedMethod):
         lr: float = 0.5,
         fail_clients: Sequence[int] = (),
         fail_rounds: Sequence[int] | None = None,
+        locate_from: int | None = None,
     ) -> None:
+        self.locate_from = locate_from
         self.dim = dim
         self.local_steps = local_steps
         self.lr = lr
@@ -51,10 +58,29 @@ class ToyMethod(FederatedMethod):
     def init_server_state(self, seed: int) -> ServerState:
         rng = np.random.default_rng(seed)
         w = rng.normal(0.0, 0.01, size=self.dim).astype(np.float32)
-        return ServerState(arrays={"w": w}, info={"trained": {}})
+        return ServerState(arrays={"w": w}, info={"trained": {}, "located": {}})
+
+    def needs_locate(self, server_round: int) -> bool:
+        return self.locate_from is not None and server_round >= self.locate_from
+
+    def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
+        return {"where": np.array([client.client_id, global_arrays["w"].size], np.int64)}
+
+    def plan_round(
+        self,
+        state: ServerState,
+        client_ids: Sequence[int],
+        server_round: int,
+        located: Mapping[int, Arrays] | None = None,
+    ) -> ServerState:
+        found = sorted(int(c) for c, v in (located or {}).items() if int(v["where"][0]) == c)
+        info = dict(state.info)
+        info["located"] = {**state.info.get("located", {}), str(server_round): found}
+        return ServerState(arrays=state.arrays, extra={"located": found}, info=info)
 
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
-        return {"tag": np.array([client_id, server_round], dtype=np.int64)}
+        located = int(client_id in state.extra.get("located", []))
+        return {"tag": np.array([client_id, server_round, located], dtype=np.int64)}
 
     def client_train(
         self,
@@ -72,6 +98,8 @@ class ToyMethod(FederatedMethod):
         tag = payload["tag"]
         if int(tag[0]) != client.client_id or int(tag[1]) != server_round:
             raise RuntimeError(f"client {client.client_id} got the payload {tag.tolist()}")
+        if self.needs_locate(server_round) and int(tag[2]) != 1:
+            raise RuntimeError(f"client {client.client_id} was not located in round {server_round}")
         gen = torch.Generator().manual_seed(seed)
         pairs = client.labelled
         diff = pairs.emb_a - pairs.emb_b
@@ -108,7 +136,8 @@ class ToyMethod(FederatedMethod):
         trained[str(server_round)] = {
             str(cid): {"count": u.metrics["count"], "seed": u.metrics["seed"]} for cid, u in updates
         }
-        return ServerState(arrays={"w": np.asarray(w, dtype=np.float32)}, info={"trained": trained})
+        info = {**state.info, "trained": trained}
+        return ServerState(arrays={"w": np.asarray(w, dtype=np.float32)}, info=info)
 
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
         bias = 0.0 if not client_state else float(client_state["bias"][0])

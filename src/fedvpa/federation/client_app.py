@@ -5,7 +5,9 @@ thanks to a module-level cache, so a Ray actor serving many virtual clients load
 answers three messages:
 
 - ``query``: its client id, user type and seen/unseen flag, so the server can map node ids to
-  clients (metadata only: no data, no labels of pairs).
+  clients (metadata only: no data, no labels of pairs). A query that carries global arrays is a
+  *locate* request: ``method.locate`` answers with a few statistics under those weights (for
+  FedVPA-GP the ``d`` floats of its posterior mean, what it sends after training anyway).
 - ``train``: global arrays + this client's payload -> ``method.client_train`` -> shared weights,
   statistics and metrics. The private state the method returns stays here (``Context.state``,
   mirrored to a per-client file when a state folder is configured, see ``checkpoint``).
@@ -141,6 +143,10 @@ def store_private_state(
 def query(msg: Message, context: Context) -> Message:
     config = msg.content.get(CONFIG_KEY, ConfigRecord())
     client = this_client(context, config)
+    if GLOBAL_KEY in msg.content:
+        method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
+        stats = method.locate(record_to_arrays(msg.content[GLOBAL_KEY]), client)
+        return Message(RecordDict({STATS_KEY: arrays_to_record(stats)}), reply_to=msg)
     meta = ConfigRecord(
         {
             "client-id": int(client.client_id),

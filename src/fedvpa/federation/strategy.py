@@ -251,6 +251,7 @@ class MethodStrategy(Strategy):
         self.history: list[dict[str, Any]] = []
         self.last_train: dict[str, Any] = {}
         self.last_latents: dict[str, Any] | None = None
+        self.last_locate: ReplyTally | None = None
 
     # ------------------------------------------------------------------ Flower Strategy hooks
 
@@ -277,7 +278,11 @@ class MethodStrategy(Strategy):
         """One message per sampled seen client, each with its own payload and seed."""
         seen = [cid for cid, info in self.clients.items() if not info.unseen]
         chosen = sample_clients(self.config.seed, server_round, seen, self.config.clients_per_round)
-        self.state = self.method.plan_round(self.state, chosen, server_round)
+        located = None
+        if self.method.needs_locate(server_round):
+            located = self._locate(grid, arrays, chosen, server_round)
+        self.state = self.method.plan_round(self.state, chosen, server_round, located)
+        arrays = arrays_to_record(self.state.arrays)  # planning may move shared weights
         messages = []
         for client_id in chosen:
             payload = self.method.client_payload(self.state, client_id, server_round)
@@ -302,6 +307,29 @@ class MethodStrategy(Strategy):
                 )
             )
         return messages
+
+    def _locate(
+        self, grid: Grid, arrays: ArrayRecord, chosen: list[int], server_round: int
+    ) -> dict[int, Arrays]:
+        """Ask the sampled clients where the current shared model puts them (``method.locate``).
+
+        A client that fails here still trains (the method falls back for unplanned clients);
+        the round stops only when fewer than the minimum reply fraction answer.
+        """
+        cfg = ConfigRecord({**self._base_config(server_round), "locate": True})
+        messages = [
+            Message(
+                RecordDict({GLOBAL_KEY: arrays, CONFIG_KEY: cfg}),
+                dst_node_id=self.clients[cid].node_id,
+                message_type=MessageType.QUERY,
+                group_id=f"{server_round}-locate",
+            )
+            for cid in chosen
+        ]
+        tally = self._send(grid, messages)
+        self._require(tally, len(messages), "locate", server_round)
+        self.last_locate = tally
+        return {info.client_id: record_to_arrays(m.content.get(STATS_KEY)) for info, m in tally.ok}
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -553,6 +581,7 @@ class MethodStrategy(Strategy):
         t0 = time.monotonic()
         for server_round in range(start + 1, cfg.num_rounds + 1):
             t_round = time.monotonic()
+            self.last_locate = None
             arrays = arrays_to_record(self.state.arrays)
             train_msgs = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
             tally = self._send(grid, train_msgs)
@@ -576,6 +605,19 @@ class MethodStrategy(Strategy):
                 "train": {k: finite_or_none(v) for k, v in self.last_train["train"].items()},
                 "state_sources": self.last_train["state_sources"],
             }
+            if self.last_locate is not None:
+                # The locate exchange is traffic of this round's clients: count it with theirs.
+                loc = self.last_locate
+                row["locate_replies"] = len(loc.ok)
+                row["locate_failures"] = loc.errors + loc.missing
+                for key, extra in (("down", loc.bytes_down), ("up", loc.bytes_up)):
+                    per = row[f"bytes_{key}_per_client"]
+                    for cid, n in extra.items():
+                        per[str(cid)] = per.get(str(cid), 0) + n
+                    row[f"bytes_{key}_per_client"] = dict(
+                        sorted(per.items(), key=lambda kv: int(kv[0]))
+                    )
+                    row[f"bytes_{key}"] += sum(extra.values())
             if server_round % cfg.eval_every == 0 or server_round == cfg.num_rounds:
                 arrays = arrays_to_record(self.state.arrays)
                 eval_msgs = list(

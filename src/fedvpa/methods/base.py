@@ -12,7 +12,7 @@ plus plain scalars in ``metrics``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,13 +62,32 @@ class FederatedMethod(ABC):
     def init_server_state(self, seed: int) -> ServerState:
         """Fresh global weights and server-side stores, deterministic in ``seed``."""
 
+    def needs_locate(self, server_round: int) -> bool:
+        """Whether the runtime must ask this round's sampled clients for ``locate`` first.
+
+        A locate exchange costs one extra message pair per client; a method asks for it only
+        when the server must decide something from where the current shared model puts each
+        client (FedVPA-GP's prototype labels).
+        """
+        return False
+
+    def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
+        """Client side of the locate exchange: small statistics under the current shared model
+        (never raw data); ``{}`` if the method does not use it."""
+        return {}
+
     def plan_round(
-        self, state: ServerState, client_ids: Sequence[int], server_round: int
+        self,
+        state: ServerState,
+        client_ids: Sequence[int],
+        server_round: int,
+        located: Mapping[int, Arrays] | None = None,
     ) -> ServerState:
         """Called once per round with the sampled clients, before any payload is built.
 
-        A method that coordinates the sampled clients (FedBiscuit's balanced groups) decides
-        here and keeps the decision in the returned state; most methods need nothing.
+        A method that coordinates the sampled clients (FedBiscuit's balanced groups, FedVPA-GP's
+        prototype labels) decides here and keeps the decision in the returned state; ``located``
+        holds the ``locate`` replies by client id when ``needs_locate`` asked for them.
         """
         return state
 

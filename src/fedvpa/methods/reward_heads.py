@@ -7,7 +7,7 @@ the latent methods is due to personalisation, not to a different network.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -164,7 +164,11 @@ class FedBiscuit(FederatedMethod):
         return dict(zip(client_ids, balanced_head_assignment(losses).tolist(), strict=True))
 
     def plan_round(
-        self, state: ServerState, client_ids: Sequence[int], server_round: int
+        self,
+        state: ServerState,
+        client_ids: Sequence[int],
+        server_round: int,
+        located: Mapping[int, Arrays] | None = None,
     ) -> ServerState:
         ids = sorted(client_ids)
         if server_round <= self.warmup_rounds:

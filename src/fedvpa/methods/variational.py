@@ -8,7 +8,7 @@ on. Keeping the variants in one class guarantees the ablations differ in exactly
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +21,12 @@ from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrior
-from fedvpa.model.prototypes import balanced_kmeans_with_centroids, match_clusters_to_prototypes
+from fedvpa.model.prototypes import (
+    balanced_kmeans_with_centroids,
+    match_clusters_to_prototypes,
+    nearest_orthogonal_prototypes,
+    nearest_prototype_labels,
+)
 from fedvpa.model.vpl import VariationalPreferenceModel
 from fedvpa.training.local import VPLPredictor, infer_posterior, train_local
 
@@ -56,10 +61,64 @@ class VariationalMethod(FederatedMethod):
             "prior_var": np.zeros((0, d), np.float32),
             "prior_n": np.zeros((0,), np.float32),
             "prior_ids": np.zeros((0,), np.int64),
-            "label_ids": np.zeros((0,), np.int64),  # clients clustered last round
+            "label_ids": np.zeros((0,), np.int64),  # this round's clients, labelled in plan_round
             "labels": np.zeros((0,), np.int64),  # their prototype labels
         }
         return ServerState(arrays=self._model(seed=seed).shared_state(), extra=extra)
+
+    def needs_locate(self, server_round: int) -> bool:
+        return self.cfg.use_ortho and server_round > self.cfg.ortho_warmup_rounds
+
+    def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
+        """The client's posterior mean under the round's shared model (``d`` floats)."""
+        mu, _ = infer_posterior(self._model(global_arrays), client.labelled)
+        return {"mu": mu.numpy().astype(np.float32)}
+
+    def plan_round(
+        self,
+        state: ServerState,
+        client_ids: Sequence[int],
+        server_round: int,
+        located: Mapping[int, Arrays] | None = None,
+    ) -> ServerState:
+        """Balanced k-means labels for this round's clients, from where the shared model they
+        are about to receive puts them.
+
+        Labels computed from an earlier round's posteriors are stale: one FedAvg round moves
+        the encoder enough that last round's centroids put ~40% of next round's clients in the
+        wrong group (measured), and the pull then drags each group towards both prototypes.
+        """
+        extra = dict(state.extra)
+        extra["label_ids"] = np.zeros(0, np.int64)
+        extra["labels"] = np.zeros(0, np.int64)
+        extra.pop("centroids", None)
+        if not self.needs_locate(server_round) or not located:
+            return ServerState(arrays=state.arrays, extra=extra, info=state.info)
+        ids = np.array(sorted(located), np.int64)
+        mus = np.stack([located[int(c)]["mu"] for c in ids]).astype(np.float32)
+        arrays = state.arrays
+        if len(ids) <= self.cfg.num_prototypes:  # too few to cluster: nearest-prototype labels
+            extra["label_ids"] = ids
+            extra["labels"] = nearest_prototype_labels(mus, arrays[PROTOTYPES_KEY])
+            return ServerState(arrays=arrays, extra=extra, info=state.info)
+        first = server_round == self.cfg.ortho_warmup_rounds + 1
+        if self.cfg.prototype_init == "centroids" and first:
+            # Put the prototypes where the clusters already are before the first pull.
+            _, centroids = balanced_kmeans_with_centroids(
+                mus,
+                self.cfg.num_prototypes,
+                seed=server_round,
+                min_share=self.cfg.cluster_min_share,
+            )
+            arrays = dict(arrays)
+            arrays[PROTOTYPES_KEY] = nearest_orthogonal_prototypes(
+                centroids, self.cfg.prototype_radius
+            )
+        extra["label_ids"] = ids
+        extra["labels"], extra["centroids"] = prototype_assignment(
+            mus, arrays[PROTOTYPES_KEY], seed=server_round, min_share=self.cfg.cluster_min_share
+        )
+        return ServerState(arrays=arrays, extra=extra, info=state.info)
 
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
         extra = state.extra
@@ -91,13 +150,6 @@ class VariationalMethod(FederatedMethod):
         extra["prior_mu"] = mus
         extra["prior_var"] = np.stack([u.stats["sigma2"] for _, u in updates]).astype(np.float32)
         extra["prior_n"] = np.array([u.num_examples for _, u in updates], np.float32)
-        # Clustering uses only this round's (fresh) posterior means: older ones come from an older
-        # encoder and would pin the groups to a latent space that no longer exists.
-        if self.cfg.use_ortho and len(ids) > self.cfg.num_prototypes:
-            extra["label_ids"] = ids
-            extra["labels"], extra["centroids"] = prototype_assignment(
-                mus, arrays[PROTOTYPES_KEY], seed=server_round
-            )
         info = dict(state.info)
         info["prior_components"] = len(ids)
         return ServerState(arrays=arrays, extra=extra, info=info)
@@ -157,7 +209,7 @@ class VariationalMethod(FederatedMethod):
             prior,
             client,
             label,
-            self.cfg,
+            replace(self.cfg, ortho_lambda=self.cfg.ortho_lambda_at(server_round)),
             steps=self.local.local_steps,
             lr=self.local.lr,
             batch_size=self.local.batch_size,
@@ -186,13 +238,14 @@ class VariationalMethod(FederatedMethod):
         metrics = dict(result.metrics)
         if label is not None:
             metrics["proto_label"] = float(label)
+        stats = {
+            "mu": result.mu_bar.numpy().astype(np.float32),
+            "sigma2": result.sigma2_bar.numpy().astype(np.float32),
+        }
         update = ClientUpdate(
             arrays=model.shared_state(),
             num_examples=result.num_examples,
-            stats={
-                "mu": result.mu_bar.numpy().astype(np.float32),
-                "sigma2": result.sigma2_bar.numpy().astype(np.float32),
-            },
+            stats=stats,
             metrics=metrics,
         )
         return update, new_state
@@ -227,11 +280,13 @@ class VariationalMethod(FederatedMethod):
 
 
 def prototype_assignment(
-    client_mu: np.ndarray, prototypes: np.ndarray, seed: int
+    client_mu: np.ndarray, prototypes: np.ndarray, seed: int, min_share: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Balanced k-means (k = M) labels matched to prototypes, and the centroids in prototype
     order (what unlabelled clients compare themselves with)."""
-    labels, centroids = balanced_kmeans_with_centroids(client_mu, prototypes.shape[0], seed)
+    labels, centroids = balanced_kmeans_with_centroids(
+        client_mu, prototypes.shape[0], seed, min_share=min_share
+    )
     perm = match_clusters_to_prototypes(centroids, prototypes)
     ordered = np.empty_like(centroids)
     ordered[perm] = centroids

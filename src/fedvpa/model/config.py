@@ -16,6 +16,7 @@ ENCODERS = ("attention", "mean")
 SELECTORS = ("reward", "logit-bias")
 PRIORS = ("standard", "mixture")
 KL_ESTIMATORS = ("mc", "upper-bound")
+PROTOTYPE_INITS = ("qr", "centroids")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,18 @@ class ModelConfig:
     # pairs can be very tight, and a tight component makes KL(q || p_mix) dwarf the likelihood.
     prior_var_floor: float = 1.0
     ortho_warmup_rounds: int = 10
+    # Rounds over which lambda rises linearly from 0 after the warm-up (0 = switch on at once).
+    ortho_ramp_rounds: int = 20
+    # "qr": the paper's random orthonormal prototypes. "centroids": at the end of the warm-up the
+    # server replaces them by the orthogonal radius-s set nearest the clients' k-means centroids
+    # (orthogonal Procrustes), so the pull starts from the latent geometry the clients already have.
+    prototype_init: str = "centroids"
+    # Smallest k-means cluster as a share of the even share N / M: 1.0 is the paper's strict
+    # balance; below 1 the server can follow an uneven split of the sampled clients.
+    cluster_min_share: float = 0.5
+    # What the pull draws to the prototype: a posterior sample "z" (the paper; it also shrinks
+    # the posterior variance, since E||z - p||^2 = ||mu - p||^2 + sum sigma^2) or its mean "mu".
+    pull_on: str = "mu"
     kl_anneal_steps: int = 0
     z_samples: int = 1
     dropout: float = 0.0
@@ -86,6 +99,8 @@ class ModelConfig:
             "prior": PRIORS,
             "kl_estimator": KL_ESTIMATORS,
             "nll_reduction": ("sum", "mean"),
+            "prototype_init": PROTOTYPE_INITS,
+            "pull_on": ("z", "mu"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -103,6 +118,10 @@ class ModelConfig:
             raise ConfigError(f"must be > 0, got {self.tau!r}", field="tau")
         if self.tau_final is not None and not self.tau_final > 0:
             raise ConfigError(f"must be > 0 or unset, got {self.tau_final!r}", field="tau_final")
+        if not 0 < self.cluster_min_share <= 1:
+            raise ConfigError(
+                f"must be in (0, 1], got {self.cluster_min_share!r}", field="cluster_min_share"
+            )
         if not self.prototype_radius > 0:
             raise ConfigError(
                 f"must be > 0, got {self.prototype_radius!r}", field="prototype_radius"
@@ -118,7 +137,7 @@ class ModelConfig:
                 f"feature_dim={self.feature_dim} is not divisible by {self.attention_heads} heads",
                 field="attention_heads",
             )
-        for name in ("prior_warmup_rounds", "ortho_warmup_rounds"):
+        for name in ("prior_warmup_rounds", "ortho_warmup_rounds", "ortho_ramp_rounds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"must be a non-negative integer, got {value!r}", field=name)
@@ -139,6 +158,15 @@ class ModelConfig:
             return self.tau
         frac = min(max((server_round - 1) / (num_rounds - 1), 0.0), 1.0)
         return float(self.tau * (self.tau_final / self.tau) ** frac)
+
+    def ortho_lambda_at(self, server_round: int) -> float:
+        """Pull weight in a round: 0 during the warm-up, then a linear ramp to ``ortho_lambda``."""
+        after = server_round - self.ortho_warmup_rounds
+        if after <= 0:
+            return 0.0
+        if self.ortho_ramp_rounds == 0:
+            return self.ortho_lambda
+        return self.ortho_lambda * min(1.0, after / self.ortho_ramp_rounds)
 
     def beta_at(self, step: int) -> float:
         """KL weight at a local step: linear warm-up over ``kl_anneal_steps`` (0 = none)."""

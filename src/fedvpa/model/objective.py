@@ -138,7 +138,7 @@ def local_objective(
     zero = torch.zeros(())
     pull, norm = zero, zero
     if cfg.use_ortho and proto_labels is not None:
-        pull = model.prototypes.pull_loss(z, proto_labels)
+        pull = model.prototypes.pull_loss(mu if cfg.pull_on == "mu" else z, proto_labels)
         norm = model.prototypes.orthonormality_loss()
         total = total + cfg.ortho_lambda * pull + cfg.ortho_gamma * norm
     with torch.no_grad():

@@ -56,38 +56,57 @@ class OrthogonalPrototypes(nn.Module):
         return torch.cdist(z.detach().float(), self.weight.detach()).argmin(dim=-1)
 
 
-def _balanced_assign(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Minimum-cost assignment of points to centroids with cluster sizes ``q`` or ``q + 1``.
+def _size_bounds(n: int, k: int, min_share: float) -> tuple[int, int]:
+    """``(min, max)`` cluster size: each cluster holds at least ``min_share`` of its even share."""
+    if min_share >= 1.0:
+        return n // k, -(-n // k)
+    low = max(1, int(np.floor(min_share * n / k)))  # never an empty cluster
+    return low, n - (k - 1) * low
 
-    Each centroid gets ``q = N // k`` regular slots and one spare slot. ``k - r`` dummy points
-    (``r = N % k``) may only take spare slots, one per centroid, so exactly ``r`` clusters get
-    ``q + 1`` points and the rest ``q``.
+
+def _balanced_assign(
+    points: np.ndarray, centroids: np.ndarray, min_share: float = 1.0
+) -> np.ndarray:
+    """Minimum-cost assignment of points to centroids with size bounds (``_size_bounds``).
+
+    Each centroid gets ``max`` slots, the first ``min`` of them required. Dummy points fill the
+    slots no real point takes; they may only take optional slots, so every required slot holds
+    a real point. ``min_share = 1`` gives the classic balanced sizes ``q`` or ``q + 1``.
     """
     n, k = points.shape[0], centroids.shape[0]
-    q, r = divmod(n, k)
+    low, high = _size_bounds(n, k, min_share)
     dist = ((points[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)  # [N, k]
-    slots = q + 1
-    cost_real = np.repeat(dist, slots, axis=1)  # column c * slots + s -> centroid c
+    cost_real = np.repeat(dist, high, axis=1)  # column c * high + s -> centroid c
     big = float(dist.max() + 1.0) * (n + 1) * 10.0
-    dummy = np.full((k - r, k * slots), big)
-    dummy[:, slots - 1 :: slots] = 0.0  # spare slots only
+    dummy = np.full((k * high - n, k * high), big)
+    optional = (np.arange(k * high) % high) >= low
+    dummy[:, optional] = 0.0
     cost = np.vstack([cost_real, dummy])
     rows, cols = linear_sum_assignment(cost)
     labels = np.empty(n, dtype=np.int64)
     real = rows < n
-    labels[rows[real]] = cols[real] // slots
+    labels[rows[real]] = cols[real] // high
     return labels
 
 
-def balanced_kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 10) -> np.ndarray:
-    """Balanced k-means labels ``[N]`` in ``0 .. k-1``, cluster sizes within 1 of each other."""
-    return balanced_kmeans_with_centroids(points, k, seed, iterations)[0]
+def balanced_kmeans(
+    points: np.ndarray, k: int, seed: int = 0, iterations: int = 10, min_share: float = 1.0
+) -> np.ndarray:
+    """Balanced k-means labels ``[N]`` in ``0 .. k-1``; sizes within 1 of each other when
+    ``min_share = 1``, else at least ``floor(min_share * N / k)`` per cluster."""
+    return balanced_kmeans_with_centroids(points, k, seed, iterations, min_share)[0]
 
 
 def balanced_kmeans_with_centroids(
-    points: np.ndarray, k: int, seed: int = 0, iterations: int = 10
+    points: np.ndarray, k: int, seed: int = 0, iterations: int = 10, min_share: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced k-means: ``(labels [N], centroids [k, d])`` with cluster sizes within 1.
+    """Balanced k-means: ``(labels [N], centroids [k, d])``, sizes bounded by ``_size_bounds``.
+
+    Strict balance (``min_share = 1``) is the paper's rule. It is wrong whenever the sampled
+    clients are not split evenly between the groups (10 of a 50:50 population split 7:3 or
+    worse in a third of rounds, unevenly in three of four), and each forced label pulls a
+    client towards the other group's prototype; ``min_share < 1`` keeps the guard against one
+    cluster taking everyone.
 
     k-means++ seeding, then alternate balanced assignment (Hungarian on replicated centroid slots)
     and centroid updates until the labels stop changing.
@@ -104,10 +123,10 @@ def balanced_kmeans_with_centroids(
         centroids[:n] = points
         return labels, centroids
     centroids, _ = kmeans_plusplus(points, k, random_state=seed)
-    labels = _balanced_assign(points, centroids)
+    labels = _balanced_assign(points, centroids, min_share)
     for _ in range(iterations):
         centroids = np.stack([points[labels == c].mean(axis=0) for c in range(k)])
-        new = _balanced_assign(points, centroids)
+        new = _balanced_assign(points, centroids, min_share)
         if np.array_equal(new, labels):
             break
         labels = new
@@ -150,3 +169,16 @@ def nearest_prototype_labels(client_mu: np.ndarray, prototypes: np.ndarray) -> n
     client_mu = np.asarray(client_mu, dtype=np.float64)
     prototypes = np.asarray(prototypes, dtype=np.float64)
     return ((client_mu[:, None, :] - prototypes[None]) ** 2).sum(-1).argmin(axis=1)
+
+
+def nearest_orthogonal_prototypes(centroids: np.ndarray, radius: float) -> np.ndarray:
+    """The rows ``P`` with ``P P^T = s^2 I`` nearest ``centroids [M, d]`` (orthogonal Procrustes).
+
+    ``argmin ||P - C||_F`` under that constraint is ``s U V^T`` for the thin SVD ``C = U S V^T``;
+    row ``j`` stays the prototype of cluster ``j``.
+    """
+    centroids = np.asarray(centroids, dtype=np.float64)
+    if centroids.ndim != 2 or centroids.shape[0] > centroids.shape[1]:
+        raise ValueError(f"need [M, d] centroids with M <= d, got {centroids.shape}")
+    u, _, vt = np.linalg.svd(centroids, full_matrices=False)
+    return (radius * u @ vt).astype(np.float32)
