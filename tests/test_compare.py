@@ -312,3 +312,20 @@ def test_one_federated_method_through_flower(tmp_path: Path) -> None:
     other = compare.new_results(changed, ["fedavg-bt"], [0], compare.DEFAULT_K_VALUES)
     compare.compare_seed(changed, clients, 0, ["fedavg-bt"], out, other, data_path=data_path)
     assert other["runs"] == [] and "another configuration" in other["failures"][0]["error"]
+
+
+@pytest.mark.parametrize("method", ["fedvpa-gp", "fedavg-bt", "fedbiscuit", "centralised-vpl"])
+def test_fingerprint_follows_the_methods_effective_settings(monkeypatch, method) -> None:
+    # Regression: the fingerprint hashed only the experiment's overrides, so changing a model
+    # default (a new option) silently reused every run computed under the old default.
+    from dataclasses import asdict
+
+    from fedvpa.compare import run_fingerprint
+    from fedvpa.experiment import ExperimentConfig
+    from fedvpa.model.config import ModelConfig
+
+    exp = ExperimentConfig.from_flat({})
+    before = run_fingerprint(exp, method, 0, [1, 4], "digest", None, 384)
+    assert before == run_fingerprint(exp, method, 0, [1, 4], "digest", None, 384)
+    monkeypatch.setattr(ModelConfig, "to_dict", lambda self: {**asdict(self), "new_option": 1})
+    assert run_fingerprint(exp, method, 0, [1, 4], "digest", None, 384) != before

@@ -304,3 +304,17 @@ def test_run_config_parsing_and_validation(tmp_path: Path) -> None:
         FederationConfig.from_run_config({"method": "toy", "method-kwargs": "{oops"})
     with pytest.raises(ConfigError, match="min-reply-fraction"):
         FederationConfig("toy", "d", "r", 2, 1, 1, min_reply_fraction=0.0)
+
+
+def test_resume_identity_holds_the_methods_defaults(monkeypatch, tmp_path: Path) -> None:
+    # Regression: identity held only the overrides, so a checkpoint written under other model
+    # defaults would have been continued as if nothing had changed.
+    from dataclasses import asdict
+
+    from fedvpa.model.config import ModelConfig
+
+    config = FederationConfig("fedvpa-gp", str(tmp_path / "c.pt"), str(tmp_path / "r"), 4, 2, 2)
+    before = config.identity()
+    assert before["method_effective"]["model"]["pull_on"] == ModelConfig().pull_on
+    monkeypatch.setattr(ModelConfig, "to_dict", lambda self: {**asdict(self), "new_option": 1})
+    assert config.identity() != before

@@ -229,6 +229,15 @@ def clients_digest(clients: Sequence[ClientTensors]) -> str:
     return h.hexdigest()[:16]
 
 
+def effective_method_config(exp: ExperimentConfig, method: str, input_dim: int) -> dict[str, Any]:
+    """The method's settings with every default filled in (what the run really used)."""
+    if method in REFERENCES:
+        return {"model": ModelConfig.from_dict({**exp.model, "input_dim": input_dim}).to_dict()}
+    from fedvpa.federation.registry import create_method
+
+    return create_method(method, exp.method_kwargs(input_dim)).effective_config()
+
+
 def run_fingerprint(
     exp: ExperimentConfig,
     method: str,
@@ -236,10 +245,16 @@ def run_fingerprint(
     k_values: Sequence[int],
     digest: str,
     reference_steps: int | None = None,
+    input_dim: int | None = None,
 ) -> str:
+    """Hash of everything a run's result depends on. It includes the method's *effective*
+    settings, not only the experiment's overrides: a changed default (a new model option) must
+    not silently reuse a result computed under the old one."""
+    effective = None if input_dim is None else effective_method_config(exp, method, input_dim)
     blob = json.dumps(
         {
             "config": exp.to_flat(),
+            "effective": effective,
             "method": method,
             "seed": seed,
             "k": list(k_values),
@@ -421,6 +436,9 @@ def run_federated_method(
             {
                 "method": name,
                 "method_kwargs": json.loads(json.dumps(kwargs)),
+                "method_effective": json.loads(
+                    json.dumps(create_method(name, kwargs).effective_config())
+                ),
                 "seed": int(seed),
                 "num_clients": len(clients),
                 "clients_per_round": fed.clients_per_round,
@@ -604,7 +622,9 @@ def compare_seed(
     for name in methods:
         run_dir = out / "runs" / f"{name}-seed{seed}"
         cache = run_dir / RUN_FILE
-        fingerprint = run_fingerprint(exp, name, seed, k_values, digest, reference_steps)
+        fingerprint = run_fingerprint(
+            exp, name, seed, k_values, digest, reference_steps, clients[0].context.dim
+        )
         if say:
             say(f"[compare] seed {seed} | {name} | start")
         try:

@@ -93,11 +93,18 @@ class FederationConfig:
             return ""
         return self.client_state_dir or str(Path(self.run_dir) / "client_state")
 
+    def method_effective(self) -> dict[str, Any]:
+        """The method's settings with its defaults filled in (JSON-normalised)."""
+        method = create_method(self.method, self.method_kwargs)
+        return json.loads(json.dumps(method.effective_config()))
+
     def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the run it continues."""
+        """The fields a resumed run must share with the run it continues, including the method's
+        defaults: a checkpoint written under other defaults must not be continued."""
         out = asdict(self)
         for key in ("num_rounds", "resume", "client_timeout", "node_wait_timeout"):
             out.pop(key)
+        out["method_effective"] = self.method_effective()
         return out
 
     @classmethod
@@ -574,7 +581,12 @@ class MethodStrategy(Strategy):
         if start == 0:
             ckpt.rewrite_metrics(self.run_dir, [])
         ckpt.write_json(
-            self.run_dir / ckpt.CONFIG_FILE, {**asdict(cfg), "method_ref": self.method_ref}
+            self.run_dir / ckpt.CONFIG_FILE,
+            {
+                **asdict(cfg),
+                "method_ref": self.method_ref,
+                "method_effective": json.loads(json.dumps(self.method.effective_config())),
+            },
         )
         self.summary()
         self.discover(grid)

@@ -62,6 +62,14 @@ class FederatedMethod(ABC):
     def init_server_state(self, seed: int) -> ServerState:
         """Fresh global weights and server-side stores, deterministic in ``seed``."""
 
+    def effective_config(self) -> dict[str, Any]:
+        """Every setting that changes what the method computes, defaults filled in.
+
+        Run fingerprints hash this, so a changed default can never reuse a stale result. A
+        method without settings returns ``{}``.
+        """
+        return {}
+
     def needs_locate(self, server_round: int) -> bool:
         """Whether the runtime must ask this round's sampled clients for ``locate`` first.
 

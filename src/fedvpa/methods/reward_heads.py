@@ -80,6 +80,9 @@ class FedAvgBT(FederatedMethod):
     ):
         self.cfg, self.local = _configs(model, local)
 
+    def effective_config(self) -> dict[str, Any]:
+        return {"model": self.cfg.to_dict(), "local": self.local.to_dict()}
+
     def init_server_state(self, seed: int) -> ServerState:
         return ServerState(arrays=_state(_bt_model(self.cfg, seed=seed)))
 
@@ -142,6 +145,14 @@ class FedBiscuit(FederatedMethod):
         self.num_heads = int(num_heads)
         # Default warm-up: two rounds per head, as a fixed share of short runs.
         self.warmup_rounds = int(warmup_rounds) or 2 * self.num_heads
+
+    def effective_config(self) -> dict[str, Any]:
+        return {
+            "model": self.cfg.to_dict(),
+            "local": self.local.to_dict(),
+            "num_heads": self.num_heads,
+            "warmup_rounds": self.warmup_rounds,
+        }
 
     def _split(self, arrays: Arrays) -> list[Arrays]:
         return [

@@ -47,6 +47,9 @@ class VariationalMethod(FederatedMethod):
         self.cfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {})
         self.local = local if isinstance(local, LocalConfig) else LocalConfig.from_dict(local or {})
 
+    def effective_config(self) -> dict[str, Any]:
+        return {"model": self.cfg.to_dict(), "local": self.local.to_dict()}
+
     # ----------------------------------------------------------------------------- server side
     def _model(self, arrays: Arrays | None = None, seed: int = 0) -> VariationalPreferenceModel:
         model = VariationalPreferenceModel(self.cfg, seed)
