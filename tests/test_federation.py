@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedvpa.errors import ConfigError
 from fedvpa.federation import checkpoint as ckpt
@@ -189,10 +190,50 @@ def test_locate_exchange_reaches_the_plan_and_is_accounted(env: Path, full: dict
         assert located[str(row["round"])] == row["sampled"]
         assert row["locate_replies"] == len(row["sampled"]) and row["locate_failures"] == 0
         assert row["bytes_down"] == sum(row["bytes_down_per_client"].values())
-    # locate sends the weights a second time: a located round costs more than a plain one
-    plain = history[LOCATE_FROM - 2]["bytes_down_per_client"]
-    later = history[LOCATE_FROM - 1]["bytes_down_per_client"]
-    assert min(later.values()) > max(plain.values())
+        # the train message carried only the digest: every located client used the kept weights
+        assert row["weights_reused"] == len(row["trained"])
+    assert all(r["weights_reused"] == 0 for r in history if r["round"] < LOCATE_FROM)
+
+
+def test_train_uses_the_weights_kept_from_locate_once_and_only_if_they_match() -> None:
+    from flwr.app import Context, MessageType
+
+    from fedvpa.federation.client_app import LOCATED_ARRAYS_KEY, round_weights
+    from fedvpa.federation.messages import CONFIG_KEY, GLOBAL_DIGEST, GLOBAL_KEY, arrays_digest
+
+    weights = {"w": np.arange(4, dtype=np.float32)}
+    digest = arrays_digest(weights)
+    assert digest == arrays_digest({"w": np.arange(4, dtype=np.float32)})
+    assert digest != arrays_digest({"w": np.arange(4, dtype=np.float64)})
+
+    def located_context() -> Context:
+        from fedvpa.federation.client_app import LOCATED_META_KEY
+
+        state = RecordDict(
+            {
+                LOCATED_ARRAYS_KEY: arrays_to_record(weights),
+                LOCATED_META_KEY: ConfigRecord({GLOBAL_DIGEST: digest}),
+            }
+        )
+        return Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
+
+    def train_msg(content: dict) -> Message:
+        return Message(RecordDict(content), dst_node_id=1, message_type=MessageType.TRAIN)
+
+    context = located_context()
+    by_digest = train_msg({CONFIG_KEY: ConfigRecord({GLOBAL_DIGEST: digest})})
+    got, reused = round_weights(by_digest, context, 0)
+    assert reused and np.array_equal(got["w"], weights["w"])
+    assert LOCATED_ARRAYS_KEY not in context.state  # used once, then dropped
+    with pytest.raises(ConfigError, match="did not keep"):
+        round_weights(by_digest, context, 0)
+    with pytest.raises(ConfigError, match="did not keep"):
+        wrong = train_msg({CONFIG_KEY: ConfigRecord({GLOBAL_DIGEST: "other"})})
+        round_weights(wrong, located_context(), 0)
+    sent = {"w": np.ones(4, np.float32)}
+    full = train_msg({CONFIG_KEY: ConfigRecord(), GLOBAL_KEY: arrays_to_record(sent)})
+    got, reused = round_weights(full, located_context(), 0)
+    assert not reused and np.array_equal(got["w"], sent["w"])
 
 
 # ------------------------------------------------------------------ resume

@@ -35,6 +35,7 @@ from fedvpa.federation import checkpoint as ckpt
 from fedvpa.federation.messages import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    GLOBAL_DIGEST,
     GLOBAL_KEY,
     META_KEY,
     METRICS_KEY,
@@ -53,6 +54,10 @@ from fedvpa.methods.base import Arrays, FederatedMethod, Predictor
 STATE_ARRAYS_KEY = "fedvpa.client-state"
 STATE_META_KEY = "fedvpa.client-state-meta"
 
+# The weights of this round's locate message, kept until its train message (which then carries only
+# their digest, so a located round downloads the weights once, not twice).
+LOCATED_ARRAYS_KEY = "fedvpa.located-arrays"
+LOCATED_META_KEY = "fedvpa.located-meta"
 # Where the private state came from when a round started (reported as a metric so tests and logs
 # can tell Context.state persistence from a file restore).
 SOURCE_FRESH = 0
@@ -146,6 +151,9 @@ def query(msg: Message, context: Context) -> Message:
     if GLOBAL_KEY in msg.content:
         method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
         stats = method.locate(record_to_arrays(msg.content[GLOBAL_KEY]), client)
+        if GLOBAL_DIGEST in config:
+            context.state[LOCATED_ARRAYS_KEY] = msg.content[GLOBAL_KEY]
+            context.state[LOCATED_META_KEY] = ConfigRecord({GLOBAL_DIGEST: config[GLOBAL_DIGEST]})
         return Message(RecordDict({STATS_KEY: arrays_to_record(stats)}), reply_to=msg)
     meta = ConfigRecord(
         {
@@ -159,6 +167,29 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({META_KEY: meta}), reply_to=msg)
 
 
+def round_weights(msg: Message, context: Context, client_id: int) -> tuple[Arrays, bool]:
+    """The global weights of a train message: sent with it, or kept from this round's locate.
+
+    A digest that does not match what the client kept (a restarted node, a lost state) is an
+    error the server counts as a failed client, never a silent use of other weights.
+    """
+    kept_meta = context.state.get(LOCATED_META_KEY)
+    kept = context.state.get(LOCATED_ARRAYS_KEY)
+    for key in (LOCATED_ARRAYS_KEY, LOCATED_META_KEY):  # used at most once
+        if key in context.state:
+            del context.state[key]
+    if GLOBAL_KEY in msg.content:
+        return record_to_arrays(msg.content[GLOBAL_KEY]), False
+    wanted = str(msg.content[CONFIG_KEY].get(GLOBAL_DIGEST, ""))
+    if not isinstance(kept_meta, ConfigRecord) or str(kept_meta[GLOBAL_DIGEST]) != wanted:
+        raise ConfigError(
+            f"client {client_id}: train message refers to weights {wanted or '(none)'} that "
+            "this node did not keep from a locate message"
+        )
+    assert isinstance(kept, ArrayRecord)
+    return record_to_arrays(kept), True
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG_KEY]
@@ -167,7 +198,7 @@ def train(msg: Message, context: Context) -> Message:
         raise ConfigError(f"client {client.client_id} is unseen and must never train")
     server_round = int(config["server-round"])
     method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
-    global_arrays = record_to_arrays(msg.content[GLOBAL_KEY])
+    global_arrays, reused = round_weights(msg, context, client.client_id)
     payload = record_to_arrays(msg.content.get(PAYLOAD_KEY))
     state, source = private_state(context, config, client.client_id, server_round - 1)
     seed = int(config["seed"])
@@ -181,6 +212,7 @@ def train(msg: Message, context: Context) -> Message:
         NUM_EXAMPLES: int(update.num_examples),
         "client-id": int(client.client_id),
         "state-source": source,
+        "weights-reused": int(reused),
     }
     content = RecordDict(
         {

@@ -8,6 +8,7 @@ construction, and the bytes we report are the bytes Flower actually serialises.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -29,6 +30,19 @@ METRICS_KEY = "metrics"  # MetricRecord: num-examples, losses, evaluation counts
 META_KEY = "meta"  # ConfigRecord: client id, user type, seen/unseen (metadata query only)
 
 NUM_EXAMPLES = "num-examples"
+# ConfigRecord key: digest of the global weights a locate message carried. A train message of the
+# same round that sends this instead of GLOBAL_KEY tells the client to use the weights it kept.
+GLOBAL_DIGEST = "global-digest"
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """Content hash of a weights dict (names, dtypes, shapes and bytes), order-independent."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(np.asarray(arrays[key]))
+        h.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()[:32]
 
 
 def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -30,12 +30,14 @@ from fedvpa.federation import checkpoint as ckpt
 from fedvpa.federation.messages import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    GLOBAL_DIGEST,
     GLOBAL_KEY,
     META_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
     PAYLOAD_KEY,
     STATS_KEY,
+    arrays_digest,
     arrays_to_record,
     encode_kwargs,
     finite_or_none,
@@ -285,11 +287,15 @@ class MethodStrategy(Strategy):
         """One message per sampled seen client, each with its own payload and seed."""
         seen = [cid for cid, info in self.clients.items() if not info.unseen]
         chosen = sample_clients(self.config.seed, server_round, seen, self.config.clients_per_round)
-        located = None
+        located: dict[int, Arrays] | None = None
+        digest = arrays_digest(self.state.arrays)
         if self.method.needs_locate(server_round):
-            located = self._locate(grid, arrays, chosen, server_round)
+            located = self._locate(grid, arrays, chosen, server_round, digest)
         self.state = self.method.plan_round(self.state, chosen, server_round, located)
-        arrays = arrays_to_record(self.state.arrays)  # planning may move shared weights
+        # A located client already holds these weights unless planning moved them (FedVPA-GP's
+        # prototypes in its first pull round): then everyone gets them again.
+        unchanged = arrays_digest(self.state.arrays) == digest
+        arrays = arrays_to_record(self.state.arrays)
         messages = []
         for client_id in chosen:
             payload = self.method.client_payload(self.state, client_id, server_round)
@@ -302,9 +308,11 @@ class MethodStrategy(Strategy):
                     ),
                 }
             )
-            content = RecordDict(
-                {GLOBAL_KEY: arrays, PAYLOAD_KEY: arrays_to_record(payload), CONFIG_KEY: cfg}
-            )
+            content = RecordDict({PAYLOAD_KEY: arrays_to_record(payload), CONFIG_KEY: cfg})
+            if located is not None and unchanged and client_id in located:
+                cfg[GLOBAL_DIGEST] = digest
+            else:
+                content[GLOBAL_KEY] = arrays
             messages.append(
                 Message(
                     content,
@@ -316,14 +324,14 @@ class MethodStrategy(Strategy):
         return messages
 
     def _locate(
-        self, grid: Grid, arrays: ArrayRecord, chosen: list[int], server_round: int
+        self, grid: Grid, arrays: ArrayRecord, chosen: list[int], server_round: int, digest: str
     ) -> dict[int, Arrays]:
         """Ask the sampled clients where the current shared model puts them (``method.locate``).
 
         A client that fails here still trains (the method falls back for unplanned clients);
         the round stops only when fewer than the minimum reply fraction answer.
         """
-        cfg = ConfigRecord({**self._base_config(server_round), "locate": True})
+        cfg = ConfigRecord({**self._base_config(server_round), GLOBAL_DIGEST: digest})
         messages = [
             Message(
                 RecordDict({GLOBAL_KEY: arrays, CONFIG_KEY: cfg}),
@@ -347,6 +355,7 @@ class MethodStrategy(Strategy):
         updates: list[tuple[int, ClientUpdate]] = []
         rows: list[tuple[float, dict[str, float]]] = []
         sources: dict[int, int] = {}
+        reused = 0
         for msg in self._in_client_order(replies):
             if msg.has_error():
                 continue
@@ -356,6 +365,7 @@ class MethodStrategy(Strategy):
             num_examples = int(metrics.pop(NUM_EXAMPLES))
             metrics.pop("client-id", None)
             source = int(metrics.pop("state-source", 0))
+            reused += int(metrics.pop("weights-reused", 0))
             sources[source] = sources.get(source, 0) + 1
             update = ClientUpdate(
                 arrays=record_to_arrays(content.get(ARRAYS_KEY)),
@@ -377,6 +387,8 @@ class MethodStrategy(Strategy):
             "train": weighted_mean_metrics(rows),
             # where each client's private state came from: 0 fresh, 1 Context.state, 2 file
             "state_sources": {str(k): v for k, v in sorted(sources.items())},
+            # clients that trained on the weights kept from this round's locate message
+            "weights_reused": reused,
         }
         return arrays_to_record(self.state.arrays), MetricRecord(
             {k: v for k, v in self.last_train["train"].items() if math.isfinite(v)}
@@ -616,6 +628,7 @@ class MethodStrategy(Strategy):
                 "bytes_up_per_client": {str(k): v for k, v in sorted(tally.bytes_up.items())},
                 "train": {k: finite_or_none(v) for k, v in self.last_train["train"].items()},
                 "state_sources": self.last_train["state_sources"],
+                "weights_reused": self.last_train["weights_reused"],
             }
             if self.last_locate is not None:
                 # The locate exchange is traffic of this round's clients: count it with theirs.
