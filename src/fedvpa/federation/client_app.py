@@ -181,12 +181,12 @@ def round_weights(msg: Message, context: Context, client_id: int) -> tuple[Array
     if GLOBAL_KEY in msg.content:
         return record_to_arrays(msg.content[GLOBAL_KEY]), False
     wanted = str(msg.content[CONFIG_KEY].get(GLOBAL_DIGEST, ""))
-    if not isinstance(kept_meta, ConfigRecord) or str(kept_meta[GLOBAL_DIGEST]) != wanted:
+    matches = isinstance(kept_meta, ConfigRecord) and str(kept_meta[GLOBAL_DIGEST]) == wanted
+    if not matches or not isinstance(kept, ArrayRecord):
         raise ConfigError(
             f"client {client_id}: train message refers to weights {wanted or '(none)'} that "
             "this node did not keep from a locate message"
         )
-    assert isinstance(kept, ArrayRecord)
     return record_to_arrays(kept), True
 
 
