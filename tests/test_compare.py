@@ -182,6 +182,13 @@ def test_reference_results_validate_and_reach_the_report(
     validate_results(on_disk)
     assert on_disk["runs"] == json.loads(json.dumps(results["runs"]))
     assert (out / "report.md").is_file()
+    # the report says what ran with defaults filled in, one column per method
+    report = (out / "report.md").read_text()
+    assert "Method settings (defaults filled in)" in report
+    assert "| setting | oracle | centralised-vpl |" in report and "`model.pull_on`" in report
+    dim = toy_clients()[0].context.dim
+    expected = compare.effective_method_config(toy_experiment(), "centralised-vpl", dim)
+    assert results["runs"][1]["settings"] == expected and expected["model"]["input_dim"] == dim
     oracle, vpl = results["runs"]
     for run in results["runs"]:
         assert run["history"] == [] and run["user_types"] == list(TYPE_NAMES)

@@ -639,6 +639,8 @@ def compare_seed(
                     run = run_federated_method(
                         name, exp, clients, Path(data_path), seed, run_dir, types, k_values
                     )
+            # What ran, defaults filled in (equal to the cached run's by its fingerprint).
+            run = {**run, "settings": effective_method_config(exp, name, clients[0].context.dim)}
             candidate = {**results, "runs": [*results["runs"], run]}
             validate_results(candidate)  # a malformed run is a failure, not a lost report
         except Exception as exc:  # one failing method must not stop the comparison

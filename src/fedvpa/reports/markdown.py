@@ -213,6 +213,38 @@ def _config_section(config: Mapping[str, Any], seeds: Sequence[int]) -> str:
     )
 
 
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(f"{prefix}.{key}" if prefix else str(key), inner))
+        return out
+    return {prefix: value}
+
+
+def _settings_section(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Every method's effective settings (defaults filled in), one column per method, so a
+    report says what ran even after the package's defaults change."""
+    by_method: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        if isinstance(run.get("settings"), Mapping) and run["method"] not in by_method:
+            by_method[run["method"]] = _flatten("", run["settings"])
+    if not by_method:
+        return ""
+    methods = list(by_method)
+    keys = sorted({k for flat in by_method.values() for k in flat})
+    rows = [
+        [f"`{k}`"]
+        + [DASH if k not in by_method[m] else f"`{json.dumps(by_method[m][k])}`" for m in methods]
+        for k in keys
+    ]
+    return (
+        "<details><summary>Method settings (defaults filled in)</summary>\n\n"
+        + _markdown_table(["setting", *methods], rows)
+        + "\n</details>\n"
+    )
+
+
 def render_report(
     results: Mapping[str, Any], summary: Mapping[str, Any], figures: Mapping[str, Path | None]
 ) -> str:
@@ -221,6 +253,7 @@ def render_report(
         "# FedVPA comparison report\n",
         "## Configuration\n",
         _config_section(results["config"], summary["seeds"]),
+        _settings_section(results["runs"]),
         "## Results\n",
         "Accuracies in percent, mean ± std over seeds. (ref.) marks the references, which see "
         "pooled data and are not federated.\n",
