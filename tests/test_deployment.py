@@ -109,7 +109,9 @@ def test_two_supernodes_on_localhost(tmp_path: Path) -> None:
         "\n".join(
             [
                 'method = "toy_method:ToyMethod"',
-                "method-kwargs = " + json.dumps(json.dumps({"dim": 8})),
+                # round 2 opens with a locate exchange; its train messages carry only
+                # the weights' digest, so Context.state must survive between the two
+                "method-kwargs = " + json.dumps(json.dumps({"dim": 8, "locate_from": 2})),
                 f'data-path = "{data}"',
                 f'run-dir = "{run_dir}"',
                 "num-clients = 2",
@@ -195,6 +197,8 @@ def test_two_supernodes_on_localhost(tmp_path: Path) -> None:
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["round"] for r in rows] == [1, 2]
         assert all(r["replies"] == 2 and "eval" in r for r in rows)
+        assert "locate_replies" not in rows[0] and rows[0]["weights_reused"] == 0
+        assert rows[1]["locate_replies"] == 2 and rows[1]["weights_reused"] == 2
         assert result["eval"]["eval/num_clients"] == 2
     finally:
         spawned = [child for proc in procs for child in descendants(proc.pid)]
