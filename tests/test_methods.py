@@ -138,17 +138,6 @@ def test_fedvpa_gp_labels_the_round_from_where_the_shared_model_puts_it():
     assert sizes.tolist() == [3, 3]
 
 
-def test_prototype_assignment_is_balanced_and_matched():
-    from fedvpa.methods.variational import prototype_assignment
-
-    rng = np.random.default_rng(0)
-    protos = np.array([[5.0, 0.0], [0.0, 5.0]], np.float32)
-    mus = np.concatenate([rng.normal(size=(5, 2)) + [4, 0], rng.normal(size=(5, 2)) + [0, 4]])
-    labels, centroids = prototype_assignment(mus.astype(np.float32), protos, seed=0)
-    assert labels.tolist() == [0] * 5 + [1] * 5
-    assert np.linalg.norm(centroids[0] - [4, 0]) < 1.5
-
-
 def test_latent_first_steps_leave_the_base_untouched(clients):
     from fedvpa.model.config import ModelConfig
     from fedvpa.model.priors import StandardNormalPrior

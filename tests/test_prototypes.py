@@ -15,6 +15,7 @@ from fedvpa.model.prototypes import (
     match_clusters_to_prototypes,
     nearest_orthogonal_prototypes,
     nearest_prototype_labels,
+    order_clusters_by_prototypes,
     orthonormal_rows,
 )
 
@@ -73,6 +74,16 @@ def test_matching_and_assignment_follow_geometry() -> None:
     labels = assign_prototype_labels(mu, protos, seed=0)
     assert labels.tolist() == [1] * 6 + [0] * 6
     assert nearest_prototype_labels(mu, protos).tolist() == [1] * 6 + [0] * 6
+
+
+def test_clusters_and_centroids_are_renamed_in_prototype_order() -> None:
+    rng = np.random.default_rng(0)
+    protos = np.array([[5.0, 0.0], [0.0, 5.0]])
+    mus = np.concatenate([rng.normal(size=(5, 2)) + [0, 4], rng.normal(size=(5, 2)) + [4, 0]])
+    labels, centroids = balanced_kmeans_with_centroids(mus, 2, seed=0)
+    named, ordered = order_clusters_by_prototypes(labels, centroids, protos)
+    assert named.tolist() == [1] * 5 + [0] * 5
+    assert np.linalg.norm(ordered[0] - [4, 0]) < 1.5 and np.linalg.norm(ordered[1] - [0, 4]) < 1.5
 
 
 def test_assignment_with_fewer_clients_than_prototypes() -> None:

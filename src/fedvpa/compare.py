@@ -437,7 +437,7 @@ def run_federated_method(
                 "method": name,
                 "method_kwargs": json.loads(json.dumps(kwargs)),
                 "method_effective": json.loads(
-                    json.dumps(create_method(name, kwargs).effective_config())
+                    json.dumps(effective_method_config(exp, name, clients[0].context.dim))
                 ),
                 "seed": int(seed),
                 "num_clients": len(clients),

@@ -288,14 +288,17 @@ class MethodStrategy(Strategy):
         seen = [cid for cid, info in self.clients.items() if not info.unseen]
         chosen = sample_clients(self.config.seed, server_round, seen, self.config.clients_per_round)
         located: dict[int, Arrays] | None = None
-        digest = arrays_digest(self.state.arrays)
+        digest = ""
         if self.method.needs_locate(server_round):
+            digest = arrays_digest(self.state.arrays)
             located = self._locate(grid, arrays, chosen, server_round, digest)
+        planned_from = self.state.arrays
         self.state = self.method.plan_round(self.state, chosen, server_round, located)
-        # A located client already holds these weights unless planning moved them (FedVPA-GP's
-        # prototypes in its first pull round): then everyone gets them again.
-        unchanged = arrays_digest(self.state.arrays) == digest
-        arrays = arrays_to_record(self.state.arrays)
+        # A located client already holds the weights unless planning moved them (FedVPA-GP's
+        # prototypes in its first pull round): then everyone gets the new ones.
+        moved = self.state.arrays is not planned_from
+        if moved:
+            arrays = arrays_to_record(self.state.arrays)
         messages = []
         for client_id in chosen:
             payload = self.method.client_payload(self.state, client_id, server_round)
@@ -309,7 +312,7 @@ class MethodStrategy(Strategy):
                 }
             )
             content = RecordDict({PAYLOAD_KEY: arrays_to_record(payload), CONFIG_KEY: cfg})
-            if located is not None and unchanged and client_id in located:
+            if located is not None and not moved and client_id in located:
                 cfg[GLOBAL_DIGEST] = digest
             else:
                 content[GLOBAL_KEY] = arrays

@@ -95,7 +95,9 @@ class FederatedMethod(ABC):
 
         A method that coordinates the sampled clients (FedBiscuit's balanced groups, FedVPA-GP's
         prototype labels) decides here and keeps the decision in the returned state; ``located``
-        holds the ``locate`` replies by client id when ``needs_locate`` asked for them.
+        holds the ``locate`` replies by client id when ``needs_locate`` asked for them. A plan that
+        changes shared weights returns them in a new dict (never edits ``state.arrays`` in place):
+        the runtime resends weights to located clients only when the dict is a new one.
         """
         return state
 

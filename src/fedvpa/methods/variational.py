@@ -22,10 +22,10 @@ from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrior
 from fedvpa.model.prototypes import (
+    assign_prototype_labels,
     balanced_kmeans_with_centroids,
-    match_clusters_to_prototypes,
     nearest_orthogonal_prototypes,
-    nearest_prototype_labels,
+    order_clusters_by_prototypes,
 )
 from fedvpa.model.vpl import VariationalPreferenceModel
 from fedvpa.training.local import VPLPredictor, infer_posterior, train_local
@@ -100,26 +100,22 @@ class VariationalMethod(FederatedMethod):
         ids = np.array(sorted(located), np.int64)
         mus = np.stack([located[int(c)]["mu"] for c in ids]).astype(np.float32)
         arrays = state.arrays
-        if len(ids) <= self.cfg.num_prototypes:  # too few to cluster: nearest-prototype labels
-            extra["label_ids"] = ids
-            extra["labels"] = nearest_prototype_labels(mus, arrays[PROTOTYPES_KEY])
+        extra["label_ids"] = ids
+        if len(ids) <= self.cfg.num_prototypes:  # too few to cluster
+            extra["labels"] = assign_prototype_labels(mus, arrays[PROTOTYPES_KEY])
             return ServerState(arrays=arrays, extra=extra, info=state.info)
+        labels, centroids = balanced_kmeans_with_centroids(
+            mus, self.cfg.num_prototypes, seed=server_round, min_share=self.cfg.cluster_min_share
+        )
         first = server_round == self.cfg.ortho_warmup_rounds + 1
         if self.cfg.prototype_init == "centroids" and first:
             # Put the prototypes where the clusters already are before the first pull.
-            _, centroids = balanced_kmeans_with_centroids(
-                mus,
-                self.cfg.num_prototypes,
-                seed=server_round,
-                min_share=self.cfg.cluster_min_share,
-            )
             arrays = dict(arrays)
             arrays[PROTOTYPES_KEY] = nearest_orthogonal_prototypes(
                 centroids, self.cfg.prototype_radius
             )
-        extra["label_ids"] = ids
-        extra["labels"], extra["centroids"] = prototype_assignment(
-            mus, arrays[PROTOTYPES_KEY], seed=server_round, min_share=self.cfg.cluster_min_share
+        extra["labels"], extra["centroids"] = order_clusters_by_prototypes(
+            labels, centroids, arrays[PROTOTYPES_KEY]
         )
         return ServerState(arrays=arrays, extra=extra, info=state.info)
 
@@ -280,20 +276,6 @@ class VariationalMethod(FederatedMethod):
         model = self._model(global_arrays)
         mu, logvar = infer_posterior(model, client)
         return {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
-
-
-def prototype_assignment(
-    client_mu: np.ndarray, prototypes: np.ndarray, seed: int, min_share: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced k-means (k = M) labels matched to prototypes, and the centroids in prototype
-    order (what unlabelled clients compare themselves with)."""
-    labels, centroids = balanced_kmeans_with_centroids(
-        client_mu, prototypes.shape[0], seed, min_share=min_share
-    )
-    perm = match_clusters_to_prototypes(centroids, prototypes)
-    ordered = np.empty_like(centroids)
-    ordered[perm] = centroids
-    return perm[labels].astype(np.int64), ordered.astype(np.float32)
 
 
 VARIANTS = {

@@ -137,15 +137,16 @@ class ModelConfig:
                 f"feature_dim={self.feature_dim} is not divisible by {self.attention_heads} heads",
                 field="attention_heads",
             )
-        for name in ("prior_warmup_rounds", "ortho_warmup_rounds", "ortho_ramp_rounds"):
+        counts = (
+            "prior_warmup_rounds",
+            "ortho_warmup_rounds",
+            "ortho_ramp_rounds",
+            "kl_anneal_steps",
+        )
+        for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"must be a non-negative integer, got {value!r}", field=name)
-        if not isinstance(self.kl_anneal_steps, int) or self.kl_anneal_steps < 0:
-            raise ConfigError(
-                f"must be a non-negative integer, got {self.kl_anneal_steps!r}",
-                field="kl_anneal_steps",
-            )
         if not self.logvar_min < self.logvar_max:
             raise ConfigError("logvar_min must be < logvar_max", field="logvar_min")
 

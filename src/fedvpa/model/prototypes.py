@@ -148,20 +148,34 @@ def match_clusters_to_prototypes(centroids: np.ndarray, prototypes: np.ndarray) 
     return perm
 
 
+def order_clusters_by_prototypes(
+    labels: np.ndarray, centroids: np.ndarray, prototypes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means output renamed by prototype: ``(prototype label per point, centroids [M, d] in
+    prototype order)``; the centroids are what unlabelled clients compare themselves with."""
+    perm = match_clusters_to_prototypes(centroids, prototypes)
+    ordered = np.empty_like(np.asarray(centroids, dtype=np.float64))
+    ordered[perm] = centroids
+    return perm[labels].astype(np.int64), ordered.astype(np.float32)
+
+
 def assign_prototype_labels(
-    client_mu: np.ndarray, prototypes: np.ndarray, seed: int = 0
+    client_mu: np.ndarray, prototypes: np.ndarray, seed: int = 0, min_share: float = 1.0
 ) -> np.ndarray:
     """Prototype label of each client: balanced k-means (k = M), clusters matched to prototypes."""
     prototypes = np.asarray(prototypes, dtype=np.float64)
-    labels, centroids = balanced_kmeans_with_centroids(client_mu, prototypes.shape[0], seed)
-    if np.asarray(client_mu).shape[0] < prototypes.shape[0]:
+    client_mu = np.asarray(client_mu, dtype=np.float64)
+    if client_mu.shape[0] < prototypes.shape[0]:
         # Too few clients to cluster: each one is its own cluster, so nearest-free matching.
-        cost = ((np.asarray(client_mu)[:, None, :] - prototypes[None]) ** 2).sum(-1)
+        cost = ((client_mu[:, None, :] - prototypes[None]) ** 2).sum(-1)
         rows, cols = linear_sum_assignment(cost)
         out = np.empty(len(rows), dtype=np.int64)
         out[rows] = cols
         return out
-    return match_clusters_to_prototypes(centroids, prototypes)[labels]
+    labels, centroids = balanced_kmeans_with_centroids(
+        client_mu, prototypes.shape[0], seed, min_share=min_share
+    )
+    return order_clusters_by_prototypes(labels, centroids, prototypes)[0]
 
 
 def nearest_prototype_labels(client_mu: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
