@@ -14,7 +14,6 @@ from fedvpa.model.prototypes import (
     balanced_kmeans_with_centroids,
     match_clusters_to_prototypes,
     nearest_orthogonal_prototypes,
-    nearest_prototype_labels,
     order_clusters_by_prototypes,
     orthonormal_rows,
 )
@@ -73,7 +72,11 @@ def test_matching_and_assignment_follow_geometry() -> None:
     mu = np.concatenate([rng.normal([0, 3], 0.3, (6, 2)), rng.normal([3, 0], 0.3, (6, 2))])
     labels = assign_prototype_labels(mu, protos, seed=0)
     assert labels.tolist() == [1] * 6 + [0] * 6
-    assert nearest_prototype_labels(mu, protos).tolist() == [1] * 6 + [0] * 6
+    module = OrthogonalPrototypes(2, 2)  # the fallback rule, on these prototypes
+    with torch.no_grad():
+        module.weight.copy_(torch.as_tensor(protos, dtype=torch.float32))
+    nearest = module.nearest(torch.as_tensor(mu, dtype=torch.float32))
+    assert nearest.tolist() == [1] * 6 + [0] * 6
 
 
 def test_clusters_and_centroids_are_renamed_in_prototype_order() -> None:

@@ -178,13 +178,6 @@ def assign_prototype_labels(
     return order_clusters_by_prototypes(labels, centroids, prototypes)[0]
 
 
-def nearest_prototype_labels(client_mu: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Fallback for clients the server has not labelled yet: the nearest prototype."""
-    client_mu = np.asarray(client_mu, dtype=np.float64)
-    prototypes = np.asarray(prototypes, dtype=np.float64)
-    return ((client_mu[:, None, :] - prototypes[None]) ** 2).sum(-1).argmin(axis=1)
-
-
 def nearest_orthogonal_prototypes(centroids: np.ndarray, radius: float) -> np.ndarray:
     """The rows ``P`` with ``P P^T = s^2 I`` nearest ``centroids [M, d]`` (orthogonal Procrustes).
 
