@@ -44,12 +44,20 @@ from fedvpa.training.centralised import (
 )
 
 
-def load_clients(name: str, path: str | None, seed: int, cache: EmbeddingCache, backbone):
+def load_clients(
+    name: str, path: str | None, seed: int, cache: EmbeddingCache, backbone, args
+) -> list[ClientTensors]:
     if name == "synthetic-2":
         pairs = generate_synthetic(2, pairs_per_type=1200, seed=seed)
     else:
         pairs = read_relabeled_hh(path, seed=seed)
-    part = partition_pairs(pairs, num_clients=100, pairs_per_client=16, seed=seed)
+    part = partition_pairs(
+        pairs,
+        num_clients=args.num_clients,
+        pairs_per_client=args.pairs_per_client,
+        split=tuple(args.split),
+        seed=seed,
+    )
     return embed_partition(part, backbone, cache, progress=False)
 
 
@@ -73,6 +81,8 @@ def run(clients: list[ClientTensors], seed: int, args) -> dict[str, dict]:
         "monolithic": lambda: train_monolithic(clients, cfg, args.bt_steps, args.lr, seed),
     }
     for name, fn in runs.items():
+        if args.only and name not in args.only:
+            continue
         t0 = time.perf_counter()
         predictor = fn()
         timings[name] = time.perf_counter() - t0
@@ -101,18 +111,29 @@ def main() -> None:
     parser.add_argument("--vpl-steps", type=int, default=1500)
     parser.add_argument("--bt-steps", type=int, default=500)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--num-clients", type=int, default=100)
+    parser.add_argument("--pairs-per-client", type=int, default=16)
+    parser.add_argument(
+        "--split", type=float, nargs=3, default=[0.5, 0.25, 0.25], help="context / train / test"
+    )
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only these (vpl vpl+orth vpl-reward ...)"
+    )
+    parser.add_argument(
+        "--datasets", nargs="+", default=None, help="synthetic-2 and/or relabeled-hh"
+    )
     parser.add_argument("--cache", default=os.environ.get("FEDVPA_CACHE", "/tmp/fedvpa-cache"))
     parser.add_argument("--json", default=None, help="write all reports to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = EmbeddingCache(Path(args.cache) / "embeddings")
     backbone = make_backbone("minilm", device="cpu")
-    datasets = ["synthetic-2"] + (["relabeled-hh"] if args.relabeled else [])
+    datasets = args.datasets or ["synthetic-2"] + (["relabeled-hh"] if args.relabeled else [])
     everything: dict[str, dict] = {}
     for data in datasets:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            clients = load_clients(data, args.relabeled, seed, cache, backbone)
+            clients = load_clients(data, args.relabeled, seed, cache, backbone, args)
             embed_s = time.perf_counter() - t0
             results = run(clients, seed, args)
             everything[f"{data}/seed{seed}"] = results
@@ -131,7 +152,9 @@ def main() -> None:
             print(f"== {data}: mean (sd) over seeds {args.seeds}")
             for name in everything[f"{data}/seed{args.seeds[0]}"]:
                 for group in ("seen", "unseen"):
-                    vals = [everything[f"{data}/seed{s}"][name][group] for s in args.seeds]
+                    vals = [everything[f"{data}/seed{s}"][name].get(group) for s in args.seeds]
+                    if any(v is None for v in vals):
+                        continue
                     line = []
                     for key in [k for k in vals[0] if k != "n"]:
                         xs = [100 * v[key] for v in vals]

@@ -185,3 +185,51 @@ def test_default_run_folder_never_collides(tmp_path):
     assert _fresh_folder(base) == tmp_path / "fedvpa-gp-seed0-2"
     (tmp_path / "fedvpa-gp-seed0-2").mkdir()
     assert _fresh_folder(base) == tmp_path / "fedvpa-gp-seed0-3"
+
+
+def _typed_pairs(path: Path, types: list[str], n: int) -> None:
+    """Two user types with opposite tastes: 'brief' users prefer the short reply, 'thorough'
+    users the long one, on the same kind of prompts."""
+    rows = []
+    for t in types:
+        for i in range(n):
+            short, long = (
+                f"Use {i} cups.",
+                f"Use {i} cups, and here is why, step by step, in detail.",
+            )
+            chosen, rejected = (short, long) if t == "brief" else (long, short)
+            rows.append(
+                {
+                    "prompt": f"How much flour for loaf {i}?",
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "type": t,
+                }
+            )
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_headroom_reports_the_personalised_ceiling(tmp_path):
+    data = tmp_path / "typed.jsonl"
+    _typed_pairs(data, ["brief", "thorough"], 40)
+    out = tmp_path / "o"
+    args = ["--out", str(out), "headroom", str(data), "--cache-dir", str(tmp_path / "c")]
+    result = fedvpa(*args, "--ks", "0,4", "--trials", "500", "--folds", "2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "headroom.json").read_text())
+    assert report["user_types"] == ["brief", "thorough"]
+    # Opposite tastes: each type's probe is near perfect, the monolithic one near chance.
+    assert report["oracle_macro"] > 0.9 and report["monolithic_macro"] < 0.7
+    k0, k4 = report["points"]
+    assert k0["macro_identified"] == 0.5 and k4["macro_identified"] > 0.9
+    assert k4["macro_accuracy"] > 0.9
+    assert "| 4 |" in (out / "headroom.md").read_text()
+
+
+def test_headroom_needs_two_user_types(tmp_path):
+    data = tmp_path / "one.jsonl"
+    _typed_pairs(data, ["brief"], 5)
+    result = fedvpa("headroom", str(data), "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 2
+    assert "user_type" in result.stderr and str(data) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -70,6 +70,11 @@ SkipOpt = Annotated[
     bool, typer.Option("--skip-invalid", help="Skip and count invalid rows instead of stopping.")
 ]
 
+BackboneOpt = Annotated[
+    str, typer.Option(help="minilm, st:<name-or-path>, or causal-lm:<local path>.")
+]
+CacheDirOpt = Annotated[str, typer.Option(help="Embedding cache (default ~/.cache/fedvpa).")]
+
 
 @data_app.command("summary")
 def data_summary(
@@ -116,10 +121,8 @@ def embed(
     path: DataOpt,
     data_format: FormatOpt = "auto",
     skip_invalid: SkipOpt = False,
-    backbone: Annotated[
-        str, typer.Option(help="minilm, st:<name-or-path>, or causal-lm:<local path>.")
-    ] = "minilm",
-    cache_dir: Annotated[str, typer.Option(help="Embedding cache (default ~/.cache/fedvpa).")] = "",
+    backbone: BackboneOpt = "minilm",
+    cache_dir: CacheDirOpt = "",
     batch_size: Annotated[int, typer.Option(help="Texts per model call.")] = 64,
 ) -> None:
     """Embed every text of a data set into the on-disk cache (re-runs skip the model)."""
@@ -154,6 +157,80 @@ def embed(
     if opts.out:
         opts.out.mkdir(parents=True, exist_ok=True)
         (opts.out / "embed.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+@app.command("headroom")
+def headroom(
+    ctx: typer.Context,
+    path: DataOpt,
+    data_format: FormatOpt = "auto",
+    skip_invalid: SkipOpt = False,
+    backbone: BackboneOpt = "minilm",
+    cache_dir: CacheDirOpt = "",
+    ks: Annotated[str, typer.Option(help="Context sizes k, comma list.")] = "0,1,2,4,8,16,32,64",
+    trials: Annotated[int, typer.Option(help="Simulated clients per type and k.")] = 20000,
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds of the probes.")] = 5,
+    conflict_share: Annotated[
+        float, typer.Option(help="Synthetic data only: share of pairs the types disagree on.")
+    ] = 0.5,
+) -> None:
+    """How much any personalised model can gain here: the Bayes-optimal ceiling against k.
+
+    Fits per-type and monolithic logistic probes (cross-fitted) on the pair embeddings, then
+    scores clients of k context pairs with the predictor that infers the type from those labels.
+    """
+    from fedvpa.config import DataConfig, EmbeddingConfig
+    from fedvpa.data.schema import user_types
+    from fedvpa.embeddings.backbone import make_backbone
+    from fedvpa.embeddings.cache import EmbeddingCache
+    from fedvpa.embeddings.pipeline import embed_pairs
+    from fedvpa.evaluation.headroom import personalisation_headroom, render_headroom
+    from fedvpa.experiment import SYNTHETIC, load_pairs
+
+    opts = _opts(ctx)
+    k_list = _int_list(ks, "ks")
+    if any(k < 0 for k in k_list) or trials < 1 or folds < 2:
+        raise FedvpaInputError("need ks >= 0, trials >= 1 and folds >= 2", field="ks")
+    cfg = DataConfig(
+        data=path,
+        data_format=data_format,
+        skip_invalid=skip_invalid,
+        conflict_share=conflict_share,
+    )
+    emb = EmbeddingConfig(backbone=backbone, cache_dir=cache_dir)
+    pairs, report = load_pairs(cfg, opts.seed)
+    names = user_types(pairs)
+    typed = [p for p in pairs if p.user_type is not None]
+    if len(names) < 2:
+        raise FedvpaInputError(
+            f"headroom needs pairs of at least 2 user types, found {len(names)}",
+            path=path,
+            field="user_type",
+        )
+    cache = EmbeddingCache(emb.resolved_cache_dir() / "embeddings")
+    tensors = embed_pairs(typed, make_backbone(backbone), cache, progress=True)
+    features = (tensors.emb_a - tensors.emb_b).numpy()
+    index = {name: i for i, name in enumerate(names)}
+    result = personalisation_headroom(
+        features,
+        tensors.label.numpy(),
+        [index[p.user_type] for p in typed],  # type: ignore[index]
+        names,
+        ks=k_list,
+        trials=trials,
+        folds=folds,
+        seed=opts.seed,
+        progress=True,
+    )
+    result.settings.update({"data": path, "backbone": backbone, "read": report})
+    if path in SYNTHETIC:
+        result.settings["conflict_share"] = conflict_share
+    text = render_headroom(result, title=f"Personalisation headroom: {path}")
+    typer.echo(text)
+    if opts.out:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        (opts.out / "headroom.md").write_text(text)
+        (opts.out / "headroom.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
 
 
 ConfigOpt = Annotated[

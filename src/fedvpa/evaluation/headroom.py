@@ -1,0 +1,308 @@
+"""Personalisation headroom: how much can ANY method gain by inferring a user's type from k pairs?
+
+A personalised reward model only beats a monolithic one if a client's few labelled pairs say
+which user type it is. This module measures that ceiling directly on a data set, independent of
+any latent model:
+
+1. fit one logistic probe per user type and one on everything (the monolithic probe) on pair
+   features ``emb(A) - emb(B)``, cross-fitted so every pair is scored by probes that never saw it;
+2. build synthetic clients of one type from k context pairs plus one query pair, and score the
+   query with the *Bayes-optimal* personalised predictor that knows the per-type probes: the type
+   posterior from the k context labels weights the per-type predictions.
+
+Step 2 is what an ideal encoder ``q(z | C)`` could do with perfect per-type models. If it is
+barely above the monolithic probe at the context size of an experiment, no latent model can be
+expected to beat the monolithic baseline there, however well it trains: the data's per-pair
+signal, not the method, is the limit. The probes are linear, so the numbers are an estimate of
+the ceiling for these features, not a bound over all models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from fedvpa.errors import ConfigError
+
+DEFAULT_KS = (0, 1, 2, 4, 8, 16, 32, 64)
+DEFAULT_CS = (0.03, 0.1, 0.3, 1.0)
+_CHUNK = 2000
+
+
+def pair_log_likelihoods(p_by_type: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``[n, T]`` log-likelihood of each pair's observed label under each type's model.
+
+    ``p_by_type[i, t]`` is type t's probability that A is preferred; ``labels[i]`` is 1 if A was.
+    """
+    p = np.clip(np.asarray(p_by_type, dtype=np.float64), 1e-12, 1.0 - 1e-12)
+    y = np.asarray(labels, dtype=np.float64)[:, None]
+    return y * np.log(p) + (1.0 - y) * np.log1p(-p)
+
+
+def type_posterior(context_loglik: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    """Posterior over types given context log-likelihoods ``[..., k, T]`` (softmax of the sums)."""
+    logits = np.asarray(log_prior) + np.asarray(context_loglik).sum(axis=-2)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    w = np.exp(logits)
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+def _credit(hit: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """1 for a hit, 0.5 for a tie, 0 otherwise (ties are coin flips)."""
+    return np.where(tie, 0.5, hit.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class PersonalisedPoint:
+    """Monte Carlo estimates for one context size k, per user type (index order of the data)."""
+
+    k: int
+    type_identified: list[float]  # P(the true type has the highest posterior)
+    accuracy: list[float]  # accuracy of the Bayes-mixture prediction on the query pair
+    accuracy_se: list[float]  # Monte Carlo standard error of ``accuracy``
+    trials: int
+
+    @property
+    def macro_identified(self) -> float:
+        return float(np.mean(self.type_identified))
+
+    @property
+    def macro_accuracy(self) -> float:
+        return float(np.mean(self.accuracy))
+
+    @property
+    def macro_se(self) -> float:
+        return float(math.sqrt(sum(s * s for s in self.accuracy_se)) / len(self.accuracy_se))
+
+
+def simulate_personalised(
+    p_by_type: np.ndarray,
+    labels: np.ndarray,
+    types: np.ndarray,
+    k: int,
+    trials: int,
+    rng: np.random.Generator,
+    log_prior: np.ndarray | None = None,
+) -> PersonalisedPoint:
+    """Bayes-optimal personalised accuracy with k labelled context pairs, per user type.
+
+    Each trial draws k + 1 distinct pairs of one type (k context, 1 query), so a query's own label
+    never informs its prediction. ``log_prior`` defaults to uniform over the T types.
+    """
+    p_by_type = np.asarray(p_by_type, dtype=np.float64)
+    labels = np.asarray(labels)
+    types = np.asarray(types)
+    n, num_types = p_by_type.shape
+    if labels.shape != (n,) or types.shape != (n,):
+        raise ConfigError("p_by_type, labels and types must describe the same pairs", field="pairs")
+    if k < 0 or trials < 1:
+        raise ConfigError(f"need k >= 0 and trials >= 1, got k={k}, trials={trials}", field="k")
+    prior = np.full(num_types, -math.log(num_types)) if log_prior is None else np.asarray(log_prior)
+    loglik = pair_log_likelihoods(p_by_type, labels)
+    identified, accuracy, se = [], [], []
+    for t in range(num_types):
+        pool = np.flatnonzero(types == t)
+        if len(pool) < k + 1:
+            raise ConfigError(
+                f"user type {t} has {len(pool)} pairs; context size {k} needs at least {k + 1}",
+                field="k",
+            )
+        ident_sum, hits = 0.0, []
+        for start in range(0, trials, _CHUNK):
+            m = min(_CHUNK, trials - start)
+            keys = rng.random((m, len(pool)))
+            # argpartition at k: positions < k hold the k smallest keys, position k the next one,
+            # so each row is a uniform random (context set, query) of distinct pairs.
+            order = np.argpartition(keys, k, axis=1)
+            ctx, query = pool[order[:, :k]], pool[order[:, k]]
+            post = type_posterior(loglik[ctx], prior)  # [m, T]
+            others = np.delete(post, t, axis=1).max(axis=1) if num_types > 1 else np.zeros(m)
+            ident_sum += _credit(post[:, t] > others, post[:, t] == others).sum()
+            p = (post * p_by_type[query]).sum(axis=1)
+            hits.append(_credit((p > 0.5) == (labels[query] == 1), p == 0.5))
+        hit = np.concatenate(hits)
+        identified.append(float(ident_sum / trials))
+        accuracy.append(float(hit.mean()))
+        se.append(float(hit.std(ddof=0) / math.sqrt(trials)))
+    return PersonalisedPoint(k, identified, accuracy, se, trials)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, costs: Sequence[float], folds: int, seed: int):
+    """Logistic probe whose inverse regularisation C is picked by inner cross-validated log-loss.
+
+    No intercept: ``p(B over A) = 1 - p(A over B)`` exactly, as for the project's siamese models.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    def probe(c: float) -> LogisticRegression:
+        return LogisticRegression(C=c, fit_intercept=False, max_iter=3000)
+
+    inner = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    scores = [
+        cross_val_score(probe(c), x, y, cv=inner, scoring="neg_log_loss").mean() for c in costs
+    ]
+    best = float(costs[int(np.argmax(scores))])
+    return probe(best).fit(x, y), best
+
+
+def cross_fitted_probabilities(
+    features: np.ndarray,
+    labels: np.ndarray,
+    types: np.ndarray,
+    num_types: int,
+    folds: int = 5,
+    costs: Sequence[float] = DEFAULT_CS,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
+    """Per-type and monolithic probe probabilities for every pair, each from an out-of-fold fit.
+
+    Returns ``(p_by_type [n, T], p_mono [n], chosen_C)``; the regularisation strength of each probe
+    is picked by an inner cross-validation on that probe's training rows.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    t = np.asarray(types).astype(int)
+    n = len(y)
+    p_by_type, p_mono = np.zeros((n, num_types)), np.zeros(n)
+    chosen: dict[str, list[float]] = {"mono": []} | {str(j): [] for j in range(num_types)}
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    splits = list(splitter.split(x, t * 2 + y))
+    if progress:
+        from tqdm.auto import tqdm
+
+        splits = tqdm(splits, desc="fitting probes", unit="fold")
+    for fit_idx, score_idx in splits:
+        for j in range(num_types):
+            rows = fit_idx[t[fit_idx] == j]
+            if len(np.unique(y[rows])) < 2:
+                raise ConfigError(
+                    f"user type {j} has one label only in a fold; it needs both", field="label"
+                )
+            probe, c = fit_probe(x[rows], y[rows], costs, 3, seed)
+            p_by_type[score_idx, j] = probe.predict_proba(x[score_idx])[:, 1]
+            chosen[str(j)].append(c)
+        mono, c = fit_probe(x[fit_idx], y[fit_idx], costs, 3, seed)
+        p_mono[score_idx] = mono.predict_proba(x[score_idx])[:, 1]
+        chosen["mono"].append(c)
+    return p_by_type, p_mono, chosen
+
+
+def _per_type_accuracy(p: np.ndarray, labels: np.ndarray, types: np.ndarray, t: int) -> float:
+    rows = types == t
+    return float(_credit((p[rows] > 0.5) == (labels[rows] == 1), p[rows] == 0.5).mean())
+
+
+@dataclass
+class HeadroomReport:
+    """Probe accuracies per user type and the personalised ceiling against k."""
+
+    user_types: list[str]
+    pairs_per_type: list[int]
+    oracle: list[float]  # each type's pairs scored by that type's probe
+    monolithic: list[float]  # each type's pairs scored by the probe fit on everything
+    models_agree: float  # share of pairs where the per-type probes pick the same reply
+    points: list[PersonalisedPoint]
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def oracle_macro(self) -> float:
+        return float(np.mean(self.oracle))
+
+    @property
+    def monolithic_macro(self) -> float:
+        return float(np.mean(self.monolithic))
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["oracle_macro"] = self.oracle_macro
+        out["monolithic_macro"] = self.monolithic_macro
+        for point, raw in zip(self.points, out["points"], strict=True):  # type: ignore[arg-type]
+            raw["macro_identified"] = point.macro_identified
+            raw["macro_accuracy"] = point.macro_accuracy
+            raw["macro_se"] = point.macro_se
+        return out
+
+
+def personalisation_headroom(
+    features: np.ndarray,
+    labels: np.ndarray,
+    types: np.ndarray,
+    user_types: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+    trials: int = 20000,
+    folds: int = 5,
+    costs: Sequence[float] = DEFAULT_CS,
+    seed: int = 0,
+    progress: bool = False,
+) -> HeadroomReport:
+    """Fit the probes and simulate the Bayes-optimal personalised predictor at each k."""
+    types = np.asarray(types).astype(int)
+    labels = np.asarray(labels).astype(int)
+    num_types = len(user_types)
+    if num_types < 2:
+        raise ConfigError("headroom needs at least 2 user types in the data", field="user_type")
+    if not np.all(np.isfinite(features)):
+        raise ConfigError("pair features contain NaN or infinity", field="features")
+    counts = [int((types == j).sum()) for j in range(num_types)]
+    p_by_type, p_mono, chosen = cross_fitted_probabilities(
+        features, labels, types, num_types, folds, costs, seed, progress
+    )
+    rng = np.random.default_rng(seed)
+    points = [simulate_personalised(p_by_type, labels, types, k, trials, rng) for k in ks]
+    agree = float(np.mean((p_by_type > 0.5).all(axis=1) | (p_by_type <= 0.5).all(axis=1)))
+    return HeadroomReport(
+        user_types=list(user_types),
+        pairs_per_type=counts,
+        oracle=[_per_type_accuracy(p_by_type[:, j], labels, types, j) for j in range(num_types)],
+        monolithic=[_per_type_accuracy(p_mono, labels, types, j) for j in range(num_types)],
+        models_agree=agree,
+        points=points,
+        settings={
+            "ks": list(ks),
+            "trials": trials,
+            "folds": folds,
+            "costs": list(costs),
+            "seed": seed,
+            "chosen_C": chosen,
+        },
+    )
+
+
+def render_headroom(report: HeadroomReport, title: str = "Personalisation headroom") -> str:
+    """Markdown: probe accuracies, then the Bayes-optimal personalised ceiling against k."""
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    types = report.user_types
+    lines = [
+        f"## {title}",
+        "",
+        "Linear probes on `emb(A) - emb(B)`, cross-fitted (accuracy %, each pair scored once):",
+        "",
+        "| probe | " + " | ".join(types) + " | macro |",
+        "|---|" + "---|" * (len(types) + 1),
+        f"| per-type oracle | {' | '.join(map(pct, report.oracle))} | {pct(report.oracle_macro)} |",
+        f"| monolithic | {' | '.join(map(pct, report.monolithic))} | "
+        f"{pct(report.monolithic_macro)} |",
+        "",
+        f"The per-type probes pick the same reply on {pct(report.models_agree)} % of pairs.",
+        "",
+        "Bayes-optimal personalised predictor (knows the per-type probes, infers the type from k "
+        f"labelled context pairs; {report.points[0].trials if report.points else 0} trials per "
+        "type, ± one Monte Carlo standard error):",
+        "",
+        "| k | type identified % | personalised macro % | gain over monolithic |",
+        "|---|---|---|---|",
+    ]
+    for point in report.points:
+        gain = 100 * (point.macro_accuracy - report.monolithic_macro)
+        lines.append(
+            f"| {point.k} | {pct(point.macro_identified)} | {pct(point.macro_accuracy)} ± "
+            f"{100 * point.macro_se:.1f} | {gain:+.1f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,130 @@
+"""The personalisation-headroom estimator against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedvpa.errors import ConfigError
+from fedvpa.evaluation.headroom import (
+    pair_log_likelihoods,
+    personalisation_headroom,
+    render_headroom,
+    simulate_personalised,
+    type_posterior,
+)
+
+
+def _opposed_data(n_per_type: int, q: float, seed: int):
+    """Two types whose models are exact opposites: type 0 says P(A) = q, type 1 says 1 - q.
+
+    Labels are drawn from the true type's model, so each context pair favours the true type with
+    probability q, independently.
+    """
+    rng = np.random.default_rng(seed)
+    types = np.repeat([0, 1], n_per_type)
+    p_by_type = np.tile([q, 1.0 - q], (2 * n_per_type, 1))
+    p_true = np.where(types == 0, q, 1.0 - q)
+    labels = (rng.random(2 * n_per_type) < p_true).astype(int)
+    return p_by_type, labels, types
+
+
+def _binomial_majority(k: int, q: float) -> float:
+    """P(more than half of k independent pairs favour the true type); k odd."""
+    return sum(math.comb(k, j) * q**j * (1 - q) ** (k - j) for j in range(k // 2 + 1, k + 1))
+
+
+def test_log_likelihoods_closed_form() -> None:
+    ll = pair_log_likelihoods(np.array([[0.8, 0.3]]), np.array([1]))
+    assert ll == pytest.approx(np.log([[0.8, 0.3]]))
+    ll = pair_log_likelihoods(np.array([[0.8, 0.3]]), np.array([0]))
+    assert ll == pytest.approx(np.log([[0.2, 0.7]]))
+
+
+def test_type_posterior_is_bayes_rule() -> None:
+    ctx = np.log(np.array([[0.8, 0.2], [0.6, 0.4]]))  # [k=2, T=2]
+    post = type_posterior(ctx, np.log([0.5, 0.5]))
+    expected = 0.8 * 0.6 / (0.8 * 0.6 + 0.2 * 0.4)
+    assert post == pytest.approx([expected, 1 - expected])
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_identification_and_accuracy_match_the_binomial_closed_form(k: int) -> None:
+    q, trials = 0.8, 20000
+    p_by_type, labels, types = _opposed_data(3000, q, seed=k)
+    point = simulate_personalised(p_by_type, labels, types, k, trials, np.random.default_rng(1))
+    ident = _binomial_majority(k, q)
+    # The mixture picks the identified type's reply; that reply is right with probability q.
+    acc = q * ident + (1 - q) * (1 - ident)
+    tol = 4 * math.sqrt(0.25 / trials) + 0.01  # Monte Carlo plus finite-pool label noise
+    for t in (0, 1):
+        assert point.type_identified[t] == pytest.approx(ident, abs=tol)
+        assert point.accuracy[t] == pytest.approx(acc, abs=tol)
+
+
+def test_no_context_means_no_identification() -> None:
+    p_by_type, labels, types = _opposed_data(500, 0.8, seed=0)
+    point = simulate_personalised(p_by_type, labels, types, 0, 1000, np.random.default_rng(0))
+    # A uniform prior is a tie: half credit, and the mixture predicts exactly 0.5 (a coin flip).
+    assert point.type_identified == [0.5, 0.5]
+    assert point.accuracy == [0.5, 0.5]
+
+
+def test_identical_type_models_give_the_shared_models_accuracy() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.95, 2000)
+    labels = (rng.random(2000) < p).astype(int)
+    types = np.repeat([0, 1], 1000)
+    point = simulate_personalised(
+        np.stack([p, p], axis=1), labels, types, 8, 4000, np.random.default_rng(1)
+    )
+    assert point.type_identified == [0.5, 0.5]  # the context can never tell them apart
+    for t in (0, 1):
+        rows = types == t
+        assert point.accuracy[t] == pytest.approx(
+            ((p[rows] > 0.5) == labels[rows]).mean(), abs=0.03
+        )
+
+
+def test_query_is_never_part_of_its_own_context() -> None:
+    # One pair per type more than k: every trial must use all pairs, each exactly once.
+    p_by_type, labels, types = _opposed_data(4, 0.9, seed=0)
+    point = simulate_personalised(p_by_type, labels, types, 3, 50, np.random.default_rng(0))
+    assert all(0.0 <= a <= 1.0 for a in point.accuracy)
+    with pytest.raises(ConfigError, match="needs at least 5"):
+        simulate_personalised(p_by_type, labels, types, 4, 10, np.random.default_rng(0))
+
+
+def test_headroom_end_to_end_on_linear_data() -> None:
+    """Two types with opposite linear preferences: the oracle probes are good, the monolithic
+    probe is near chance, and the personalised ceiling climbs from chance toward the oracle."""
+    rng = np.random.default_rng(0)
+    n, d = 600, 5
+    x = rng.normal(size=(2 * n, d))
+    types = np.repeat([0, 1], n)
+    w = np.array([2.0, 0, 0, 0, 0])
+    logit = np.where(types == 0, x @ w, -(x @ w))
+    labels = (rng.random(2 * n) < 1 / (1 + np.exp(-logit))).astype(int)
+    report = personalisation_headroom(
+        x, labels, types, ["a", "b"], ks=(0, 1, 8), trials=3000, folds=3, seed=0
+    )
+    assert report.oracle_macro > 0.75
+    assert abs(report.monolithic_macro - 0.5) < 0.08
+    acc = [p.macro_accuracy for p in report.points]
+    assert acc[0] == pytest.approx(0.5, abs=0.03)
+    assert acc[0] < acc[1] < acc[2] <= report.oracle_macro + 0.03
+    assert report.points[2].macro_identified > 0.9
+    text = render_headroom(report)
+    assert "| 8 |" in text and "per-type oracle" in text
+    assert report.to_dict()["points"][2]["macro_accuracy"] == pytest.approx(acc[2])
+
+
+def test_headroom_rejects_nan_features_and_single_type() -> None:
+    x = np.zeros((10, 2))
+    x[3, 1] = np.nan
+    with pytest.raises(ConfigError, match="NaN"):
+        personalisation_headroom(x, np.zeros(10), np.repeat([0, 1], 5), ["a", "b"])
+    with pytest.raises(ConfigError, match="at least 2 user types"):
+        personalisation_headroom(np.zeros((10, 2)), np.zeros(10), np.zeros(10), ["a"])
