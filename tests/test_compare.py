@@ -281,6 +281,39 @@ def test_a_failing_method_is_recorded_and_earlier_results_kept(
     assert (tmp_path / "report.md").is_file()
 
 
+def test_headroom_is_recorded_reported_and_carried_over(
+    reference_results: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    first, done = reference_results
+    out = tmp_path / "headroom"
+    shutil.copytree(done, out)
+    results = json.loads(json.dumps(first))
+    lines: list[str] = []
+    compare.record_headroom(results, toy_clients(), list(TYPE_NAMES), 0, lines.append)
+    entry = results["headroom"]["0"]
+    # seen toy clients read 8 context + 4 train pairs, unseen ones their 8 context pairs
+    assert entry["context_sizes"] == {"seen": 12, "unseen": 8}
+    assert [p["k"] for p in entry["points"]] == [0, 8, 12]
+    # separable toy types that disagree on half the pairs: plenty of room to personalise
+    at12 = entry["points"][2]
+    assert at12["macro_accuracy"] > entry["monolithic_macro"] + 0.1
+    assert any("headroom | k=12" in line for line in lines)
+    compare.save_results(results, out)
+    report = (out / "report.md").read_text()
+    assert "## Personalisation headroom (what the data allows)" in report
+    assert "ideal personalised, seen clients (k = 12)" in report
+    # one user type only: recorded as not measured, and the report still renders
+    one_type = [c for c in toy_clients() if c.type_index == 0]
+    compare.record_headroom(results, one_type, [TYPE_NAMES[0]], 1)
+    assert "at least 2 user types" in results["headroom"]["1"]["error"]
+    compare.save_results(results, out)
+    assert "seed 1: not measured" in (out / "report.md").read_text()
+    # a later comparison of seed 2 into the folder keeps both earlier seeds' headroom
+    later = compare.new_results(toy_experiment(), ["oracle"], [2], compare.DEFAULT_K_VALUES)
+    compare.carry_over(later, out)
+    assert sorted(later["headroom"]) == ["0", "1"]
+
+
 # ------------------------------------------------------------------ Flower end to end
 
 

@@ -360,6 +360,10 @@ def compare(
         int | None,
         typer.Option(help="Optimiser steps of oracle / centralised-vpl (default 500 / 1000)."),
     ] = None,
+    headroom: Annotated[
+        bool,
+        typer.Option(help="Also measure the data's personalisation headroom (seconds per seed)."),
+    ] = True,
     overrides: SetOpt = None,
 ) -> None:
     """Every method on the same clients, backbone, rounds and seeds; writes report.md."""
@@ -379,7 +383,9 @@ def compare(
     names = [m.strip() for m in methods.split(",")] if methods else list(DEFAULT_METHODS)
     seed_list = _int_list(seeds, "seeds") if seeds else [opts.seed]
     out = opts.out or default_out(exp.data.data)
-    results = run_compare(exp, names, seed_list, out, reference_steps=reference_steps)
+    results = run_compare(
+        exp, names, seed_list, out, reference_steps=reference_steps, headroom=headroom
+    )
     typer.echo(render_summary(results, out))
     if results["failures"]:
         raise typer.Exit(1)

@@ -559,6 +559,11 @@ def carry_over(results: dict[str, Any], out: Path) -> None:
     planned = {(m, s) for m in results["config"]["methods"] for s in results["config"]["seeds"]}
     kept = [r for r in old_runs if (r.get("method"), r.get("seed")) not in planned]
     results["runs"] = kept + results["runs"]
+    old_headroom = old.get("headroom")
+    if isinstance(old_headroom, Mapping):
+        redone = {str(s) for s in results["config"]["seeds"]}
+        earlier = {s: v for s, v in old_headroom.items() if s not in redone}
+        results["headroom"] = {**earlier, **results.get("headroom", {})}
     config = results["config"]
     for key in ("methods", "seeds"):
         earlier = [v for v in old_config.get(key, []) if v not in config[key]]
@@ -659,6 +664,40 @@ def compare_seed(
             say(f"[compare] seed {seed} | {name} | {'reused ' if reused else ''}{_describe(run)}")
 
 
+def record_headroom(
+    results: dict[str, Any],
+    clients: Sequence[ClientTensors],
+    user_types: Sequence[str],
+    seed: int,
+    say: Say | None = None,
+) -> None:
+    """The data's personalisation headroom for this seed's partition, kept in ``results``.
+
+    A data set it cannot measure (one user type, a type with a single label) records the error
+    and the comparison goes on: it explains the results, it is not one of them.
+    """
+    from fedvpa.evaluation.headroom import client_headroom
+
+    try:
+        entry = client_headroom(clients, user_types, seed)
+    except Exception as exc:
+        entry = {"error": f"{type(exc).__name__}: {exc}"}
+    results.setdefault("headroom", {})[str(seed)] = entry
+    if not say:
+        return
+    if "error" in entry:
+        say(f"[compare] seed {seed} | headroom not measured: {entry['error']}")
+        return
+    mono = entry["monolithic_macro"]
+    for point in entry["points"]:
+        if point["k"]:
+            say(
+                f"[compare] seed {seed} | headroom | k={point['k']}: ideal personalised "
+                f"{100 * point['macro_accuracy']:.1f} vs monolithic probe {100 * mono:.1f} "
+                f"(per-type probes {100 * entry['oracle_macro']:.1f})"
+            )
+
+
 def _print(line: str) -> None:
     print(line, flush=True)  # noqa: T201 - progress lines are the console output
 
@@ -671,8 +710,12 @@ def run_compare(
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     progress: bool = True,
     reference_steps: int | None = None,
+    headroom: bool = True,
 ) -> dict[str, Any]:
     """Every method x seed on the same prepared clients; returns the results dict.
+
+    With ``headroom`` each seed's partition also gets ``fedvpa.evaluation.headroom``'s
+    Bayes-optimal personalised ceiling at its own context sizes (seconds; no training).
 
     The dict is the structure of ``fedvpa.reports.aggregate`` plus ``failures`` (method, seed,
     error); ``results.json`` and ``report.md`` in ``out`` are kept up to date as runs finish.
@@ -694,6 +737,8 @@ def run_compare(
         if say:
             say(f"[compare] seed {seed} | preparing clients ({exp.data.data})")
         prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
+        if headroom:
+            record_headroom(results, prepared.clients, prepared.partition.user_types, seed, say)
         compare_seed(
             exp,
             prepared.clients,
@@ -753,6 +798,7 @@ __all__ = [
     "carry_over",
     "check_methods",
     "compare_seed",
+    "record_headroom",
     "default_out",
     "final_from_eval",
     "new_results",

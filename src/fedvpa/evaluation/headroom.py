@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
+from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import ConfigError
 
 DEFAULT_KS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -306,3 +308,46 @@ def render_headroom(report: HeadroomReport, title: str = "Personalisation headro
             f"{100 * point.macro_se:.1f} | {gain:+.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def partition_context_sizes(clients: Sequence[ClientTensors]) -> dict[str, int]:
+    """What a posterior reads at evaluation: labelled pairs of seen clients, context of unseen.
+
+    Medians, because partitions may draw client sizes from a range.
+    """
+    sizes: dict[str, int] = {}
+    seen = [len(c.labelled) for c in clients if not c.unseen]
+    unseen = [len(c.context) for c in clients if c.unseen]
+    if seen:
+        sizes["seen"] = int(np.median(seen))
+    if unseen:
+        sizes["unseen"] = int(np.median(unseen))
+    return sizes
+
+
+def client_headroom(
+    clients: Sequence[ClientTensors],
+    user_types: Sequence[str],
+    seed: int = 0,
+    trials: int = 20000,
+    folds: int = 5,
+) -> dict[str, object]:
+    """Headroom of a partition at its own context sizes, on every pair of every client.
+
+    The probes are cross-fitted, so pooling test pairs in is safe: no pair is scored by a probe
+    that saw it. Returns ``HeadroomReport.to_dict()`` plus ``context_sizes`` (seen / unseen).
+    """
+    pairs = [p for c in clients for p in (c.context, c.train, c.test) if len(p)]
+    if not pairs:
+        raise ConfigError("no pairs in the partition", field="clients")
+    features = torch.cat([p.emb_a - p.emb_b for p in pairs]).double().numpy()
+    labels = torch.cat([p.label for p in pairs]).numpy()
+    types = np.concatenate(
+        [np.full(len(p), c.type_index) for c in clients for p in (c.context, c.train, c.test)]
+    )
+    sizes = partition_context_sizes(clients)
+    ks = sorted({0, *sizes.values()})
+    report = personalisation_headroom(
+        features, labels, types, user_types, ks=ks, trials=trials, folds=folds, seed=seed
+    )
+    return {**report.to_dict(), "context_sizes": sizes}

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedvpa.reports.aggregate import COLLAPSE_KL, Stat, summarise, validate_results
+from fedvpa.reports.aggregate import COLLAPSE_KL, Stat, mean_std, summarise, validate_results
 from fedvpa.reports.plots import plot_accuracy_per_round, plot_k_curve, plot_latents
 
 DASH = "–"
@@ -245,6 +245,66 @@ def _settings_section(runs: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _point_at(entry: Mapping[str, Any], k: int) -> Mapping[str, Any] | None:
+    return next((p for p in entry.get("points", []) if p.get("k") == k), None)
+
+
+def render_headroom_section(headroom: Mapping[str, Any]) -> str:
+    """What the data allows: probe accuracies and the ideal personalised predictor, per group.
+
+    ``headroom`` maps a seed to ``fedvpa.evaluation.headroom.client_headroom``'s dict, or to
+    ``{"error": ...}`` where it could not be measured.
+    """
+    measured = {s: e for s, e in headroom.items() if isinstance(e, Mapping) and "error" not in e}
+    lines = [
+        "Linear probes on `emb(A) - emb(B)` (cross-fitted), and the Bayes-optimal personalised "
+        "predictor that knows the per-type probes and infers the type from the k labelled pairs "
+        "a client's posterior reads (`fedvpa headroom`). It estimates how much inferring the type "
+        "from a client's own labels can add over a monolithic model with these features: an "
+        "estimate from linear probes, not a bound (a nonlinear selector may do a little better).\n",
+    ]
+    for seed, entry in sorted(headroom.items()):
+        if seed not in measured:
+            lines.append(f"- seed {seed}: not measured ({entry.get('error', 'malformed')}).")
+    if not measured:
+        return "\n".join(lines) + "\n"
+    entries = list(measured.values())
+    rows = [
+        ["per-type probes (macro)", DASH, fmt_pct(mean_std([e["oracle_macro"] for e in entries]))],
+        [
+            "monolithic probe (macro)",
+            DASH,
+            fmt_pct(mean_std([e["monolithic_macro"] for e in entries])),
+        ],
+    ]
+    gains = []
+    for group in ("seen", "unseen"):
+        ks = {e.get("context_sizes", {}).get(group) for e in entries}
+        if len(ks) != 1 or None in ks:
+            continue
+        k = int(next(iter(ks)))  # type: ignore[arg-type]
+        found = [_point_at(e, k) for e in entries]
+        points = [p for p in found if p is not None]
+        if len(points) != len(entries):
+            continue
+        acc = mean_std([p["macro_accuracy"] for p in points])
+        ident = mean_std([p["macro_identified"] for p in points])
+        gain = mean_std(
+            [
+                p["macro_accuracy"] - e["monolithic_macro"]
+                for p, e in zip(points, entries, strict=True)
+            ]
+        )
+        rows.append(
+            [f"ideal personalised, {group} clients (k = {k})", fmt_pct(ident), fmt_pct(acc)]
+        )
+        gains.append(f"{fmt_stat(gain, scale=100.0)} points at k = {k} ({group})")
+    lines.append(_markdown_table(["", "type identified", "accuracy"], rows))
+    if gains:
+        lines.append("Ideal personalised gain over the monolithic probe: " + "; ".join(gains) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def render_report(
     results: Mapping[str, Any], summary: Mapping[str, Any], figures: Mapping[str, Path | None]
 ) -> str:
@@ -264,6 +324,9 @@ def render_report(
     ]
     findings = compute_findings(summary)
     parts.append("\n".join(f"- {f}" for f in findings) + "\n" if findings else "- (none)\n")
+    if results.get("headroom"):
+        parts += ["\n## Personalisation headroom (what the data allows)\n"]
+        parts.append(render_headroom_section(results["headroom"]))
     parts += ["\n## Metric definitions\n", DEFINITIONS, "\n## Figures\n"]
     for name, caption in FIGURES:
         if figures.get(name) is not None:
