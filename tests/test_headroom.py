@@ -128,3 +128,18 @@ def test_headroom_rejects_nan_features_and_single_type() -> None:
         personalisation_headroom(x, np.zeros(10), np.repeat([0, 1], 5), ["a", "b"])
     with pytest.raises(ConfigError, match="at least 2 user types"):
         personalisation_headroom(np.zeros((10, 2)), np.zeros(10), np.zeros(10), ["a"])
+
+
+@pytest.mark.parametrize("pool_size", [6, 5000])  # the small-pool and the rejection path
+def test_draw_distinct_rows_are_distinct_and_the_last_entry_is_uniform(pool_size: int) -> None:
+    from fedvpa.evaluation.headroom import draw_distinct
+
+    rows = draw_distinct(pool_size, 4, 30000, np.random.default_rng(0))
+    assert rows.shape == (30000, 4)
+    assert (np.sort(rows, axis=1)[:, 1:] != np.sort(rows, axis=1)[:, :-1]).all()
+    if pool_size == 6:
+        # Every index is the last entry (the query) equally often: 1/6 each.
+        share = np.bincount(rows[:, -1], minlength=6) / len(rows)
+        assert share == pytest.approx(np.full(6, 1 / 6), abs=0.01)
+    with pytest.raises(ValueError, match="distinct"):
+        draw_distinct(3, 4, 1, np.random.default_rng(0))

@@ -32,6 +32,36 @@ from fedvpa.errors import ConfigError
 DEFAULT_KS = (0, 1, 2, 4, 8, 16, 32, 64)
 DEFAULT_CS = (0.03, 0.1, 0.3, 1.0)
 _CHUNK = 2000
+_KEY_BUDGET = 4_000_000  # random keys per chunk on the small-pool path (32 MB of float64)
+
+
+def draw_distinct(pool_size: int, size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` rows of ``size`` distinct indices in ``range(pool_size)``.
+
+    Each row's set is a uniform draw, and its last entry a uniform member of that set (the query
+    of a simulated client; the others are its unordered context). Large pools: draw with
+    replacement and redraw the rows that repeat an index (exact rejection sampling, cheap when
+    repeats are rare). Small pools: the ``size`` smallest of random keys.
+    """
+    if size > pool_size:
+        raise ValueError(f"cannot draw {size} distinct indices from {pool_size}")
+    if size * size <= pool_size:  # P(a row repeats) <= size^2 / (2 * pool_size) <= 1/2
+        rows = rng.integers(0, pool_size, (count, size))
+        while True:
+            ordered = np.sort(rows, axis=1)
+            bad = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+            if len(bad) == 0:
+                return rows
+            rows[bad] = rng.integers(0, pool_size, (len(bad), size))
+    out = np.empty((count, size), dtype=np.int64)
+    step = max(1, _KEY_BUDGET // pool_size)
+    for start in range(0, count, step):
+        keys = rng.random((min(step, count - start), pool_size))
+        # argpartition at size - 1: positions < size hold the smallest keys, and position
+        # size - 1 exactly the largest of them, a uniform member of the set (keys are iid). The
+        # order of the other positions depends on memory layout, so only that one is used apart.
+        out[start : start + len(keys)] = np.argpartition(keys, size - 1, axis=1)[:, :size]
+    return out
 
 
 def pair_log_likelihoods(p_by_type: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -115,11 +145,8 @@ def simulate_personalised(
         ident_sum, hits = 0.0, []
         for start in range(0, trials, _CHUNK):
             m = min(_CHUNK, trials - start)
-            keys = rng.random((m, len(pool)))
-            # argpartition at k: positions < k hold the k smallest keys, position k the next one,
-            # so each row is a uniform random (context set, query) of distinct pairs.
-            order = np.argpartition(keys, k, axis=1)
-            ctx, query = pool[order[:, :k]], pool[order[:, k]]
+            drawn = pool[draw_distinct(len(pool), k + 1, m, rng)]
+            ctx, query = drawn[:, :k], drawn[:, k]
             post = type_posterior(loglik[ctx], prior)  # [m, T]
             others = np.delete(post, t, axis=1).max(axis=1) if num_types > 1 else np.zeros(m)
             ident_sum += _credit(post[:, t] > others, post[:, t] == others).sum()
