@@ -143,3 +143,15 @@ def test_draw_distinct_rows_are_distinct_and_the_last_entry_is_uniform(pool_size
         assert share == pytest.approx(np.full(6, 1 / 6), abs=0.01)
     with pytest.raises(ValueError, match="distinct"):
         draw_distinct(3, 4, 1, np.random.default_rng(0))
+
+
+def test_a_context_larger_than_a_type_is_refused_before_fitting(monkeypatch) -> None:
+    import fedvpa.evaluation.headroom as headroom
+
+    def must_not_fit(*args, **kwargs):
+        raise AssertionError("probes fitted before the k check")
+
+    monkeypatch.setattr(headroom, "cross_fitted_probabilities", must_not_fit)
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ConfigError, match="smallest type has 10"):
+        personalisation_headroom(x, np.zeros(20), np.repeat([0, 1], 10), ["a", "b"], ks=(0, 10))

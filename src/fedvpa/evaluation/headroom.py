@@ -280,6 +280,12 @@ def personalisation_headroom(
     if not np.all(np.isfinite(features)):
         raise ConfigError("pair features contain NaN or infinity", field="features")
     counts = [int((types == j).sum()) for j in range(num_types)]
+    if ks and max(ks) + 1 > min(counts):  # checked before the probes are fitted
+        raise ConfigError(
+            f"context size {max(ks)} needs {max(ks) + 1} pairs of every user type; the smallest "
+            f"type has {min(counts)}",
+            field="ks",
+        )
     p_by_type, p_mono, chosen = cross_fitted_probabilities(
         features, labels, types, num_types, folds, costs, seed, progress
     )
