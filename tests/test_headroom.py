@@ -154,4 +154,13 @@ def test_a_context_larger_than_a_type_is_refused_before_fitting(monkeypatch) -> 
     monkeypatch.setattr(headroom, "cross_fitted_probabilities", must_not_fit)
     x = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ConfigError, match="smallest type has 10"):
-        personalisation_headroom(x, np.zeros(20), np.repeat([0, 1], 10), ["a", "b"], ks=(0, 10))
+        labels = np.tile([0, 1], 10)  # 5 of each label per type: enough for the probes
+        personalisation_headroom(x, labels, np.repeat([0, 1], 10), ["a", "b"], ks=(0, 10))
+
+
+def test_too_few_pairs_of_one_label_names_the_type() -> None:
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    labels = np.ones(40)
+    labels[:5] = 0  # type "a": 5 pairs where B is preferred; type "b": none
+    with pytest.raises(ConfigError, match="'b' has 0 pairs where B is preferred"):
+        personalisation_headroom(x, labels, np.repeat([0, 1], 20), ["a", "b"], ks=(0,), folds=5)

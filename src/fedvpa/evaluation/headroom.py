@@ -280,6 +280,18 @@ def personalisation_headroom(
     if not np.all(np.isfinite(features)):
         raise ConfigError("pair features contain NaN or infinity", field="features")
     counts = [int((types == j).sum()) for j in range(num_types)]
+    # Each (type, label) needs 3 pairs in every outer fold's fitting part for the inner 3-fold
+    # choice of C, plus one to spare; checked before anything is fitted, naming the type.
+    need = math.ceil(3 * folds / max(1, folds - 1)) + 1
+    for j, name in enumerate(user_types):
+        for label, side in ((1, "A"), (0, "B")):
+            have = int(((types == j) & (labels == label)).sum())
+            if have < need:
+                raise ConfigError(
+                    f"user type {name!r} has {have} pairs where {side} is preferred; the probes "
+                    f"need at least {need} of each (fewer folds need fewer)",
+                    field="label",
+                )
     if ks and max(ks) + 1 > min(counts):  # checked before the probes are fitted
         raise ConfigError(
             f"context size {max(ks)} needs {max(ks) + 1} pairs of every user type; the smallest "
