@@ -263,7 +263,7 @@ def render_headroom_section(headroom: Mapping[str, Any]) -> str:
         "from a client's own labels can add over a monolithic model with these features: an "
         "estimate from linear probes, not a bound (a nonlinear selector may do a little better).\n",
     ]
-    for seed, entry in sorted(headroom.items()):
+    for seed, entry in sorted(headroom.items(), key=lambda kv: (len(kv[0]), kv[0])):  # 2 < 10
         if seed not in measured:
             lines.append(f"- seed {seed}: not measured ({entry.get('error', 'malformed')}).")
     if not measured:
