@@ -24,13 +24,11 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+from centralised_check import load_clients  # same partition and embedding as that benchmark
 from sklearn.linear_model import LogisticRegression
 
-from fedvpa.data.partition import partition_pairs
-from fedvpa.data.readers import read_relabeled_hh
 from fedvpa.embeddings.backbone import make_backbone
 from fedvpa.embeddings.cache import EmbeddingCache
-from fedvpa.embeddings.pipeline import embed_partition
 from fedvpa.embeddings.tensors import PairTensors
 
 
@@ -97,14 +95,8 @@ def main() -> None:
     backbone = make_backbone("minilm", device="cpu")
     summary: dict[str, list[float]] = {}
     for seed in args.seeds:
-        part = partition_pairs(
-            read_relabeled_hh(args.relabeled, seed=seed),
-            num_clients=args.num_clients,
-            pairs_per_client=args.pairs_per_client,
-            split=tuple(args.split),
-            seed=seed,
-        )
-        seen = [c for c in embed_partition(part, backbone, cache, progress=False) if not c.unseen]
+        clients = load_clients("relabeled-hh", args.relabeled, seed, cache, backbone, args)
+        seen = [c for c in clients if not c.unseen]
         types = np.array([c.type_index for c in seen])
         train = [xy(c.labelled) for c in seen]
         test = [xy(c.test) for c in seen]

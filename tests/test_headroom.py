@@ -88,11 +88,32 @@ def test_identical_type_models_give_the_shared_models_accuracy() -> None:
         )
 
 
+def _exact_with_pool_of_k_plus_one(p_by_type, labels, types, leak: bool) -> list[float]:
+    """Per-type accuracy by enumeration when each type has exactly k + 1 pairs: every client is
+    "all pairs but the query", the query uniform. ``leak`` puts the query in its own context."""
+    ll = pair_log_likelihoods(p_by_type, labels)
+    out = []
+    for t in (0, 1):
+        pool, hits = np.flatnonzero(types == t), []
+        for q in pool:
+            ctx = pool if leak else pool[pool != q]
+            p = float((type_posterior(ll[ctx], np.log([0.5, 0.5])) * p_by_type[q]).sum())
+            hits.append(0.5 if p == 0.5 else float((p > 0.5) == (labels[q] == 1)))
+        out.append(float(np.mean(hits)))
+    return out
+
+
 def test_query_is_never_part_of_its_own_context() -> None:
-    # One pair per type more than k: every trial must use all pairs, each exactly once.
-    p_by_type, labels, types = _opposed_data(4, 0.9, seed=0)
-    point = simulate_personalised(p_by_type, labels, types, 3, 50, np.random.default_rng(0))
-    assert all(0.0 <= a <= 1.0 for a in point.accuracy)
+    rng = np.random.default_rng(2)  # data on which a leaking simulation scores 0.25 higher
+    k = 3
+    p_by_type = rng.uniform(0.05, 0.95, (2 * (k + 1), 2))
+    labels = rng.integers(0, 2, 2 * (k + 1))
+    types = np.repeat([0, 1], k + 1)
+    honest = _exact_with_pool_of_k_plus_one(p_by_type, labels, types, leak=False)
+    leaking = _exact_with_pool_of_k_plus_one(p_by_type, labels, types, leak=True)
+    assert abs(np.mean(honest) - np.mean(leaking)) > 0.2  # the check below can tell them apart
+    point = simulate_personalised(p_by_type, labels, types, k, 20000, np.random.default_rng(0))
+    assert point.accuracy == pytest.approx(honest, abs=0.02)
     with pytest.raises(ConfigError, match="needs at least 5"):
         simulate_personalised(p_by_type, labels, types, 4, 10, np.random.default_rng(0))
 

@@ -32,6 +32,7 @@ from fedvpa.errors import ConfigError
 DEFAULT_KS = (0, 1, 2, 4, 8, 16, 32, 64)
 DEFAULT_CS = (0.03, 0.1, 0.3, 1.0)
 _CHUNK = 2000
+_INNER_FOLDS = 3  # cross-validation folds that pick each probe's C
 _KEY_BUDGET = 4_000_000  # random keys per chunk on the small-pool path (32 MB of float64)
 
 
@@ -214,10 +215,10 @@ def cross_fitted_probabilities(
                 raise ConfigError(
                     f"user type {j} has one label only in a fold; it needs both", field="label"
                 )
-            probe, c = fit_probe(x[rows], y[rows], costs, 3, seed)
+            probe, c = fit_probe(x[rows], y[rows], costs, _INNER_FOLDS, seed)
             p_by_type[score_idx, j] = probe.predict_proba(x[score_idx])[:, 1]
             chosen[str(j)].append(c)
-        mono, c = fit_probe(x[fit_idx], y[fit_idx], costs, 3, seed)
+        mono, c = fit_probe(x[fit_idx], y[fit_idx], costs, _INNER_FOLDS, seed)
         p_mono[score_idx] = mono.predict_proba(x[score_idx])[:, 1]
         chosen["mono"].append(c)
     return p_by_type, p_mono, chosen
@@ -280,9 +281,9 @@ def personalisation_headroom(
     if not np.all(np.isfinite(features)):
         raise ConfigError("pair features contain NaN or infinity", field="features")
     counts = [int((types == j).sum()) for j in range(num_types)]
-    # Each (type, label) needs 3 pairs in every outer fold's fitting part for the inner 3-fold
-    # choice of C, plus one to spare; checked before anything is fitted, naming the type.
-    need = math.ceil(3 * folds / max(1, folds - 1)) + 1
+    # Each (type, label) needs _INNER_FOLDS pairs in every outer fold's fitting part for the
+    # inner choice of C, plus one to spare; checked before anything is fitted, naming the type.
+    need = math.ceil(_INNER_FOLDS * folds / max(1, folds - 1)) + 1
     for j, name in enumerate(user_types):
         for label, side in ((1, "A"), (0, "B")):
             have = int(((types == j) & (labels == label)).sum())
