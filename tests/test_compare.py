@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from helpers import TYPE_NAMES, make_toy_clients
@@ -134,6 +135,69 @@ def test_history_and_bytes_from_metrics_rows() -> None:
     assert history[0]["seen_macro"] == 0.7 and history[1]["kl"] == 0.2
     assert compare.bytes_up_per_client_round(rows) == pytest.approx(1300 / 7)
     assert compare.bytes_up_per_client_round([]) is None
+    assert all("num_groups" not in h for h in history)  # a method without groups: no key
+
+
+def test_history_carries_the_number_of_groups_when_a_round_records_it() -> None:
+    rows = [
+        {"round": 1, "num_groups": 7},  # a training-only round: no history entry
+        {"round": 2, "num_groups": 5, "eval": {"eval/seen/helpful": 0.6}},
+        {"round": 3, "num_groups": 4.0, "eval": {"eval/seen/helpful": 0.7}},  # a float count
+        {"round": 4, "eval": {"eval/seen/helpful": 0.7}},
+        {"round": 5, "num_groups": 2.5, "eval": {"eval/seen/helpful": 0.7}},  # not a count
+        {"round": 6, "num_groups": None, "eval": {"eval/seen/helpful": 0.7}},
+    ]
+    history = compare.history_from_rows(rows, list(TYPE_NAMES))
+    assert [h.get("num_groups") for h in history] == [5, 4, None, None, None]
+    assert isinstance(history[1]["num_groups"], int)
+    assert ["num_groups" in h for h in history] == [True, True, False, False, False]
+    assert compare.as_count(True) is None and compare.as_count(-1) is None
+
+
+def test_every_kept_run_gets_its_end_of_training_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = [0.6, 0.7, 0.65, 0.8, 0.75, 0.7, 0.72, 0.74, 0.71, 0.79, 0.77, 0.76]
+
+    def fake_reference(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # a run with a history, as a federated method returns it (no Flower needed)
+        split = {"per_type": {"helpful": 0.76, "harmless": 0.76}, "macro": 0.76, "n": 10}
+        return {
+            "method": name,
+            "seed": 0,
+            "seconds": 1.0,
+            "user_types": list(TYPE_NAMES),
+            "history": [
+                {"round": r + 1, "seen_macro": v, "unseen_macro": None, "num_groups": 3}
+                for r, v in enumerate(seen)
+            ],
+            "final": {"seen": split, "unseen": split},
+        }
+
+    monkeypatch.setattr(compare, "run_reference", fake_reference)
+    exp = toy_experiment()
+    results = compare.new_results(exp, ["oracle"], [0], compare.DEFAULT_K_VALUES)
+    compare.compare_seed(exp, toy_clients(), 0, ["oracle"], tmp_path, results)
+    assert results["failures"] == []
+    (run,) = results["runs"]
+    assert run["final"]["seen_last10_mean"] == pytest.approx(float(np.mean(seen[-10:])))
+    assert run["final"]["seen_last10_std"] == pytest.approx(float(np.std(seen[-10:], ddof=1)))
+    cached = json.loads((tmp_path / "runs" / "oracle-seed0" / "run.json").read_text())["run"]
+    assert cached["final"]["seen_last10_std"] == run["final"]["seen_last10_std"]
+    # a run.json written before the summary existed is completed when it is reused
+    for key in ("seen_last10_mean", "seen_last10_std"):
+        del cached["final"][key]
+    path = tmp_path / "runs" / "oracle-seed0" / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "run": cached}))
+    again = compare.new_results(exp, ["oracle"], [0], compare.DEFAULT_K_VALUES)
+    monkeypatch.setattr(compare, "run_reference", None)  # must not be called
+    compare.compare_seed(exp, toy_clients(), 0, ["oracle"], tmp_path, again)
+    assert again["failures"] == [] and again["runs"] == results["runs"]
+    report = (tmp_path / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| oracle (ref.) | 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:5] == ["76.0", "73.9", "4.5"]  # final, mean and std over the last 10 evals
+    assert cells[-2] == "3"  # the groups of the last round
 
 
 def test_unknown_or_repeated_methods_are_refused_before_training() -> None:
@@ -192,6 +256,8 @@ def test_reference_results_validate_and_reach_the_report(
     oracle, vpl = results["runs"]
     for run in results["runs"]:
         assert run["history"] == [] and run["user_types"] == list(TYPE_NAMES)
+        # no rounds, so no end-of-training summary: recorded as not measured
+        assert run["final"]["seen_last10_mean"] is None and run["final"]["seen_last10_std"] is None
         for split in ("seen", "unseen"):
             final = run["final"][split]
             assert final["n"] > 0
@@ -332,6 +398,10 @@ def test_one_federated_method_through_flower(tmp_path: Path) -> None:
     assert results["failures"] == []
     (run,) = results["runs"]
     assert [h["round"] for h in run["history"]] == [1, 2, 3]
+    assert run["final"]["seen_last10_mean"] == pytest.approx(
+        float(np.mean([h["seen_macro"] for h in run["history"]]))
+    )
+    assert "num_groups" not in run["history"][-1]  # fedavg-bt has no groups
     assert run["final"]["bytes_up_per_client_round"] > 0 and run["latent"] is None
     assert run["k_curve"]["k"] == [1, 2, 4, 8]
     for name in ("results.json", "report.md", "accuracy_per_round.png", "k_curve.png"):

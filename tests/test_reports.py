@@ -23,9 +23,12 @@ from fedvpa.reports import (
     validate_results,
     write_report,
 )
+from fedvpa.reports.aggregate import last_num_groups, mode_of, seen_stability
+from fedvpa.reports.markdown import render_ideal_gap_table, render_report
 
 TYPES = ["harmless", "helpful"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
 
 # Final seen per-type accuracies per (method, seed); macro is their mean.
 SEEN = {
@@ -125,7 +128,7 @@ def make_results(seen: dict[tuple[str, int], tuple[float, float]] = SEEN, **kw: 
 def table_row(text: str, method: str) -> str:
     """The method's row of the main table (the first table of the report)."""
     rows = [line for line in text.splitlines() if line.startswith(f"| {method} |")]
-    assert len(rows) == 2, rows  # main table, then the unseen-clients table
+    assert len(rows) == 3, rows  # main table, the unseen-clients table, distance to the ideal
     return rows[0]
 
 
@@ -152,8 +155,9 @@ def test_report_files_and_table_rows(tmp_path: Path) -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "2"  # seeds
     assert cells[2] == "80.0 ± 2.8"  # seen macro, hand-computed above
-    assert cells[4] == "78.0 ± 2.8"  # seen harmless: 0.80, 0.76
-    assert cells[5] == "82.0 ± 2.8"  # seen helpful: 0.84, 0.80
+    assert cells[3:5] == ["–", "–"]  # seen mean / std over the last evals: not recorded here
+    assert cells[6] == "78.0 ± 2.8"  # seen harmless: 0.80, 0.76
+    assert cells[7] == "82.0 ± 2.8"  # seen helpful: 0.84, 0.80
     assert "fedavg-bt" in text and "fedvpl" in text
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
     for name in ("accuracy_per_round.png", "latents.png", "k_curve.png"):
@@ -299,6 +303,12 @@ def _mutate(path: str, value: Any) -> dict:
         ("runs/4/latent/prototypes", [[1.0, 2.0]], "field 'latent.prototypes[0]'"),
         ("runs/5/k_curve/k", [1, 4, 2, 8], "k must be strictly increasing"),
         ("runs/5/history/2/round", 5, "rounds must increase"),
+        ("runs/5/history/1/num_groups", "4", "field 'history[1].num_groups': expected a non-neg"),
+        ("runs/5/history/1/num_groups", True, "field 'history[1].num_groups'"),
+        ("runs/5/history/1/num_groups", -1, "field 'history[1].num_groups'"),
+        ("runs/5/final/seen_last10_std", 0.3, "disagrees with the last 10 seen_macro values"),
+        ("runs/5/final/seen_last10_mean", -0.1, "field 'final.seen_last10_mean': must be >= 0"),
+        ("runs/0/final/seen_last10_std", None, "field 'final.seen_last10_std': None disagrees"),
         ("runs/5/seed", 0, "duplicate (method, seed) ('fedvpa-gp', 0)"),
     ],
 )
@@ -331,3 +341,185 @@ def test_collapsed_and_one_dimensional_latents_still_plot(tmp_path: Path) -> Non
             run["latent"]["prototypes"] = [[1.0], [3.0]]
     out = plot_latents(results, tmp_path / "l.png")
     assert out is not None and out.read_bytes()[:8] == PNG_MAGIC
+
+
+# ------------------------------------------------------------------ stability, ideal, groups
+
+
+def seen_history(values: list[float | None], groups: list[int | None] | None = None) -> list:
+    """One evaluation per value (rounds 1, 2, ...), with ``num_groups`` where one is given."""
+    history = []
+    for i, value in enumerate(values):
+        entry: dict[str, Any] = {"round": i + 1, "seen_macro": value, "unseen_macro": None}
+        if groups is not None and groups[i] is not None:
+            entry["num_groups"] = groups[i]
+        history.append(entry)
+    return history
+
+
+def headroom_entry(seen: float, unseen: float, k_seen: int = 12, k_unseen: int = 8) -> dict:
+    """The part of a ``client_headroom`` entry the report reads, ideal accuracies by k."""
+    return {
+        "oracle_macro": 0.95,
+        "monolithic_macro": 0.6,
+        "context_sizes": {"seen": k_seen, "unseen": k_unseen},
+        "points": [
+            {"k": 0, "macro_accuracy": 0.6, "macro_identified": 0.5},
+            {"k": k_unseen, "macro_accuracy": unseen, "macro_identified": 0.97},
+            {"k": k_seen, "macro_accuracy": seen, "macro_identified": 0.99},
+        ],
+    }
+
+
+def cells_of(table: str, method: str) -> list[str]:
+    rows = [line for line in table.splitlines() if line.startswith(f"| {method} |")]
+    assert len(rows) == 1, rows
+    return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+def test_seen_stability_is_the_mean_and_sample_std_of_the_last_ten_evaluations() -> None:
+    values = np.random.default_rng(5).uniform(0.5, 0.9, size=13).tolist()
+    got = seen_stability(seen_history(values))
+    assert got["seen_last10_mean"] == pytest.approx(np.mean(values[-10:]))
+    assert got["seen_last10_std"] == pytest.approx(np.std(values[-10:], ddof=1))
+    # fewer than ten: all of them; nulls are not evaluations of the seen clients
+    short = seen_history([0.6, None, 0.7, 0.65])
+    got = seen_stability(short)
+    assert got["seen_last10_mean"] == pytest.approx(np.mean([0.6, 0.7, 0.65]))
+    assert got["seen_last10_std"] == pytest.approx(np.std([0.6, 0.7, 0.65], ddof=1))
+    # one evaluation has a mean but no spread; a reference (no history) has neither
+    assert seen_stability(seen_history([0.7])) == {"seen_last10_mean": 0.7, "seen_last10_std": None}
+    assert seen_stability([]) == {"seen_last10_mean": None, "seen_last10_std": None}
+
+
+def test_stability_columns_aggregate_the_per_run_values_over_seeds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    series = {0: rng.uniform(0.7, 0.9, 14).tolist(), 1: rng.uniform(0.6, 0.95, 12).tolist()}
+    results = make_results()
+    for run in results["runs"]:
+        if run["method"] == "fedvpa-gp":
+            run["history"] = seen_history(series[run["seed"]])
+            run["final"].update(seen_stability(run["history"]))
+        if run["method"] == "fedvpl" and run["seed"] == 0:  # a single evaluation: no spread
+            run["history"] = seen_history([0.73])
+            run["final"].update(seen_stability(run["history"]))
+    validate_results(results)
+    per = summarise(results)["per_method"]
+    stds = [np.std(series[s][-10:], ddof=1) for s in (0, 1)]
+    means = [np.mean(series[s][-10:]) for s in (0, 1)]
+    assert per["fedvpa-gp"]["seen_last10_std"]["mean"] == pytest.approx(np.mean(stds))
+    assert per["fedvpa-gp"]["seen_last10_std"]["std"] == pytest.approx(np.std(stds, ddof=1))
+    assert per["fedvpa-gp"]["seen_last10_mean"]["mean"] == pytest.approx(np.mean(means))
+    assert per["fedvpa-gp"]["seen_last10_mean"]["n"] == 2
+    # fedvpl: seed 0 has one evaluation (mean, no std), seed 1 predates the fields (absent)
+    assert per["fedvpl"]["seen_last10_mean"] == {"mean": 0.73, "std": None, "n": 1}
+    assert per["fedvpl"]["seen_last10_std"] == {"mean": None, "std": None, "n": 0}
+
+    text = write_report(results, tmp_path).read_text()
+    cells = cells_of(render_table(summarise(results)), "fedvpa-gp")
+    assert cells[3] == f"{100 * np.mean(means):.1f} ± {100 * np.std(means, ddof=1):.1f}"
+    assert cells[4] == f"{100 * np.mean(stds):.1f} ± {100 * np.std(stds, ddof=1):.1f}"
+    assert cells_of(render_table(summarise(results)), "fedvpl")[3:5] == ["73.0", "–"]
+    header = "| method | seeds | seen macro | seen mean, last 10 evals | seen std, last 10 evals |"
+    assert header in text
+    assert "**Seen mean / std, last 10 evals**" in text
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+
+
+def test_distance_to_the_ideal_is_paired_per_seed() -> None:
+    results = make_results()
+    oracle = make_run("oracle", 0, (0.96, 0.94), latent=False, k_curve=False, history=False)
+    results["runs"].append(oracle)
+    results["headroom"] = {"0": headroom_entry(0.90, 0.80), "1": headroom_entry(0.88, 0.85)}
+    s = summarise(results)
+    gp = s["per_method"]["fedvpa-gp"]
+    # seed 0: seen 0.90 - 0.82, seed 1: 0.88 - 0.78; unseen finals are 0.77 and 0.73
+    assert gp["seen_ideal_gap"]["mean"] == pytest.approx(np.mean([0.08, 0.10]))
+    assert gp["seen_ideal_gap"]["std"] == pytest.approx(np.std([0.08, 0.10], ddof=1))
+    assert gp["unseen_ideal_gap"]["mean"] == pytest.approx(np.mean([0.03, 0.12]))
+    assert s["ideal"]["seen"]["k"] == [12] and s["ideal"]["unseen"]["k"] == [8]
+    table = render_ideal_gap_table(s)
+    assert "| method | seen: ideal − method (k = 12) | unseen: ideal − method (k = 8) |" in table
+    assert cells_of(table, "fedvpa-gp") == ["fedvpa-gp", "+9.0 ± 1.4", "+7.5 ± 6.4"]
+    # above the ideal is possible (linear probes): a negative distance, single seed, no spread
+    assert cells_of(table, "oracle (ref.)") == ["oracle (ref.)", "-5.0", "-10.0"]
+    assert "positive means below the ideal" in table and "can exceed" in table
+    assert "not measured" not in table
+    # one seed not measured: the distance is over the measured seed only
+    results["headroom"]["1"] = {"error": "ConfigError: at least 2 user types"}
+    s = summarise(results)
+    assert s["per_method"]["fedvpa-gp"]["seen_ideal_gap"]["n"] == 1
+    assert cells_of(render_ideal_gap_table(s), "fedvpa-gp")[1] == "+8.0"
+    assert s["ideal"]["seen"]["seeds"] == [0]
+    assert "Seeds without measured headroom are left out: 1." in render_ideal_gap_table(s)
+    # partitions with different context sizes: every k is named
+    results["headroom"]["1"] = headroom_entry(0.88, 0.85, k_seen=10)
+    assert "seen: ideal − method (k = 10, 12)" in render_ideal_gap_table(summarise(results))
+
+
+def test_distance_to_the_ideal_without_headroom_is_a_dash() -> None:
+    results = make_results()
+    for headroom in (None, {}, {"0": {"error": "boom"}}, {"0": {"points": "junk"}}):
+        if headroom is not None:
+            results["headroom"] = headroom
+        s = summarise(results)
+        assert s["ideal"]["seen"]["k"] == []
+        table = render_ideal_gap_table(s)
+        assert cells_of(table, "fedvpa-gp") == ["fedvpa-gp", "–", "–"]
+        assert "Headroom was not measured" in table
+    # headroom measured at k values other than the partition's: not the ideal asked for
+    entry = headroom_entry(0.9, 0.8)
+    entry["points"] = entry["points"][:1]
+    results["headroom"] = {"0": entry, "1": entry}
+    assert cells_of(render_ideal_gap_table(summarise(results)), "fedvpl")[1:] == ["–", "–"]
+
+
+def test_number_of_groups_is_the_mode_over_seeds_then_each_seed() -> None:
+    assert mode_of([4, 4, 3]) == 4 and mode_of([3, 4]) == 3 and mode_of([None, None]) is None
+    # the latest evaluation that recorded it
+    assert last_num_groups(seen_history([0.6, 0.7, 0.8], [5, 4, None])) == 4
+    assert last_num_groups(seen_history([0.6, 0.7])) is None
+    seen = {("fedvpa-gp", s): (0.8, 0.8) for s in (0, 1, 2)}
+    seen.update({("fedvpl", 0): (0.7, 0.7), ("fedvpl+gp", 0): (0.7, 0.7)})
+    seen.update({("fedvpl+ortho", 0): (0.7, 0.7), ("fedvpl+ortho", 3): (0.7, 0.7)})
+    results = make_results(seen)
+    last = {("fedvpa-gp", 0): 4, ("fedvpa-gp", 1): 4, ("fedvpa-gp", 2): 3, ("fedvpl+gp", 0): 2}
+    last[("fedvpl+ortho", 3)] = 5  # seed 0 of fedvpl+ortho never recorded it
+    for run in results["runs"]:
+        key = (run["method"], run["seed"])
+        if key in last:
+            run["history"] = seen_history([0.7, 0.8], [6, last[key]])
+    validate_results(results)
+    per = summarise(results)["per_method"]
+    assert per["fedvpa-gp"]["num_groups"] == {"mode": 4, "per_seed": [4, 4, 3]}
+    table = render_table(summarise(results))
+    assert cells_of(table, "fedvpa-gp")[-2] == "4 (4, 4, 3)"
+    assert cells_of(table, "fedvpl+gp")[-2] == "2"  # one seed: the value alone
+    assert cells_of(table, "fedvpl+ortho")[-2] == "5 (–, 5)"
+    assert cells_of(table, "fedvpl")[-2] == "–"
+    assert "| active units | groups | time (s) |" in table
+
+
+def test_results_without_the_new_fields_still_render(tmp_path: Path) -> None:
+    results = make_results()  # no stability, no num_groups, no headroom: an older results.json
+    for run in results["runs"]:
+        assert "seen_last10_mean" not in run["final"]
+    text = write_report(results, tmp_path).read_text()
+    cells = [c.strip() for c in table_row(text, "fedvpa-gp").strip("|").split("|")]
+    assert cells[3:5] == ["–", "–"] and cells[-2] == "–"
+    assert "### Distance to the ideal personalised accuracy" in text
+
+
+def test_a_stored_report_of_an_earlier_version_renders() -> None:
+    path = REPO / "docs" / "results" / "synthetic" / "results.json"
+    if not path.is_file():
+        pytest.skip("no stored comparison in docs/results")
+    results = json.loads(path.read_text())
+    summary = summarise(results)
+    text = render_report(results, summary, {})
+    assert "### Distance to the ideal personalised accuracy" in text
+    federated = [m for m in summary["methods"] if not summary["per_method"][m]["reference"]]
+    for method in federated:  # headroom was measured there, the stability fields were not
+        entry = summary["per_method"][method]
+        assert entry["seen_ideal_gap"]["n"] == entry["n_seeds"]
+        assert entry["seen_last10_std"]["n"] == 0 and entry["num_groups"]["mode"] is None

@@ -63,7 +63,11 @@ def _opts(ctx: typer.Context) -> GlobalOptions:
 
 
 DataOpt = Annotated[
-    str, typer.Argument(help="synthetic-2, synthetic-4, or a .jsonl/.jsonl.gz file.")
+    str,
+    typer.Argument(
+        help="synthetic-2, synthetic-4, plural-2/3/4/6 (docs/data-family.md), "
+        "or a .jsonl/.jsonl.gz file."
+    ),
 ]
 FormatOpt = Annotated[str, typer.Option("--format", help="auto, generic, hh-rlhf or relabeled-hh.")]
 SkipOpt = Annotated[
@@ -267,7 +271,8 @@ def _parse_value(text: str) -> object:
 
 
 DataNameOpt = Annotated[
-    str | None, typer.Option("--data", help="synthetic-2 (default), synthetic-4, or a file.")
+    str | None,
+    typer.Option("--data", help="synthetic-2 (default), synthetic-4, plural-2/3/4/6, or a file."),
 ]
 ClientsOpt = Annotated[int | None, typer.Option(help="Clients (default 100).")]
 RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Rounds (default 50).")]

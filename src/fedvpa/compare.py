@@ -35,7 +35,12 @@ from fedvpa.experiment import ExperimentConfig
 from fedvpa.federation import checkpoint as ckpt
 from fedvpa.methods.base import Predictor
 from fedvpa.model.config import ModelConfig
-from fedvpa.reports.aggregate import METHOD_ORDER, ResultsFormatError, validate_results
+from fedvpa.reports.aggregate import (
+    METHOD_ORDER,
+    ResultsFormatError,
+    seen_stability,
+    validate_results,
+)
 
 REFERENCES: tuple[str, ...] = ("oracle", "centralised-vpl")
 DEFAULT_METHODS: tuple[str, ...] = METHOD_ORDER
@@ -63,6 +68,18 @@ def as_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def as_count(value: Any) -> int | None:
+    """A non-negative integral number as an int (``4.0`` -> 4), else None.
+
+    A count that arrives as a float (a metric passed through a float conversion) is still a
+    count; anything fractional, negative or not a number is not one and is dropped.
+    """
+    number = as_float(value)
+    if number is None or number < 0 or not number.is_integer():
+        return None
+    return int(number)
 
 
 def mean_or_none(values: Sequence[float | None]) -> float | None:
@@ -115,7 +132,8 @@ def final_from_eval(
 def history_from_rows(
     rows: Sequence[Mapping[str, Any]], user_types: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """Per evaluated round: macro and per-type accuracy, KL and active units.
+    """Per evaluated round: macro and per-type accuracy, KL and active units, and the number of
+    prototype groups the server used (``num_groups``) where the round's row records one.
 
     Rows are keyed by round (the last row of a round wins) so a resumed run that replayed a round
     cannot produce a history with a repeated round.
@@ -133,8 +151,20 @@ def history_from_rows(
         kl = as_float(flat.get("eval/kl"))
         entry["kl"] = max(kl, 0.0) if kl is not None else None
         entry["active_units"] = as_float(flat.get("eval/active_units"))
+        groups = as_count(row.get("num_groups"))
+        if groups is not None:  # absent for methods without groups: no null key in their history
+            entry["num_groups"] = groups
         by_round[entry["round"]] = entry
     return [by_round[r] for r in sorted(by_round)]
+
+
+def with_stability(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The run with ``final`` completed by its history's end-of-training summary.
+
+    Applied to every run the comparison keeps, fresh or reused from a ``run.json`` written before
+    the summary existed, so one report never mixes measured and missing stability by accident.
+    """
+    return {**run, "final": {**run["final"], **seen_stability(run["history"])}}
 
 
 def bytes_up_per_client_round(rows: Sequence[Mapping[str, Any]]) -> float | None:
@@ -646,6 +676,7 @@ def compare_seed(
                     )
             # What ran, defaults filled in (equal to the cached run's by its fingerprint).
             run = {**run, "settings": effective_method_config(exp, name, clients[0].context.dim)}
+            run = with_stability(run)
             candidate = {**results, "runs": [*results["runs"], run]}
             validate_results(candidate)  # a malformed run is a failure, not a lost report
         except Exception as exc:  # one failing method must not stop the comparison
@@ -808,4 +839,5 @@ __all__ = [
     "run_compare",
     "truncate_context",
     "usable_k",
+    "with_stability",
 ]

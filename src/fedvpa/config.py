@@ -112,7 +112,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 class DataConfig:
     """Which preference data, and how it is split over clients."""
 
-    data: str = "synthetic-2"  # synthetic-2 | synthetic-4 | a path to a .jsonl(.gz) file
+    data: str = "synthetic-2"  # synthetic-2 | synthetic-4 | plural-2/3/4/6 | a .jsonl(.gz) path
     data_format: str = "auto"  # auto | generic | hh-rlhf | relabeled-hh
     skip_invalid: bool = False
     synthetic_pairs_per_type: int = 0  # 0: enough for the partition (at least 1200)

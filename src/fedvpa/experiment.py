@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedvpa.config import DataConfig, EmbeddingConfig, from_flat, to_flat
+from fedvpa.data.family import FAMILY, generate_family
 from fedvpa.data.partition import FederatedPartition, partition_pairs
 from fedvpa.data.readers import ReadReport, read_pairs
 from fedvpa.data.schema import PreferencePair
@@ -22,6 +24,12 @@ from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import ConfigError
 
 SYNTHETIC = {"synthetic-2": 2, "synthetic-4": 4}
+# Every data name that is generated rather than read, with its number of user types: the
+# embedded synthetic sets and the members of the pluralistic family (fedvpa.data.family).
+GENERATED: dict[str, int] = {
+    **SYNTHETIC,
+    **{name: len(member.types) for name, member in FAMILY.items()},
+}
 
 
 def load_pairs(cfg: DataConfig, seed: int) -> tuple[list[PreferencePair], dict[str, object]]:
@@ -31,6 +39,14 @@ def load_pairs(cfg: DataConfig, seed: int) -> tuple[list[PreferencePair], dict[s
             num_types=SYNTHETIC[cfg.data],
             pairs_per_type=synthetic_pairs_per_type(cfg, SYNTHETIC[cfg.data]),
             conflict_share=cfg.conflict_share,
+            seed=seed,
+        )
+        return pairs, {"rows": len(pairs), "kept": len(pairs), "skipped": 0}
+    if cfg.data in FAMILY:
+        # conflict-share does not apply: a member's comparison kinds have fixed shares.
+        pairs = generate_family(
+            cfg.data,
+            pairs_per_type=synthetic_pairs_per_type(cfg, GENERATED[cfg.data]),
             seed=seed,
         )
         return pairs, {"rows": len(pairs), "kept": len(pairs), "skipped": 0}
@@ -49,13 +65,21 @@ def load_pairs(cfg: DataConfig, seed: int) -> tuple[list[PreferencePair], dict[s
 
 
 def synthetic_pairs_per_type(cfg: DataConfig, num_types: int) -> int:
-    """Enough synthetic pairs for the partition asked for (0 = size automatically)."""
+    """Enough generated pairs per user type for the partition asked for (0 = automatic).
+
+    Used for every generated data set (``GENERATED``: synthetic-2/4 and the plural-* family).
+    Sized for the largest type share, so an uneven ``type_ratio`` still fits: that type needs at
+    most ``ceil(num_clients * share)`` clients of at most ``largest`` pairs each.
+    """
     if cfg.synthetic_pairs_per_type:
         return cfg.synthetic_pairs_per_type
     largest = max(cfg.pairs_per_client, cfg.max_pairs_per_client)
     share = max(cfg.type_ratio) / sum(cfg.type_ratio) if cfg.type_ratio else 1.0 / num_types
     needed = int(cfg.num_clients * share * largest * 1.2) + 64
-    return max(1200, needed)
+    # The bound itself, for the rare tiny-share, huge-client case the 20 % margin misses (it
+    # leaves every usual configuration's size, and so its data, unchanged).
+    bound = math.ceil(cfg.num_clients * share + 1e-9) * largest
+    return max(1200, needed, bound)
 
 
 def make_partition(cfg: DataConfig, seed: int) -> FederatedPartition:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedvpa.data.family import FAMILY, generate_family
 from fedvpa.data.schema import PreferencePair, randomise_order
 from fedvpa.data.transcript import TranscriptError, normalise_prompt, split_transcripts
 from fedvpa.errors import ConfigError, DataFormatError
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 FILE_FORMATS = ("generic", "hh-rlhf", "relabeled-hh")
 SYNTHETIC_FORMATS = ("synthetic-2", "synthetic-4")
-FORMATS = ("auto", *FILE_FORMATS, *SYNTHETIC_FORMATS)
+FAMILY_FORMATS = tuple(FAMILY)  # plural-2, plural-3, plural-4, plural-6 (fedvpa.data.family)
+FORMATS = ("auto", *FILE_FORMATS, *SYNTHETIC_FORMATS, *FAMILY_FORMATS)
 
 
 class RowError(ValueError):
@@ -390,18 +392,24 @@ def read_pairs(
     skip_invalid: bool = False,
     report: ReadReport | None = None,
 ) -> list[PreferencePair]:
-    """Read a file, or generate a named synthetic set (``synthetic-2``/``synthetic-4``).
+    """Read a file, or generate a named set (``synthetic-2``/``-4``, ``plural-2/3/4/6``).
 
-    ``format="auto"`` takes the synthetic names literally and sniffs files by the keys of their
-    first JSON object; the synthetic sets use their default sizes with ``seed``.
+    ``format="auto"`` takes the generated names literally and sniffs files by the keys of their
+    first JSON object; the generated sets use their default sizes with ``seed``.
     """
     if format not in FORMATS:
         raise ConfigError(
             f"unknown data format {format!r}; expected one of {list(FORMATS)}", field="format"
         )
     name = str(path_or_name)
-    if format == "auto" and name in SYNTHETIC_FORMATS:
+    if format == "auto" and name in (*SYNTHETIC_FORMATS, *FAMILY_FORMATS):
         format = name
+    if format in FAMILY_FORMATS:
+        pairs = generate_family(format, seed=seed)
+        if report is not None:
+            report.source, report.format = format, format
+            report.rows = report.kept = len(pairs)
+        return pairs
     if format in SYNTHETIC_FORMATS:
         from fedvpa.data.synthetic import generate_synthetic
 

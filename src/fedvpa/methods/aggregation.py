@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedvpa.methods.base import Arrays
+from fedvpa.methods.server_optimiser import ServerStep, server_update, split_moments
 
 
 def weighted_average(items: Sequence[tuple[Arrays, float]]) -> Arrays:
@@ -30,3 +31,26 @@ def weighted_average(items: Sequence[tuple[Arrays, float]]) -> Arrays:
             acc += arrays[key].astype(np.float64) * (w / total)
         out[key] = acc.astype(items[0][0][key].dtype)
     return out
+
+
+def apply_server_step(
+    global_arrays: Arrays,
+    averaged: Arrays,
+    extra: Arrays,
+    step: ServerStep,
+    server_round: int,
+) -> tuple[Arrays, Arrays]:
+    """The new global weights and server extras after one round's mean update ``averaged``.
+
+    ``averaged`` may hold a subset of the global arrays (FedBiscuit trains one head per client):
+    only those arrays move, and only their moments change. Plain FedAvg (``avg``, lr 1) returns
+    the mean itself, bit for bit.
+    """
+    arrays = dict(global_arrays)
+    if step.kind == "avg" and step.lr == 1.0:
+        arrays.update(averaged)
+        return arrays, extra
+    moments, rest = split_moments(extra)
+    new, new_moments = server_update(global_arrays, averaged, moments, step, server_round)
+    arrays.update(new)
+    return arrays, {**rest, **moments, **new_moments}

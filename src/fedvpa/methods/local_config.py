@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fedvpa.errors import ConfigError
+from fedvpa.methods.server_optimiser import SERVER_OPTIMISERS, ServerStep
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,15 @@ class LocalConfig:
     latent_first_steps: int = 25
     batch_size: int = 4  # context/query views (latent methods) or x16 pairs (reward heads)
     num_rounds: int = 50  # for schedules that depend on the round (temperature annealing)
+    # Server step on the clients' mean update (FedOpt; see methods/server_optimiser.py):
+    # "avg" with lr 1 is plain FedAvg.
+    server_opt: str = "avg"
+    server_lr: float = 1.0
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_eps: float = 1e-3
+    # FedProx: mu/2 ||w - w_global||^2 added to every local step (0 = off).
+    prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.latent_first_steps < 0:
@@ -33,6 +43,27 @@ class LocalConfig:
                 raise ConfigError(f"must be a positive integer, got {value!r}", field=name)
         if not self.lr > 0:
             raise ConfigError(f"must be > 0, got {self.lr!r}", field="lr")
+        if self.server_opt not in SERVER_OPTIMISERS:
+            raise ConfigError(
+                f"must be one of {', '.join(SERVER_OPTIMISERS)}, got {self.server_opt!r}",
+                field="server_opt",
+            )
+        if not self.server_lr > 0:
+            raise ConfigError(f"must be > 0, got {self.server_lr!r}", field="server_lr")
+        for name in ("server_beta1", "server_beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"must be in [0, 1), got {value!r}", field=name)
+        if not self.server_eps > 0:
+            raise ConfigError(f"must be > 0, got {self.server_eps!r}", field="server_eps")
+        if not self.prox_mu >= 0:
+            raise ConfigError(f"must be >= 0, got {self.prox_mu!r}", field="prox_mu")
+
+    @property
+    def server_step(self) -> ServerStep:
+        return ServerStep(
+            self.server_opt, self.server_lr, self.server_beta1, self.server_beta2, self.server_eps
+        )
 
     @property
     def latent_only_steps(self) -> int:

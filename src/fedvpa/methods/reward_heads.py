@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from fedvpa.embeddings.tensors import ClientTensors, PairTensors
-from fedvpa.methods.aggregation import weighted_average
+from fedvpa.methods.aggregation import apply_server_step, weighted_average
 from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor, ServerState
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
@@ -50,11 +50,14 @@ def local_bt_steps(
     optimiser = torch.optim.Adam(model.parameters(), lr=local.lr)
     size = min(len(pairs), local.batch_size * PAIRS_PER_VIEW)
     total, correct = 0.0, 0.0
+    anchor = [(p, p.detach().clone()) for p in model.parameters()] if local.prox_mu > 0 else []
     model.train()
     for _ in range(local.local_steps):
         idx = torch.randperm(len(pairs), generator=gen)[:size]
         logits = model(pairs.emb_a[idx], pairs.emb_b[idx])
         loss = nn.functional.binary_cross_entropy_with_logits(logits, pairs.label[idx])
+        if anchor:  # FedProx, as in training/local.py
+            loss = loss + 0.5 * local.prox_mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -94,8 +97,11 @@ class FedAvgBT(FederatedMethod):
 
     def aggregate(self, state, updates, server_round):
         updates = sorted(updates, key=lambda item: item[0])
-        arrays = weighted_average([(u.arrays, float(u.num_examples)) for _, u in updates])
-        return ServerState(arrays=arrays, extra=state.extra, info=state.info)
+        mean = weighted_average([(u.arrays, float(u.num_examples)) for _, u in updates])
+        arrays, extra = apply_server_step(
+            state.arrays, mean, dict(state.extra), self.local.server_step, server_round
+        )
+        return ServerState(arrays=arrays, extra=extra, info=state.info)
 
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
         return BTPredictor(_bt_model(self.cfg, global_arrays))
@@ -216,16 +222,19 @@ class FedBiscuit(FederatedMethod):
 
     def aggregate(self, state, updates, server_round):
         updates = sorted(updates, key=lambda item: item[0])
-        arrays = dict(state.arrays)
+        mean: Arrays = {}
         for h in range(self.num_heads):
             group = [u for _, u in updates if any(k.startswith(f"head{h}.") for k in u.arrays)]
             if group:
-                arrays.update(weighted_average([(u.arrays, float(u.num_examples)) for u in group]))
+                mean.update(weighted_average([(u.arrays, float(u.num_examples)) for u in group]))
+        arrays, moved = apply_server_step(
+            state.arrays, mean, dict(state.extra), self.local.server_step, server_round
+        )
         known = dict(zip(state.extra["loss_ids"].tolist(), state.extra["losses"], strict=True))
         known.update({cid: u.stats["losses"] for cid, u in updates})
         order = sorted(known)
         extra = {
-            **state.extra,
+            **moved,
             "loss_ids": np.array(order, np.int64),
             "losses": np.stack([known[c] for c in order]).astype(np.float64),
         }

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fedvpa.embeddings.tensors import ClientTensors
-from fedvpa.methods.aggregation import weighted_average
+from fedvpa.methods.aggregation import apply_server_step, weighted_average
 from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor, ServerState
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
@@ -140,10 +140,12 @@ class VariationalMethod(FederatedMethod):
         self, state: ServerState, updates: Sequence[tuple[int, ClientUpdate]], server_round: int
     ) -> ServerState:
         updates = sorted(updates, key=lambda item: item[0])  # reply order must not matter
-        arrays = weighted_average([(u.arrays, float(u.num_examples)) for _, u in updates])
+        mean = weighted_average([(u.arrays, float(u.num_examples)) for _, u in updates])
+        arrays, extra = apply_server_step(
+            state.arrays, mean, dict(state.extra), self.local.server_step, server_round
+        )
         ids = np.array([cid for cid, _ in updates], np.int64)
         mus = np.stack([u.stats["mu"] for _, u in updates]).astype(np.float32)
-        extra = dict(state.extra)
         # The mixture prior of the next round is made of exactly this round's posteriors.
         extra["prior_ids"] = ids
         extra["prior_mu"] = mus
@@ -214,6 +216,7 @@ class VariationalMethod(FederatedMethod):
             batch_size=self.local.batch_size,
             seed=seed,
             latent_first_steps=self.local.latent_only_steps,
+            prox_mu=self.local.prox_mu,
         )
         new_state = dict(client_state)
         if isinstance(prior, FederatedMixturePrior):

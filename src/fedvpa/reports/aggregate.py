@@ -20,7 +20,8 @@ rebuilt later from ``results.json`` alone, without retraining. The structure is:
               "seen_per_type": {"harmless": 0.7, "helpful": 0.72}, # optional
               "unseen_per_type": {...},                            # optional
               "kl": 1.3, "active_units": 4,                        # optional, or null
-            }, ...
+              "num_groups": 4,        # optional int: prototype groups the server used that
+            }, ...                    # round (latent methods that group their clients)
           ],
           "final": {
             "seen":   {"per_type": {type: acc or null}, "macro": 0.8,
@@ -28,6 +29,8 @@ rebuilt later from ``results.json`` alone, without retraining. The structure is:
             "unseen": {... same keys ...},
             "kl": 2.1 or null, "active_units": 5 or null, "silhouette": 0.4 or null,
             "bytes_up_per_client_round": 12345.0 or null,
+            "seen_last10_mean": 0.79 or null,  # optional: mean and sample std of seen_macro
+            "seen_last10_std": 0.012 or null,  # over the history's last 10 evaluations
           },
           "latent": null or {"mu": [[d floats], ...],          # one row per client
                              "user_type": ["helpful", ...],    # one per row of mu
@@ -35,13 +38,20 @@ rebuilt later from ``results.json`` alone, without retraining. The structure is:
                              "prototypes": [[d floats], ...] or null},
           "k_curve": null or {"k": [1, 2, 4, 8], "unseen_macro": [0.55, 0.6, 0.68, 0.74]},
         }, ...
-      ]
-    }
+      ],
+      "headroom": {"0": {...}, ...}  # optional, per seed: fedvpa.evaluation.headroom's
+    }                                # client_headroom dict, or {"error": ...} (not validated)
 
 Accuracies are fractions in [0, 1]; the report shows them in percent. ``macro`` is the unweighted
 mean of the per-type accuracies that are not null; validation checks that it is (to within
 ``MACRO_TOLERANCE``), because a table whose macro column disagrees with its per-type columns
 would be quietly wrong. ``latent`` and ``k_curve`` may be absent as well as null.
+
+``seen_last10_mean`` / ``seen_last10_std`` summarise how a run ended rather than where its last
+round happened to land: a method that swings from round to round has a final-round accuracy that
+is one draw of that swing. They are derived from ``history`` (see ``seen_stability``) and, when
+present, must agree with it, for the same reason as ``macro``; results written before they
+existed lack them and are read as not measured (null), as is an absent ``num_groups``.
 
 Standard deviations are sample standard deviations over seeds (ddof=1). With a single value the
 std is ``None``, not 0: the spread of one seed is unknown, and 0 would claim a precision that was
@@ -52,6 +62,7 @@ of that statistic, and ``n`` says how many seeds it is over.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -74,6 +85,12 @@ COLLAPSE_KL = 0.05  # below this mean KL(q || prior), z carries (almost) nothing
 
 SPLITS: tuple[str, ...] = ("seen", "unseen")
 SCALARS: tuple[str, ...] = ("kl", "active_units", "silhouette", "bytes_up_per_client_round")
+# The window of the end-of-training summary; the result keys name it, so changing it means
+# renaming them (old results files would otherwise silently mean a different window).
+STABILITY_WINDOW = 10
+STABILITY_MEAN = "seen_last10_mean"
+STABILITY_STD = "seen_last10_std"
+STABILITY_KEYS: tuple[str, ...] = (STABILITY_MEAN, STABILITY_STD)
 
 Stat = dict[str, Any]  # {"mean": float | None, "std": float | None, "n": int}
 
@@ -242,6 +259,58 @@ def _check_history(where: str, value: Any, user_types: Sequence[str]) -> None:
         _check_number(
             where, f"{here}.active_units", entry.get("active_units"), nullable=True, low=0
         )
+        _check_count(where, f"{here}.num_groups", entry.get("num_groups"))
+
+
+def _check_count(where: str, field: str, value: Any) -> None:
+    """Null or a non-negative int: a count of groups is never fractional, and 4.0 is refused
+    rather than rounded so a writer that produces it gets fixed instead of silently trusted."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        _fail(where, field, f"expected a non-negative int or null, got {value!r}")
+
+
+def last_seen_macros(
+    history: Sequence[Mapping[str, Any]], window: int = STABILITY_WINDOW
+) -> list[float]:
+    """The seen macro accuracy of the last ``window`` evaluations that measured it.
+
+    Evaluations without a seen value (null) are skipped rather than counted, so the window
+    always holds up to ``window`` real measurements.
+    """
+    values = [float(e["seen_macro"]) for e in history if e.get("seen_macro") is not None]
+    return values[-window:] if window > 0 else []
+
+
+def seen_stability(history: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """``{seen_last10_mean, seen_last10_std}`` of a run's history.
+
+    The std (sample, ddof=1 like every std here) measures how much the method swings between
+    evaluations at the end of training; the mean is a less noisy summary than the final round.
+    The mean needs one evaluation, the std two; the references (no history) get None for both.
+    """
+    stat = mean_std(last_seen_macros(history))
+    return {STABILITY_MEAN: stat["mean"], STABILITY_STD: stat["std"]}
+
+
+def _check_stability(where: str, final: Mapping[str, Any], history: Sequence[Any]) -> None:
+    """The stored summary is optional (older results) but, when present, must be the history's."""
+    expected = seen_stability(history)
+    for key, want in expected.items():
+        if key not in final:
+            continue
+        got = final[key]
+        _check_number(where, f"final.{key}", got, nullable=True, low=0.0, high=1.0)
+        if (got is None) != (want is None) or (
+            got is not None and want is not None and abs(got - want) > MACRO_TOLERANCE
+        ):
+            _fail(
+                where,
+                f"final.{key}",
+                f"{got!r} disagrees with the last {STABILITY_WINDOW} seen_macro values of "
+                f"history ({want!r})",
+            )
 
 
 def _check_run(i: int, run: Any, user_types: Sequence[str] | None) -> list[str]:
@@ -288,6 +357,7 @@ def _check_run(i: int, run: Any, user_types: Sequence[str] | None) -> list[str]:
         nullable=True,
         low=0,
     )
+    _check_stability(where, final, run["history"])
     _check_latent(where, run.get("latent"), types)
     _check_k_curve(where, run.get("k_curve"))
     return list(types)
@@ -351,7 +421,67 @@ def is_collapsed(kl: float | None, active_units: float | None) -> bool:
     return (kl is not None and kl < COLLAPSE_KL) or (active_units is not None and active_units == 0)
 
 
-def _summarise_method(runs: Sequence[Mapping[str, Any]], user_types: Sequence[str]) -> dict:
+def last_num_groups(history: Sequence[Mapping[str, Any]]) -> int | None:
+    """The number of prototype groups of the latest evaluated round that recorded one.
+
+    None for methods that do not group clients and for runs written before it was recorded.
+    """
+    for entry in reversed(history):
+        if entry.get("num_groups") is not None:
+            return int(entry["num_groups"])
+    return None
+
+
+def mode_of(values: Sequence[int | None]) -> int | None:
+    """The most common non-null value; a tie goes to the smallest, so reports are reproducible."""
+    counts = Counter(v for v in values if v is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return min(v for v, c in counts.items() if c == top)
+
+
+def ideal_accuracy(entry: Any, group: str) -> tuple[int, float] | None:
+    """``(k, accuracy)`` of one seed's ideal personalised predictor at the k a ``group`` client
+    reads, from a ``client_headroom`` entry; None where it was not measured.
+
+    The headroom block is optional and not validated with the runs (it explains the results, it
+    is not one of them), so anything malformed reads as not measured instead of failing a report.
+    """
+    if not isinstance(entry, Mapping) or "error" in entry:
+        return None
+    sizes = entry.get("context_sizes")
+    k = sizes.get(group) if isinstance(sizes, Mapping) else None
+    points = entry.get("points")
+    if not isinstance(k, int) or isinstance(k, bool) or not isinstance(points, Sequence):
+        return None
+    for point in points:
+        if isinstance(point, Mapping) and point.get("k") == k:
+            acc = point.get("macro_accuracy")
+            return (k, float(acc)) if _is_number(acc) else None
+    return None
+
+
+def _headroom_of(results: Mapping[str, Any]) -> Mapping[str, Any]:
+    headroom = results.get("headroom")
+    return headroom if isinstance(headroom, Mapping) else {}
+
+
+def ideal_gap(run: Mapping[str, Any], headroom: Mapping[str, Any], split: str) -> float | None:
+    """``ideal - final macro`` of one run on its own seed's partition (None if either is absent).
+
+    Paired per seed, because each seed draws its own partition and so its own ideal.
+    """
+    ideal = ideal_accuracy(headroom.get(str(run["seed"])), split)
+    macro = run["final"][split]["macro"]
+    return None if ideal is None or macro is None else ideal[1] - macro
+
+
+def _summarise_method(
+    runs: Sequence[Mapping[str, Any]],
+    user_types: Sequence[str],
+    headroom: Mapping[str, Any],
+) -> dict:
     out: dict[str, Any] = {
         "n_seeds": len(runs),
         "seeds": [r["seed"] for r in runs],
@@ -365,8 +495,12 @@ def _summarise_method(runs: Sequence[Mapping[str, Any]], user_types: Sequence[st
         out[f"{split}_per_type"] = {
             t: mean_std([f["per_type"].get(t) for f in finals]) for t in user_types
         }
-    for key in SCALARS:
+    for key in SCALARS + STABILITY_KEYS:
         out[key] = mean_std([r["final"].get(key) for r in runs])
+    for split in SPLITS:
+        out[f"{split}_ideal_gap"] = mean_std([ideal_gap(r, headroom, split) for r in runs])
+    per_seed = [last_num_groups(r["history"]) for r in runs]
+    out["num_groups"] = {"mode": mode_of(per_seed), "per_seed": per_seed}
     out["collapsed_seeds"] = [
         r["seed"]
         for r in runs
@@ -375,21 +509,45 @@ def _summarise_method(runs: Sequence[Mapping[str, Any]], user_types: Sequence[st
     return out
 
 
+def _ideal_summary(headroom: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+    """Per group, the k values the ideal was read at (one per partition size) and its accuracy."""
+    out: dict[str, Any] = {}
+    for split in SPLITS:
+        found = [ideal_accuracy(headroom.get(str(s)), split) for s in seeds]
+        points = [p for p in found if p is not None]
+        out[split] = {
+            "k": sorted({k for k, _ in points}),
+            "accuracy": mean_std([acc for _, acc in points]),
+            "seeds": [s for s, p in zip(seeds, found, strict=True) if p is not None],
+        }
+    return out
+
+
 def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
     """Per method, mean / std / n over seeds of every final metric.
 
     Returns ``{"methods": [...in table order], "user_types": [...], "seeds": [...all seeds],
+    "ideal": {"seen": {"k": [...], "accuracy": stat, "seeds": [...measured]}, "unseen": ...},
     "per_method": {method: {"n_seeds", "seeds", "reference", "seconds", "seen_macro",
     "unseen_macro", "seen_per_type": {type: stat}, "unseen_per_type", "seen_conflict",
     "unseen_conflict", "kl", "active_units", "silhouette", "bytes_up_per_client_round",
-    "collapsed_seeds"}}}`` where each stat is ``{"mean", "std", "n"}`` (std None below 2 values).
+    "seen_last10_mean", "seen_last10_std", "seen_ideal_gap", "unseen_ideal_gap",
+    "num_groups": {"mode", "per_seed"}, "collapsed_seeds"}}}`` where each stat is
+    ``{"mean", "std", "n"}`` (std None below 2 values). ``*_ideal_gap`` is the headroom's ideal
+    personalised accuracy minus the method's final macro, paired per seed (n 0 without
+    headroom); ``num_groups.per_seed`` follows ``seeds``.
     """
     validate_results(results)
     user_types = list(results["runs"][0]["user_types"])
     methods = ordered_methods(results)
+    headroom = _headroom_of(results)
+    seeds = sorted({r["seed"] for r in results["runs"]})
     return {
         "methods": methods,
         "user_types": user_types,
-        "seeds": sorted({r["seed"] for r in results["runs"]}),
-        "per_method": {m: _summarise_method(runs_of(results, m), user_types) for m in methods},
+        "seeds": seeds,
+        "ideal": _ideal_summary(headroom, seeds),
+        "per_method": {
+            m: _summarise_method(runs_of(results, m), user_types, headroom) for m in methods
+        },
     }

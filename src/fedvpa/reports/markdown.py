@@ -13,7 +13,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedvpa.reports.aggregate import COLLAPSE_KL, Stat, mean_std, summarise, validate_results
+from fedvpa.reports.aggregate import (
+    COLLAPSE_KL,
+    STABILITY_MEAN,
+    STABILITY_STD,
+    STABILITY_WINDOW,
+    Stat,
+    mean_std,
+    summarise,
+    validate_results,
+)
 from fedvpa.reports.plots import plot_accuracy_per_round, plot_k_curve, plot_latents
 
 DASH = "–"
@@ -25,7 +34,7 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("k_curve.png", "Unseen-client accuracy vs context size k"),
 )
 
-DEFINITIONS = """\
+DEFINITIONS_TEMPLATE = """\
 - **Macro accuracy**: accuracy computed per user type, then averaged without weights, so a
   majority type cannot hide a neglected one. Every test pair is scored in both A/B orders and the
   two are averaged, so a position bias cannot pass for preference.
@@ -36,9 +45,18 @@ DEFINITIONS = """\
   data without that label). Any non-personalised model scores about 50% there.
 - **KL**: mean KL(q(z | C) || prior) of the client posteriors. Near 0 means z carries nothing.
 - **Active units**: latent dimensions k with Var over clients of E_q[z_k] > 0.01.
+- **Seen mean / std, last {window} evals**: mean and sample std of the seen macro accuracy over
+  a run's last {window} evaluations (fewer if it has fewer; the std needs two), then mean ± std
+  over seeds. A std of several points means the method swings from round to round, so its final
+  round is one draw of that swing; the mean is the steadier summary. – for the references, which
+  have no rounds.
+- **Groups**: the number of prototype groups the server used in the last round that recorded it
+  (latent methods that group clients): the most common value over seeds, then each seed's value
+  in seed order. – for methods that do not group clients.
 - **mean ± std**: over seeds, sample std (ddof=1); a value without ± comes from a single seed, whose
   spread is unknown. – means not measured for that method.
 """
+DEFINITIONS = DEFINITIONS_TEMPLATE.format(window=STABILITY_WINDOW)
 
 
 def fmt_stat(stat: Stat, *, scale: float = 1.0, decimals: int = 1) -> str:
@@ -55,6 +73,29 @@ def fmt_pct(stat: Stat) -> str:
     return fmt_stat(stat, scale=100.0, decimals=1)
 
 
+def fmt_signed_points(stat: Stat) -> str:
+    """``+8.3 ± 1.2``: a difference of fractions in points, signed so its direction is explicit."""
+    if stat["mean"] is None:
+        return DASH
+    mean = f"{100.0 * stat['mean']:+.1f}"
+    return mean if stat["std"] is None else f"{mean} ± {100.0 * stat['std']:.1f}"
+
+
+def fmt_groups(groups: Mapping[str, Any]) -> str:
+    """``4 (4, 4, 3)``: the mode over seeds, then each seed's value (– where a seed has none).
+
+    A count is not averaged: 3.7 groups describes no run, while the mode and the per-seed values
+    show both the typical outcome and any seed that ended with a different grouping.
+    """
+    if groups["mode"] is None:
+        return DASH
+    per_seed = groups["per_seed"]
+    if len(per_seed) == 1:
+        return str(groups["mode"])
+    values = ", ".join(DASH if v is None else str(v) for v in per_seed)
+    return f"{groups['mode']} ({values})"
+
+
 def _method_label(method: str, entry: Mapping[str, Any]) -> str:
     return f"{method} (ref.)" if entry["reference"] else method
 
@@ -68,19 +109,59 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 def render_table(summary: Mapping[str, Any]) -> str:
     """The main table (one row per method, accuracies in percent), reusable in the README."""
     types = summary["user_types"]
-    header = ["method", "seeds", "seen macro", "unseen macro"]
+    window = STABILITY_WINDOW
+    header = ["method", "seeds", "seen macro", f"seen mean, last {window} evals"]
+    header += [f"seen std, last {window} evals", "unseen macro"]
     header += [f"seen {t}" for t in types]
-    header += ["conflict (seen)", "KL", "active units", "time (s)"]
+    header += ["conflict (seen)", "KL", "active units", "groups", "time (s)"]
     rows = []
     for method in summary["methods"]:
         e = summary["per_method"][method]
         row = [_method_label(method, e), str(e["n_seeds"]), fmt_pct(e["seen_macro"])]
+        row += [fmt_pct(e[STABILITY_MEAN]), fmt_pct(e[STABILITY_STD])]
         row.append(fmt_pct(e["unseen_macro"]))
         row += [fmt_pct(e["seen_per_type"][t]) for t in types]
         row += [fmt_pct(e["seen_conflict"]), fmt_stat(e["kl"], decimals=2)]
-        row += [fmt_stat(e["active_units"]), fmt_stat(e["seconds"], decimals=1)]
+        row += [fmt_stat(e["active_units"]), fmt_groups(e["num_groups"])]
+        row.append(fmt_stat(e["seconds"], decimals=1))
         rows.append(row)
     return _markdown_table(header, rows)
+
+
+def _k_label(ks: Sequence[int]) -> str:
+    """`` (k = 12)``; every k when seeds' partitions differ; nothing when not measured."""
+    return f" (k = {', '.join(map(str, ks))})" if ks else ""
+
+
+def render_ideal_gap_table(summary: Mapping[str, Any]) -> str:
+    """Per method, how far its final macro accuracy is below the headroom's ideal, in points.
+
+    Paired per seed (each seed's partition has its own ideal), then mean ± std over seeds.
+    """
+    ideal = summary["ideal"]
+    text = (
+        "Ideal personalised accuracy (the headroom's Bayes-optimal predictor) minus the method's "
+        "final macro accuracy, in points, at the k a seen and an unseen client reads: positive "
+        "means below the ideal, and since the ideal is built from linear per-type probes a method "
+        "can exceed it (negative)."
+    )
+    measured = {s for split in ("seen", "unseen") for s in ideal[split]["seeds"]}
+    missing = [s for s in summary["seeds"] if s not in measured]
+    if not measured:
+        text += " Headroom was not measured for this comparison (–)."
+    elif missing:
+        text += f" Seeds without measured headroom are left out: {', '.join(map(str, missing))}."
+    lines = [text + "\n"]
+    header = ["method"] + [
+        f"{split}: ideal − method{_k_label(ideal[split]['k'])}" for split in ("seen", "unseen")
+    ]
+    rows = []
+    for method in summary["methods"]:
+        e = summary["per_method"][method]
+        gaps = [fmt_signed_points(e[f"{split}_ideal_gap"]) for split in ("seen", "unseen")]
+        rows.append([_method_label(method, e), *gaps])
+    lines.append(_markdown_table(header, rows))
+    return "\n".join(lines)
 
 
 def render_unseen_table(summary: Mapping[str, Any]) -> str:
@@ -320,6 +401,8 @@ def render_report(
         render_table(summary),
         "\n### Unseen clients, latent and communication\n",
         render_unseen_table(summary),
+        "\n### Distance to the ideal personalised accuracy\n",
+        render_ideal_gap_table(summary),
         "\n## Findings\n",
     ]
     findings = compute_findings(summary)

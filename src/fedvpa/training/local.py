@@ -151,6 +151,7 @@ def train_local(
     batch_size: int = 4,
     seed: int = 0,
     latent_first_steps: int = 0,
+    prox_mu: float = 0.0,
 ) -> LocalResult:
     """Local steps of one client on its own labelled pairs; updates ``model`` and ``prior``.
 
@@ -162,6 +163,8 @@ def train_local(
 
     ``batch_size`` independent context/query splits of the client form each step's batch (lower
     gradient variance with the same data). The Adam state is created here, fresh each round.
+    ``prox_mu > 0`` adds FedProx's ``mu/2 ||w - w_global||^2`` on the shared weights, which keeps
+    a client that fits its few pairs quickly from drifting far from the round's global model.
     """
     labelled = client.labelled
     n = len(labelled)
@@ -174,6 +177,7 @@ def train_local(
     params += [p for p in prior.parameters() if p.requires_grad and p.numel() > 0]
     optimiser = torch.optim.Adam(params, lr=lr)
     frozen = [p for name, p in model.named_parameters() if not is_latent_parameter(name)]
+    anchor = [(p, p.detach().clone()) for p in model.parameters()] if prox_mu > 0 else []
     labels = None
     if proto_label is not None:
         labels = torch.full((batch_size,), int(proto_label), dtype=torch.long)
@@ -186,8 +190,11 @@ def train_local(
             context = pad_contexts([labelled.subset(c) for c, _ in splits])
             queries = pad_queries([labelled.subset(q) for _, q in splits])
             terms = local_objective(model, prior, context, queries, labels, cfg, gen, step)
+            loss = terms.total
+            if anchor:
+                loss = loss + 0.5 * prox_mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
             optimiser.zero_grad(set_to_none=True)
-            terms.total.backward()
+            loss.backward()
             if step < latent_first_steps:
                 for p in frozen:
                     p.grad = None  # Adam skips them: no update, no moment
