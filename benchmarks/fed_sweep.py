@@ -86,7 +86,7 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
                     "seen": 100 * report["seen"]["macro"],
                     "unseen": 100 * report["unseen"]["macro"] if report.get("unseen") else None,
                     "conflict": 100 * conflict["macro"] if conflict else None,
-                    "groups": state.info.get("num_groups"),
+                    "groups": method.round_info(state).get("num_groups"),
                 }
             )
     last = history[-10:]

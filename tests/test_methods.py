@@ -106,7 +106,7 @@ def test_unlabelled_client_takes_the_nearest_centroid(clients):
 
 
 def test_fedvpa_gp_labels_the_round_from_where_the_shared_model_puts_it():
-    method = _method("fedvpa-gp", ortho_warmup_rounds=2)
+    method = _method("fedvpa-gp", ortho_warmup_rounds=2, num_prototypes=2)
     assert not method.needs_locate(2) and method.needs_locate(3)
     assert not _method("fedvpl").needs_locate(50) and not _method("fedvpl+gp").needs_locate(50)
     state = method.init_server_state(0)
@@ -132,7 +132,9 @@ def test_fedvpa_gp_labels_the_round_from_where_the_shared_model_puts_it():
     empty = method.plan_round(again, ids, 5, None)
     assert int(method.client_payload(empty, 0, 5)["proto_label"][0]) == -1
     # The paper's strict balance forces the 4:2 round into 3:3 and mislabels one client.
-    strict = _method("fedvpa-gp", ortho_warmup_rounds=2, cluster_min_share=1.0)
+    strict = _method(
+        "fedvpa-gp", ortho_warmup_rounds=2, cluster_min_share=1.0, num_prototypes=2
+    )
     forced = strict.plan_round(strict.init_server_state(0), ids, 3, located)
     sizes = np.bincount(forced.extra["labels"], minlength=2)
     assert sizes.tolist() == [3, 3]

@@ -632,6 +632,7 @@ class MethodStrategy(Strategy):
                 "train": {k: finite_or_none(v) for k, v in self.last_train["train"].items()},
                 "state_sources": self.last_train["state_sources"],
                 "weights_reused": self.last_train["weights_reused"],
+                **self.method.round_info(self.state),
             }
             if self.last_locate is not None:
                 # The locate exchange is traffic of this round's clients: count it with theirs.

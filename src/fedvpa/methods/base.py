@@ -101,6 +101,11 @@ class FederatedMethod(ABC):
         """
         return state
 
+    def round_info(self, state: ServerState) -> dict[str, Any]:
+        """Scalars the run log records each round (e.g. the number of groups in use); ``{}``
+        by default. The runtime writes them without knowing what they mean."""
+        return {}
+
     def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """Evaluation-time latent of a client (``{"mu", "logvar"}``) for diagnostics; ``{}`` if
         the method has no latent."""

@@ -8,6 +8,8 @@ from typing import Any
 from fedvpa.errors import ConfigError
 from fedvpa.methods.server_optimiser import SERVER_OPTIMISERS, ServerStep
 
+LOCAL_OPTIMISERS = ("adam", "sgd")
+
 
 @dataclass(frozen=True)
 class LocalConfig:
@@ -22,6 +24,11 @@ class LocalConfig:
     latent_first_steps: int = 25
     batch_size: int = 4  # context/query views (latent methods) or x16 pairs (reward heads)
     num_rounds: int = 50  # for schedules that depend on the round (temperature annealing)
+    # The clients' optimiser. "adam" starts from a fresh state every round, so its first steps
+    # move every weight by about lr whatever its gradient (sign descent); "sgd" steps are
+    # proportional to the gradient, so the clients' mean update is the mean gradient, the
+    # FedOpt recipe (client SGD, server Adam).
+    local_optimiser: str = "adam"
     # Server step on the clients' mean update (FedOpt; see methods/server_optimiser.py):
     # "avg" with lr 1 is plain FedAvg.
     server_opt: str = "avg"
@@ -43,6 +50,11 @@ class LocalConfig:
                 raise ConfigError(f"must be a positive integer, got {value!r}", field=name)
         if not self.lr > 0:
             raise ConfigError(f"must be > 0, got {self.lr!r}", field="lr")
+        if self.local_optimiser not in LOCAL_OPTIMISERS:
+            raise ConfigError(
+                f"must be one of {', '.join(LOCAL_OPTIMISERS)}, got {self.local_optimiser!r}",
+                field="local_optimiser",
+            )
         if self.server_opt not in SERVER_OPTIMISERS:
             raise ConfigError(
                 f"must be one of {', '.join(SERVER_OPTIMISERS)}, got {self.server_opt!r}",

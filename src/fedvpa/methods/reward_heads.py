@@ -21,6 +21,7 @@ from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
 from fedvpa.training.centralised import BradleyTerry, BTPredictor
+from fedvpa.training.local import make_optimiser
 
 PAIRS_PER_VIEW = 16  # a reward-head step sees batch_size x 16 pairs (or all the client has)
 
@@ -47,7 +48,7 @@ def local_bt_steps(
 ) -> dict[str, float]:
     """``local_steps`` Adam steps of the Bradley-Terry loss on a client's own labelled pairs."""
     gen = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=local.lr)
+    optimiser = make_optimiser(local.local_optimiser, list(model.parameters()), local.lr)
     size = min(len(pairs), local.batch_size * PAIRS_PER_VIEW)
     total, correct = 0.0, 0.0
     anchor = [(p, p.detach().clone()) for p in model.parameters()] if local.prox_mu > 0 else []

@@ -24,6 +24,7 @@ from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrio
 from fedvpa.model.prototypes import (
     assign_prototype_labels,
     balanced_kmeans_with_centroids,
+    choose_num_groups,
     nearest_orthogonal_prototypes,
     order_clusters_by_prototypes,
 )
@@ -32,6 +33,16 @@ from fedvpa.training.local import VPLPredictor, infer_posterior, train_local
 
 PROTOTYPES_KEY = "prototypes.weight"
 UNKNOWN = -1
+
+
+def update_store(extra: Arrays, ids: np.ndarray, mus: np.ndarray) -> Arrays:
+    """The server's latest posterior mean per client, with ``ids`` / ``mus`` written over it."""
+    latest = dict(zip(extra["store_ids"].tolist(), list(extra["store_mu"]), strict=True))
+    latest.update(zip(ids.tolist(), list(mus), strict=True))
+    order = sorted(latest)
+    d = extra["store_mu"].shape[1]
+    stacked = np.stack([latest[c] for c in order]) if order else np.zeros((0, d))
+    return {"store_ids": np.array(order, np.int64), "store_mu": stacked.astype(np.float32)}
 
 
 class VariationalMethod(FederatedMethod):
@@ -66,6 +77,11 @@ class VariationalMethod(FederatedMethod):
             "prior_ids": np.zeros((0,), np.int64),
             "label_ids": np.zeros((0,), np.int64),  # this round's clients, labelled in plan_round
             "labels": np.zeros((0,), np.int64),  # their prototype labels
+            # Latest posterior mean per client (from locate and train replies): what "auto"
+            # chooses the number of groups from. 0 groups = not chosen yet.
+            "store_ids": np.zeros((0,), np.int64),
+            "store_mu": np.zeros((0, d), np.float32),
+            "num_groups": np.array([0 if self.cfg.auto_groups else self.cfg.num_prototypes]),
         }
         return ServerState(arrays=self._model(seed=seed).shared_state(), extra=extra)
 
@@ -95,29 +111,45 @@ class VariationalMethod(FederatedMethod):
         extra["label_ids"] = np.zeros(0, np.int64)
         extra["labels"] = np.zeros(0, np.int64)
         extra.pop("centroids", None)
+        info = dict(state.info)
         if not self.needs_locate(server_round) or not located:
-            return ServerState(arrays=state.arrays, extra=extra, info=state.info)
+            return ServerState(arrays=state.arrays, extra=extra, info=info)
         ids = np.array(sorted(located), np.int64)
         mus = np.stack([located[int(c)]["mu"] for c in ids]).astype(np.float32)
+        extra.update(update_store(extra, ids, mus))
+        k = int(extra["num_groups"][0])
+        if k == 0:  # "auto", first pull round: choose from every client's latest mean
+            k, scores = choose_num_groups(
+                extra["store_mu"], min(self.cfg.max_groups, self.cfg.latent_dim), server_round
+            )
+            extra["num_groups"] = np.array([k])
+            info["group_scores"] = {str(j): round(v, 4) for j, v in scores.items()}
+        info["num_groups"] = k
         arrays = state.arrays
         extra["label_ids"] = ids
-        if len(ids) <= self.cfg.num_prototypes:  # too few to cluster
-            extra["labels"] = assign_prototype_labels(mus, arrays[PROTOTYPES_KEY])
-            return ServerState(arrays=arrays, extra=extra, info=state.info)
+        if len(ids) <= k:  # too few to cluster
+            extra["labels"] = assign_prototype_labels(mus, arrays[PROTOTYPES_KEY][:k])
+            return ServerState(arrays=arrays, extra=extra, info=info)
         labels, centroids = balanced_kmeans_with_centroids(
-            mus, self.cfg.num_prototypes, seed=server_round, min_share=self.cfg.cluster_min_share
+            mus, k, seed=server_round, min_share=self.cfg.cluster_min_share
         )
         first = server_round == self.cfg.ortho_warmup_rounds + 1
         if self.cfg.prototype_init == "centroids" and first:
             # Put the prototypes where the clusters already are before the first pull.
             arrays = dict(arrays)
-            arrays[PROTOTYPES_KEY] = nearest_orthogonal_prototypes(
-                centroids, self.cfg.prototype_radius
-            )
+            protos = arrays[PROTOTYPES_KEY].copy()
+            protos[:k] = nearest_orthogonal_prototypes(centroids, self.cfg.prototype_radius)
+            arrays[PROTOTYPES_KEY] = protos
         extra["labels"], extra["centroids"] = order_clusters_by_prototypes(
-            labels, centroids, arrays[PROTOTYPES_KEY]
+            labels, centroids, arrays[PROTOTYPES_KEY][:k]
         )
-        return ServerState(arrays=arrays, extra=extra, info=state.info)
+        return ServerState(arrays=arrays, extra=extra, info=info)
+
+    def round_info(self, state: ServerState) -> dict[str, Any]:
+        """The number of prototype groups in use (0 before it is chosen), for the run log."""
+        if not self.cfg.use_ortho:
+            return {}
+        return {"num_groups": int(state.extra.get("num_groups", np.zeros(1))[0])}
 
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
         extra = state.extra
@@ -127,6 +159,7 @@ class VariationalMethod(FederatedMethod):
             label = int(extra["labels"][hits[0]])
         payload: Arrays = {
             "proto_label": np.array([label], np.int64),
+            "num_groups": np.asarray(extra.get("num_groups", np.zeros(1)), np.int64),
             "tau": np.array([self.cfg.tau_at(server_round, self.local.num_rounds)], np.float32),
         }
         if "centroids" in extra:
@@ -151,6 +184,8 @@ class VariationalMethod(FederatedMethod):
         extra["prior_mu"] = mus
         extra["prior_var"] = np.stack([u.stats["sigma2"] for _, u in updates]).astype(np.float32)
         extra["prior_n"] = np.array([u.num_examples for _, u in updates], np.float32)
+        if "store_ids" in extra:
+            extra.update(update_store(extra, ids, mus))
         info = dict(state.info)
         info["prior_components"] = len(ids)
         return ServerState(arrays=arrays, extra=extra, info=info)
@@ -217,6 +252,8 @@ class VariationalMethod(FederatedMethod):
             seed=seed,
             latent_first_steps=self.local.latent_only_steps,
             prox_mu=self.local.prox_mu,
+            num_groups=self._groups(payload),
+            optimiser_kind=self.local.local_optimiser,
         )
         new_state = dict(client_state)
         if isinstance(prior, FederatedMixturePrior):
@@ -253,8 +290,12 @@ class VariationalMethod(FederatedMethod):
         return update, new_state
 
     @staticmethod
+    def _groups(payload: Arrays) -> int | None:
+        k = int(payload.get("num_groups", np.zeros(1))[0])
+        return k or None
+
     def _fallback_label(
-        model: VariationalPreferenceModel, client: ClientTensors, payload: Arrays
+        self, model: VariationalPreferenceModel, client: ClientTensors, payload: Arrays
     ) -> int:
         """A client the server has not labelled yet joins the group its posterior is nearest.
 
@@ -266,7 +307,7 @@ class VariationalMethod(FederatedMethod):
         mu, _ = infer_posterior(model, client.labelled)
         anchors = payload.get("centroids")
         if anchors is None or anchors.size == 0:
-            return int(model.prototypes.nearest(mu.unsqueeze(0))[0])
+            return int(model.prototypes.nearest(mu.unsqueeze(0), self._groups(payload))[0])
         return int(((anchors - mu.numpy()[None]) ** 2).sum(-1).argmin())
 
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:

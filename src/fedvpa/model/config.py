@@ -12,7 +12,7 @@ from typing import Any
 
 from fedvpa.errors import ConfigError
 
-ENCODERS = ("attention", "mean")
+ENCODERS = ("attention", "mean", "laplace")
 SELECTORS = ("reward", "logit-bias")
 PRIORS = ("standard", "mixture")
 KL_ESTIMATORS = ("mc", "upper-bound")
@@ -25,9 +25,21 @@ class ModelConfig:
 
     input_dim: int = 384
     hidden_dim: int = 128
+    # Layers of the pair feature g: 1 = linear (no hidden layer), 2 = MLP with hidden_dim.
+    feature_layers: int = 2
+    # Dropout on the frozen backbone embeddings before g (see model/encoder.py).
+    input_dropout: float = 0.0
     feature_dim: int = 64
     latent_dim: int = 32
     encoder: str = "attention"
+    # "laplace" encoder (model/encoder.py): Newton steps to the mode of the selector's own
+    # posterior over z under N(0, laplace_prior_var I); no weights of its own.
+    laplace_prior_var: float = 1.0
+    laplace_steps: int = 3
+    # Multiplies the initial W of the logit-bias selector. The personal term f . W z is a
+    # product of two small random maps at init (a saddle the latent escapes slowly); a larger
+    # W starts z informative.
+    coupling_init_scale: float = 1.0
     attention_heads: int = 4
     # The paper's choice-logit form. The VPL reward form ("reward") collapses (no active units)
     # under N(0, I) with beta = 0.1 on the synthetic data: see ``model/objective.py``.
@@ -41,7 +53,10 @@ class ModelConfig:
     tau_final: float | None = None
     exclude_own_component: bool = False
     use_ortho: bool = True
-    num_prototypes: int = 2
+    # Prototype groups: a number, or "auto" (the server picks it from the clients' posterior
+    # means at the first pull round, by silhouette over 2 .. max_groups; see plan_round).
+    num_prototypes: int | str = "auto"
+    max_groups: int = 8
     prototype_radius: float = 5.0
     ortho_lambda: float = 1.0
     ortho_gamma: float = 0.1
@@ -85,7 +100,6 @@ class ModelConfig:
             "attention_heads",
             "selector_hidden",
             "kl_samples",
-            "num_prototypes",
             "z_samples",
             "posterior_subsamples",
         )
@@ -107,13 +121,21 @@ class ModelConfig:
                 raise ConfigError(
                     f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}", field=name
                 )
-        non_negative = ("beta", "ortho_lambda", "ortho_gamma", "dropout", "prior_var_floor")
+        non_negative = (
+            "beta",
+            "ortho_lambda",
+            "ortho_gamma",
+            "dropout",
+            "input_dropout",
+            "prior_var_floor",
+        )
         for name in non_negative:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"must be a non-negative number, got {value!r}", field=name)
-        if self.dropout >= 1:
-            raise ConfigError(f"must be < 1, got {self.dropout!r}", field="dropout")
+        for name in ("dropout", "input_dropout"):
+            if getattr(self, name) >= 1:
+                raise ConfigError(f"must be < 1, got {getattr(self, name)!r}", field=name)
         if not self.tau > 0:
             raise ConfigError(f"must be > 0, got {self.tau!r}", field="tau")
         if self.tau_final is not None and not self.tau_final > 0:
@@ -122,15 +144,46 @@ class ModelConfig:
             raise ConfigError(
                 f"must be in (0, 1], got {self.cluster_min_share!r}", field="cluster_min_share"
             )
+        if self.feature_layers not in (1, 2):
+            raise ConfigError(
+                f"must be 1 or 2, got {self.feature_layers!r}", field="feature_layers"
+            )
+        if self.encoder == "laplace" and self.selector != "logit-bias":
+            raise ConfigError(
+                "the laplace encoder needs the logit-bias selector (linear in z)", field="encoder"
+            )
+        if not self.coupling_init_scale > 0:
+            raise ConfigError(
+                f"must be > 0, got {self.coupling_init_scale!r}", field="coupling_init_scale"
+            )
+        if not self.laplace_prior_var > 0:
+            raise ConfigError(
+                f"must be > 0, got {self.laplace_prior_var!r}", field="laplace_prior_var"
+            )
         if not self.prototype_radius > 0:
             raise ConfigError(
                 f"must be > 0, got {self.prototype_radius!r}", field="prototype_radius"
             )
-        if self.num_prototypes > self.latent_dim:
+        auto = self.num_prototypes == "auto"
+        if not auto and (
+            not isinstance(self.num_prototypes, int)
+            or isinstance(self.num_prototypes, bool)
+            or self.num_prototypes < 1
+        ):
             raise ConfigError(
-                f"{self.num_prototypes} orthogonal prototypes do not fit in "
-                f"latent_dim={self.latent_dim}",
+                f'must be a positive integer or "auto", got {self.num_prototypes!r}',
                 field="num_prototypes",
+            )
+        if not isinstance(self.max_groups, int) or self.max_groups < 2:
+            raise ConfigError(
+                f"must be an integer >= 2, got {self.max_groups!r}", field="max_groups"
+            )
+        if self.prototype_rows > self.latent_dim:
+            name = "max_groups" if auto else "num_prototypes"
+            raise ConfigError(
+                f"{self.prototype_rows} orthogonal prototypes do not fit in "
+                f"latent_dim={self.latent_dim}",
+                field=name,
             )
         if self.encoder == "attention" and self.feature_dim % self.attention_heads:
             raise ConfigError(
@@ -142,6 +195,7 @@ class ModelConfig:
             "ortho_warmup_rounds",
             "ortho_ramp_rounds",
             "kl_anneal_steps",
+            "laplace_steps",
         )
         for name in counts:
             value = getattr(self, name)
@@ -149,6 +203,15 @@ class ModelConfig:
                 raise ConfigError(f"must be a non-negative integer, got {value!r}", field=name)
         if not self.logvar_min < self.logvar_max:
             raise ConfigError("logvar_min must be < logvar_max", field="logvar_min")
+
+    @property
+    def auto_groups(self) -> bool:
+        return self.num_prototypes == "auto"
+
+    @property
+    def prototype_rows(self) -> int:
+        """Rows of the prototype array: the fixed count, or room for up to ``max_groups``."""
+        return self.max_groups if self.auto_groups else int(self.num_prototypes)
 
     def tau_at(self, server_round: int, num_rounds: int) -> float:
         """Gumbel-Softmax temperature for a round: geometric anneal tau -> tau_final if set.

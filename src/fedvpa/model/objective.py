@@ -115,11 +115,13 @@ def local_objective(
     cfg: ModelConfig,
     generator: torch.Generator | None = None,
     step: int = 0,
+    num_groups: int | None = None,
 ) -> LossTerms:
     """Paper Eq. 10 for a batch of ``B`` clients (or ``B`` context/query views of one client).
 
     ``proto_labels [B]`` are the server-assigned prototypes; ``None`` (or ``cfg.use_ortho`` off)
-    drops ``L_orth``.
+    drops ``L_orth``. ``num_groups`` (default: every prototype) limits the orthonormality term
+    to the prototypes in use.
     """
     if isinstance(queries, list):
         queries = pad_queries(queries)
@@ -139,7 +141,7 @@ def local_objective(
     pull, norm = zero, zero
     if cfg.use_ortho and proto_labels is not None:
         pull = model.prototypes.pull_loss(mu if cfg.pull_on == "mu" else z, proto_labels)
-        norm = model.prototypes.orthonormality_loss()
+        norm = model.prototypes.orthonormality_loss(num_groups)
         total = total + cfg.ortho_lambda * pull + cfg.ortho_gamma * norm
     with torch.no_grad():
         correct = ((logits.mean(0) > 0).float() == queries.label).float() * queries.mask

@@ -45,15 +45,20 @@ class OrthogonalPrototypes(nn.Module):
         target = self.weight[labels.long()]
         return (z - target).pow(2).sum(dim=-1).mean()
 
-    def orthonormality_loss(self) -> torch.Tensor:
-        """``||P P^T - s^2 I||_F^2``: zero exactly when the rows are orthogonal with norm ``s``."""
-        gram = self.weight @ self.weight.T
-        eye = torch.eye(self.num, dtype=gram.dtype) * self.radius**2
+    def orthonormality_loss(self, active: int | None = None) -> torch.Tensor:
+        """``||P P^T - s^2 I||_F^2`` over the first ``active`` rows (all by default): zero
+        exactly when they are orthogonal with norm ``s``. Rows beyond the number of groups in
+        use are left alone."""
+        rows = self.weight[: active or self.num]
+        gram = rows @ rows.T
+        eye = torch.eye(rows.shape[0], dtype=gram.dtype) * self.radius**2
         return (gram - eye).pow(2).sum()
 
-    def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest prototype for each row of ``z [N, d]`` (the fallback label)."""
-        return torch.cdist(z.detach().float(), self.weight.detach()).argmin(dim=-1)
+    def nearest(self, z: torch.Tensor, active: int | None = None) -> torch.Tensor:
+        """Index of the nearest of the first ``active`` prototypes for each row of ``z [N, d]``
+        (the fallback label)."""
+        rows = self.weight.detach()[: active or self.num]
+        return torch.cdist(z.detach().float(), rows).argmin(dim=-1)
 
 
 def _size_bounds(n: int, k: int, min_share: float) -> tuple[int, int]:
@@ -189,3 +194,36 @@ def nearest_orthogonal_prototypes(centroids: np.ndarray, radius: float) -> np.nd
         raise ValueError(f"need [M, d] centroids with M <= d, got {centroids.shape}")
     u, _, vt = np.linalg.svd(centroids, full_matrices=False)
     return (radius * u @ vt).astype(np.float32)
+
+
+def choose_num_groups(
+    points: np.ndarray, k_max: int, seed: int = 0, k_min: int = 2
+) -> tuple[int, dict[int, float]]:
+    """The number of groups in the clients' posterior means: the best mean silhouette.
+
+    ``(k, {k: silhouette})`` over ``k = k_min .. min(k_max, N - 1)``, k-means with 10 restarts
+    for each. The silhouette compares each point's distance to its own cluster with the nearest
+    other one, so it needs no noise model (BIC would, and posterior means of clients with a
+    dozen pairs are not Gaussian blobs). It cannot say "one group"; the prototype pull needs
+    at least two anyway. Ties go to the smaller ``k``. With too few points for two clusters
+    ``k_min`` is returned with no scores.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2:
+        raise ValueError(f"choose_num_groups needs an [N, d] array, got {points.shape}")
+    if k_min < 2 or k_max < k_min:
+        raise ConfigError(f"need 2 <= k_min <= k_max, got {k_min}, {k_max}", field="max_groups")
+    top = min(k_max, points.shape[0] - 1)
+    scores: dict[int, float] = {}
+    for k in range(k_min, top + 1):
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(points)
+        if len(set(labels.tolist())) < 2:
+            continue
+        scores[k] = float(silhouette_score(points, labels))
+    if not scores:
+        return k_min, {}
+    best = max(scores.values())
+    return min(k for k, s in scores.items() if s >= best - 1e-12), scores

@@ -11,7 +11,7 @@ from torch import nn
 
 from fedvpa.errors import ConfigError
 from fedvpa.model.config import ModelConfig
-from fedvpa.model.encoder import PairFeature, SetEncoder
+from fedvpa.model.encoder import PairFeature, SetEncoder, laplace_posterior
 from fedvpa.model.prototypes import OrthogonalPrototypes
 from fedvpa.model.selector import LogitBiasSelector, RewardSelector
 
@@ -24,15 +24,27 @@ class VariationalPreferenceModel(nn.Module):
         self.cfg = cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.feature = PairFeature(cfg.input_dim, cfg.hidden_dim, cfg.feature_dim, cfg.dropout)
-            self.encoder = SetEncoder(
+            self.feature = PairFeature(
+                cfg.input_dim,
+                cfg.hidden_dim,
                 cfg.feature_dim,
-                cfg.latent_dim,
-                kind=cfg.encoder,
-                heads=cfg.attention_heads,
-                dropout=cfg.dropout,
-                logvar_min=cfg.logvar_min,
-                logvar_max=cfg.logvar_max,
+                cfg.dropout,
+                cfg.feature_layers,
+                cfg.input_dropout,
+            )
+            # The Laplace encoder has no weights of its own (it reads the selector's).
+            self.encoder = (
+                None
+                if cfg.encoder == "laplace"
+                else SetEncoder(
+                    cfg.feature_dim,
+                    cfg.latent_dim,
+                    kind=cfg.encoder,
+                    heads=cfg.attention_heads,
+                    dropout=cfg.dropout,
+                    logvar_min=cfg.logvar_min,
+                    logvar_max=cfg.logvar_max,
+                )
             )
             if cfg.selector == "reward":
                 self.selector: nn.Module = RewardSelector(
@@ -40,8 +52,11 @@ class VariationalPreferenceModel(nn.Module):
                 )
             else:
                 self.selector = LogitBiasSelector(cfg.feature_dim, cfg.latent_dim)
+                if cfg.coupling_init_scale != 1.0:
+                    with torch.no_grad():
+                        self.selector.bias.weight.mul_(cfg.coupling_init_scale)
         self.prototypes = OrthogonalPrototypes(
-            cfg.num_prototypes, cfg.latent_dim, cfg.prototype_radius, seed
+            cfg.prototype_rows, cfg.latent_dim, cfg.prototype_radius, seed
         )
 
     def posterior(
@@ -49,6 +64,19 @@ class VariationalPreferenceModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar) [B, d]`` of ``q(z | C)`` from oriented context pairs ``[B, K, D]``."""
         oriented = self.feature.pair(ctx_chosen, ctx_rejected)
+        if self.cfg.encoder == "laplace":
+            if not bool(mask.bool().any(dim=1).all()):
+                raise ValueError("every context set needs at least one valid pair")
+            return laplace_posterior(
+                oriented,
+                mask,
+                self.selector.base.weight[0],
+                self.selector.bias.weight,
+                prior_var=self.cfg.laplace_prior_var,
+                steps=self.cfg.laplace_steps,
+                logvar_min=self.cfg.logvar_min,
+                logvar_max=self.cfg.logvar_max,
+            )
         return self.encoder(oriented, mask)
 
     def logit(self, emb_a: torch.Tensor, emb_b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,13 @@ class LocalResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def make_optimiser(kind: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """A client's optimiser for one round ("adam" or "sgd"); its state never outlives the round."""
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
+
+
 def split_context_query(
     n: int, generator: torch.Generator, max_context: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +159,8 @@ def train_local(
     seed: int = 0,
     latent_first_steps: int = 0,
     prox_mu: float = 0.0,
+    num_groups: int | None = None,
+    optimiser_kind: str = "adam",
 ) -> LocalResult:
     """Local steps of one client on its own labelled pairs; updates ``model`` and ``prior``.
 
@@ -175,7 +184,7 @@ def train_local(
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     params += [p for p in prior.parameters() if p.requires_grad and p.numel() > 0]
-    optimiser = torch.optim.Adam(params, lr=lr)
+    optimiser = make_optimiser(optimiser_kind, params, lr)
     frozen = [p for name, p in model.named_parameters() if not is_latent_parameter(name)]
     anchor = [(p, p.detach().clone()) for p in model.parameters()] if prox_mu > 0 else []
     labels = None
@@ -189,7 +198,9 @@ def train_local(
             splits = [split_context_query(n, gen) for _ in range(batch_size)]
             context = pad_contexts([labelled.subset(c) for c, _ in splits])
             queries = pad_queries([labelled.subset(q) for _, q in splits])
-            terms = local_objective(model, prior, context, queries, labels, cfg, gen, step)
+            terms = local_objective(
+                model, prior, context, queries, labels, cfg, gen, step, num_groups
+            )
             loss = terms.total
             if anchor:
                 loss = loss + 0.5 * prox_mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
