@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedvpa.config import load_toml
 from fedvpa.evaluation.accuracy import evaluate
 from fedvpa.experiment import ExperimentConfig, prepare_clients
 from fedvpa.federation.registry import create_method
+from fedvpa.model.diagnostics import latent_silhouette
 
 
 def parse_value(text: str) -> Any:
@@ -43,6 +45,22 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
         key, _, value = item.partition("=")
         overrides[key.strip()] = parse_value(value.strip())
     return name, overrides
+
+
+_IDEAL: dict[str, dict[str, float]] = {}
+
+
+def ideal_accuracy(clients, user_types, seed: int, key: str) -> dict[str, float]:
+    """Bayes-optimal personalised accuracy (%) at the seen / unseen clients' k (fedvpa headroom)."""
+    if key not in _IDEAL:
+        from fedvpa.evaluation.headroom import client_headroom
+
+        entry = client_headroom(clients, user_types, seed)
+        by_k = {p["k"]: 100 * p["macro_accuracy"] for p in entry["points"]}
+        sizes = entry["context_sizes"]
+        _IDEAL[key] = {split: by_k[k] for split, k in sizes.items()}
+        _IDEAL[key]["monolithic"] = 100 * entry["monolithic_macro"]
+    return _IDEAL[key]
 
 
 def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) -> dict[str, Any]:
@@ -80,6 +98,11 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
         if r % eval_every == 0 or r == rounds:
             report = evaluate(method.predictor(state.arrays), clients)
             conflict = report.get("conflict", {}).get("seen", {})
+            sil = None
+            lat = [method.latent_stats(state.arrays, by_id[c]) for c in seen]
+            if lat and lat[0]:
+                mu = torch.as_tensor(np.stack([x["mu"] for x in lat]))
+                sil = latent_silhouette(mu, [by_id[c].type_index for c in seen])
             history.append(
                 {
                     "round": r,
@@ -87,8 +110,15 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
                     "unseen": 100 * report["unseen"]["macro"] if report.get("unseen") else None,
                     "conflict": 100 * conflict["macro"] if conflict else None,
                     "groups": method.round_info(state).get("num_groups"),
+                    "silhouette": sil,
                 }
             )
+    user_types = sorted(
+        {c.user_type for c in clients},
+        key=lambda t: next(c.type_index for c in clients if c.user_type == t),
+    )
+    ideal = ideal_accuracy(clients, user_types, seed, prepared.path.name)
+    final_lat = [method.latent_stats(state.arrays, by_id[c]) for c in seen]
     last = history[-10:]
     seen_last = [h["seen"] for h in last]
     return {
@@ -96,13 +126,56 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
         "last10_mean": statistics.mean(seen_last),
         "last10_std": statistics.pstdev(seen_last) if len(seen_last) > 1 else 0.0,
         "history": history,
+        "ideal": ideal,
+        "final_mu": [x["mu"].tolist() for x in final_lat] if final_lat and final_lat[0] else [],
+        "final_types": [by_id[c].type_index for c in seen],
         "seconds": time.perf_counter() - t0,
     }
 
 
+def summarise(path: str) -> None:
+    """Markdown table of a sweep's JSON lines: mean ± std over seeds per (data, method, variant)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        groups.setdefault((Path(row["config"]).stem, row["method"], row["variant"]), []).append(row)
+
+    def stat(values: list[float | None]) -> str:
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return "–"
+        if len(vals) == 1:
+            return f"{vals[0]:.1f}"
+        return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+    print(
+        "| data | method | setting | seeds | seen | unseen | conflict (seen) | seen, last 10 evals "
+        "| sd of seen over last 10 | ideal seen / unseen | gap seen / unseen | groups |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (data, method, variant), rows in sorted(groups.items()):
+        seen = [r["final"]["seen"] for r in rows]
+        unseen = [r["final"]["unseen"] for r in rows]
+        ideal_s = [r.get("ideal", {}).get("seen") for r in rows]
+        ideal_u = [r.get("ideal", {}).get("unseen") for r in rows]
+        gap_s = [i - v for i, v in zip(ideal_s, seen, strict=True) if i is not None]
+        gap_u = [
+            i - v for i, v in zip(ideal_u, unseen, strict=True) if i is not None and v is not None
+        ]
+        groups_used = [r["final"].get("groups") for r in rows]
+        print(
+            f"| {data} | {method} | {variant} | {len(rows)} | {stat(seen)} | {stat(unseen)} "
+            f"| {stat([r['final']['conflict'] for r in rows])} "
+            f"| {stat([r['last10_mean'] for r in rows])} | {stat([r['last10_std'] for r in rows])} "
+            f"| {stat(ideal_s)} / {stat(ideal_u)} | {stat(gap_s)} / {stat(gap_u)} "
+            f"| {', '.join('–' if g is None else str(g) for g in groups_used)} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="a conf/*.toml experiment file")
+    parser.add_argument("--config", help="a conf/*.toml experiment file")
+    parser.add_argument("--summarise", default=None, help="print a table of a --json file")
     parser.add_argument("--method", default="fedvpl")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variant", action="append", default=None, help="name:key=value,...")
@@ -110,6 +183,11 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--json", default=None, help="append one JSON line per run here")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
+    if not args.config:
+        parser.error("--config is required unless --summarise is given")
     torch.set_num_threads(1)
     base = load_toml(args.config)
     for item in args.set:
@@ -122,11 +200,15 @@ def main() -> None:
             out = run_one(flat, args.method, seed, args.eval_every)
             f = out["final"]
             curve = " ".join(f"{h['seen']:.0f}" for h in out["history"])
+            if out["history"][-1]["silhouette"] is not None:
+                curve += " | sil " + " ".join(f"{h['silhouette']:.2f}" for h in out["history"])
             print(
                 f"{Path(args.config).stem:12s} {args.method:10s} {name:14s} s{seed} "
                 f"seen {f['seen']:.1f} unseen {f['unseen'] or float('nan'):.1f} "
                 f"conf {f['conflict'] or float('nan'):.1f} last10 {out['last10_mean']:.1f}"
-                f"±{out['last10_std']:.1f} groups {f['groups']} ({out['seconds']:.0f}s) | {curve}",
+                f"±{out['last10_std']:.1f} groups {f['groups']} ideal "
+                f"{out['ideal'].get('seen', float('nan')):.1f}/"
+                f"{out['ideal'].get('unseen', float('nan')):.1f} ({out['seconds']:.0f}s) | {curve}",
                 flush=True,
             )
             if args.json:

@@ -62,7 +62,14 @@ def test_every_method_learns_the_shared_axis(name, clients):
 
 
 def test_fedvpa_gp_keeps_private_pi_and_fills_the_prior_store(clients):
-    method = _method("fedvpa-gp", steps=5, prior_warmup_rounds=1, ortho_warmup_rounds=1)
+    method = _method(
+        "fedvpa-gp",
+        steps=5,
+        prior_warmup_rounds=1,
+        ortho_warmup_rounds=1,
+        prior_max_age=1,  # the paper's store: last round's participants
+        num_prototypes=2,
+    )
     state, private, _ = run_in_process(method, clients, rounds=4, per_round=6)
     assert state.extra["prior_mu"].shape == (6, SMALL["latent_dim"])
     # labels of the last round's clients (located under its shared model), one centroid each
@@ -84,7 +91,7 @@ def test_fedvpl_sends_no_prior_components(clients):
 
 
 def test_mixture_prior_waits_for_its_warmup(clients):
-    method = _method("fedvpa-gp", prior_warmup_rounds=3)
+    method = _method("fedvpa-gp", prior_warmup_rounds=3, prior_max_age=1)
     state, _, _ = run_in_process(method, clients, rounds=2, per_round=4)
     assert "prior_mu" not in method.client_payload(state, 0, 3)
     assert method.client_payload(state, 0, 4)["prior_mu"].shape[0] == 4

@@ -160,3 +160,56 @@ def test_auto_groups_are_chosen_once_at_the_first_pull_round_and_recorded() -> N
     fixed = make_variant("fedvpa-gp", {**model, "num_prototypes": 3}, {"local_steps": 3})
     assert fixed.round_info(fixed.init_server_state(0)) == {"num_groups": 3}
     assert make_variant("fedvpl", model).round_info(fixed.init_server_state(0)) == {}
+
+
+@pytest.mark.parametrize("encoder", ["attention", "mean"])
+def test_odd_encoder_reverses_z_when_every_choice_is_reversed(encoder: str) -> None:
+    cfg = ModelConfig(input_dim=8, latent_dim=4, encoder=encoder, odd_encoder=True)
+    model = VariationalPreferenceModel(cfg, seed=1)
+    chosen, rejected = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    mu, logvar = model.posterior(chosen, rejected, mask)
+    mu_rev, logvar_rev = model.posterior(rejected, chosen, mask)
+    torch.testing.assert_close(mu_rev, -mu)
+    torch.testing.assert_close(logvar_rev, logvar)
+    # No constant output: a context whose pairs are ties (chosen == rejected) gives z = 0.
+    tie, _ = model.posterior(chosen, chosen, mask)
+    torch.testing.assert_close(tie, torch.zeros_like(tie))
+    plain_cfg = ModelConfig(input_dim=8, latent_dim=4, encoder=encoder, odd_encoder=False)
+    plain = VariationalPreferenceModel(plain_cfg)
+    assert not torch.allclose(plain.posterior(chosen, chosen, mask)[0], torch.zeros(3, 4))
+
+
+def test_mixture_prior_keeps_each_clients_latest_posterior_for_max_age_rounds() -> None:
+    from fedvpa.methods.variational import merge_components
+
+    def comps(ids: list[int], value: float, rnd: int) -> dict[str, np.ndarray]:
+        n = len(ids)
+        return {
+            "prior_ids": np.array(ids, np.int64),
+            "prior_mu": np.full((n, 2), value, np.float32),
+            "prior_var": np.ones((n, 2), np.float32),
+            "prior_n": np.full(n, 4.0, np.float32),
+            "prior_round": np.full(n, rnd, np.int64),
+        }
+
+    store = merge_components({}, comps([3, 1], 1.0, 1), oldest_round=-9)
+    store = merge_components(store, comps([3, 7], 2.0, 2), oldest_round=-8)
+    assert store["prior_ids"].tolist() == [1, 3, 7]
+    assert store["prior_mu"][:, 0].tolist() == [1.0, 2.0, 2.0]  # client 3's latest wins
+    aged = merge_components(store, comps([9], 5.0, 12), oldest_round=1)  # round 1 is too old
+    assert aged["prior_ids"].tolist() == [3, 7, 9]
+    assert aged["prior_round"].tolist() == [2, 2, 12]
+
+
+def test_paper_prior_is_last_round_only() -> None:
+    clients = make_toy_clients(num_clients=12, pairs=10, dim=8, seed=0)
+    model = {"input_dim": 8, "latent_dim": 4, "prior_warmup_rounds": 1, "ortho_warmup_rounds": 1}
+    local = {"local_steps": 2, "latent_first_steps": 1}
+    paper = make_variant("fedvpl+gp", {**model, "prior_max_age": 1}, local)
+    state, _, _ = run_in_process(paper, clients, rounds=3, per_round=4)
+    assert len(state.extra["prior_ids"]) == 4
+    population = make_variant("fedvpl+gp", model, local)
+    state, _, _ = run_in_process(population, clients, rounds=3, per_round=4)
+    assert len(state.extra["prior_ids"]) > 4

@@ -32,6 +32,11 @@ class ModelConfig:
     feature_dim: int = 64
     latent_dim: int = 32
     encoder: str = "attention"
+    # Antisymmetrise the set encoder: mu(C) = (e(C) - e(reversed C)) / 2. A client holds one
+    # user type, so its local steps can fit its preference by moving the encoder's output by a
+    # constant (its biases), which FedAvg then cancels between types; an odd encoder has no
+    # constant output, so local steps can only teach it to read the choices.
+    odd_encoder: bool = True
     # "laplace" encoder (model/encoder.py): Newton steps to the mode of the selector's own
     # posterior over z under N(0, laplace_prior_var I); no weights of its own.
     laplace_prior_var: float = 1.0
@@ -67,6 +72,9 @@ class ModelConfig:
     # Floor on the mixture components' variances: a component from a client with a handful of
     # pairs can be very tight, and a tight component makes KL(q || p_mix) dwarf the likelihood.
     prior_var_floor: float = 1.0
+    # Rounds a client's posterior stays in the mixture prior (its latest one). 1 = the paper:
+    # last round's participants only. See methods/variational.py (merge_components).
+    prior_max_age: int = 10
     ortho_warmup_rounds: int = 10
     # Rounds over which lambda rises linearly from 0 after the warm-up (0 = switch on at once).
     ortho_ramp_rounds: int = 20
@@ -197,6 +205,10 @@ class ModelConfig:
             "kl_anneal_steps",
             "laplace_steps",
         )
+        if not isinstance(self.prior_max_age, int) or self.prior_max_age < 1:
+            raise ConfigError(
+                f"must be a positive integer, got {self.prior_max_age!r}", field="prior_max_age"
+            )
         for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -211,7 +223,9 @@ class ModelConfig:
     @property
     def prototype_rows(self) -> int:
         """Rows of the prototype array: the fixed count, or room for up to ``max_groups``."""
-        return self.max_groups if self.auto_groups else int(self.num_prototypes)
+        if self.auto_groups:  # never more orthogonal prototypes than dimensions
+            return min(self.max_groups, self.latent_dim)
+        return int(self.num_prototypes)
 
     def tau_at(self, server_round: int, num_rounds: int) -> float:
         """Gumbel-Softmax temperature for a round: geometric anneal tau -> tau_final if set.

@@ -78,6 +78,7 @@ class SetEncoder(nn.Module):
         dropout: float = 0.0,
         logvar_min: float = -8.0,
         logvar_max: float = 4.0,
+        mu_bias: bool = True,
     ):
         super().__init__()
         self.kind = kind
@@ -93,7 +94,8 @@ class SetEncoder(nn.Module):
                 nn.GELU(),
                 nn.Linear(2 * feature_dim, feature_dim),
             )
-        self.mu_head = nn.Linear(feature_dim, latent_dim)
+        # An odd (antisymmetrised) encoder cancels a constant in mu, so it has no mu bias.
+        self.mu_head = nn.Linear(feature_dim, latent_dim, bias=mu_bias)
         self.logvar_head = nn.Linear(feature_dim, latent_dim)
 
     def forward(

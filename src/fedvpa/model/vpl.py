@@ -44,6 +44,7 @@ class VariationalPreferenceModel(nn.Module):
                     dropout=cfg.dropout,
                     logvar_min=cfg.logvar_min,
                     logvar_max=cfg.logvar_max,
+                    mu_bias=not cfg.odd_encoder,
                 )
             )
             if cfg.selector == "reward":
@@ -77,6 +78,12 @@ class VariationalPreferenceModel(nn.Module):
                 logvar_min=self.cfg.logvar_min,
                 logvar_max=self.cfg.logvar_max,
             )
+        if self.cfg.odd_encoder:
+            # z(reversed choices) = -z(choices): no constant z can fit a client, so a client of
+            # one user type moves the encoder only through what its choices say (see config).
+            mu_fwd, logvar_fwd = self.encoder(oriented, mask)
+            mu_rev, logvar_rev = self.encoder(-oriented, mask)
+            return 0.5 * (mu_fwd - mu_rev), 0.5 * (logvar_fwd + logvar_rev)
         return self.encoder(oriented, mask)
 
     def logit(self, emb_a: torch.Tensor, emb_b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
