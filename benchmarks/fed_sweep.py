@@ -96,10 +96,10 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
             updates.append((cid, update))
         state = method.aggregate(state, updates, r)
         if r % eval_every == 0 or r == rounds:
-            report = evaluate(method.predictor(state.arrays), clients)
+            report = evaluate(method.predictor(method.evaluation_arrays(state)), clients)
             conflict = report.get("conflict", {}).get("seen", {})
             sil = None
-            lat = [method.latent_stats(state.arrays, by_id[c]) for c in seen]
+            lat = [method.latent_stats(method.evaluation_arrays(state), by_id[c]) for c in seen]
             if lat and lat[0]:
                 mu = torch.as_tensor(np.stack([x["mu"] for x in lat]))
                 sil = latent_silhouette(mu, [by_id[c].type_index for c in seen])
@@ -118,7 +118,7 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
         key=lambda t: next(c.type_index for c in clients if c.user_type == t),
     )
     ideal = ideal_accuracy(clients, user_types, seed, prepared.path.name)
-    final_lat = [method.latent_stats(state.arrays, by_id[c]) for c in seen]
+    final_lat = [method.latent_stats(method.evaluation_arrays(state), by_id[c]) for c in seen]
     last = history[-10:]
     seen_last = [h["seen"] for h in last]
     return {

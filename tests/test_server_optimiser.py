@@ -82,3 +82,20 @@ def test_bad_settings_name_their_field() -> None:
         LocalConfig(prox_mu=-1.0)
     with pytest.raises(ValueError, match="start at 1"):
         server_update(arrays(0.0), arrays(1.0), {}, ServerStep("adam"), 0)
+
+
+def test_model_average_is_an_exponential_moving_average_of_the_global_weights() -> None:
+    from fedvpa.methods.aggregation import update_model_average
+    from fedvpa.methods.base import ServerState, average_or_global
+
+    extra = update_model_average({}, {"w": np.array([2.0], np.float32)}, decay=0.5)
+    assert extra["average/w"].tolist() == [2.0]  # starts at the weights
+    extra = update_model_average(extra, {"w": np.array([4.0], np.float32)}, decay=0.5)
+    assert extra["average/w"].tolist() == [3.0]
+    state = ServerState(arrays={"w": np.array([4.0], np.float32)}, extra=extra)
+    assert average_or_global(state)["w"].tolist() == [3.0]
+    assert update_model_average({}, {"w": np.ones(1)}, decay=0.0) == {}
+    plain = ServerState(arrays={"w": np.array([4.0], np.float32)})
+    assert average_or_global(plain) is plain.arrays
+    with pytest.raises(ConfigError, match="model_average_decay"):
+        LocalConfig(model_average_decay=1.0)

@@ -503,7 +503,8 @@ def run_federated_method(
     found = ckpt.load_checkpoint(run_dir)
     if found is None:
         raise RuntimeError(f"{run_dir}: final.json without a checkpoint of the final weights")
-    predictor = create_method(name, kwargs).predictor(found.state.arrays)
+    method = create_method(name, kwargs)
+    predictor = method.predictor(method.evaluation_arrays(found.state))
     return {
         "method": name,
         "seed": int(seed),

@@ -151,7 +151,7 @@ class FederationSettings:
     baseline: str = "fedavg-bt"  # run next to the method for comparison ("" = none)
     num_server_rounds: int = 50
     clients_per_round: int = 10
-    eval_every: int = 5
+    eval_every: int = 2  # the last 10 evaluations then span rounds 32-50 (stability)
     min_reply_fraction: float = 0.5
     client_timeout: float = 600.0
 

@@ -83,7 +83,7 @@ def run_federated(
     run_dir: Path,
     num_rounds: int,
     clients_per_round: int,
-    eval_every: int = 5,
+    eval_every: int = 2,
     seed: int = 0,
     resume: bool = False,
     min_reply_fraction: float = 0.5,

@@ -43,6 +43,17 @@ class ServerState:
     info: dict[str, Any] = field(default_factory=dict)  # JSON-able bookkeeping
 
 
+AVERAGE_PREFIX = "average/"
+
+
+def average_or_global(state: ServerState) -> Arrays:
+    """The moving average of the global weights kept in ``state.extra``, if there is one."""
+    average = {
+        k[len(AVERAGE_PREFIX) :]: v for k, v in state.extra.items() if k.startswith(AVERAGE_PREFIX)
+    }
+    return average if average and set(average) == set(state.arrays) else state.arrays
+
+
 class Predictor(Protocol):
     """The evaluation seam any method plugs into.
 
@@ -100,6 +111,11 @@ class FederatedMethod(ABC):
         the runtime resends weights to located clients only when the dict is a new one.
         """
         return state
+
+    def evaluation_arrays(self, state: ServerState) -> Arrays:
+        """The weights the run evaluates and reports: the global weights, or a method's average
+        of them over recent rounds (``model-average-decay``)."""
+        return average_or_global(state)
 
     def round_info(self, state: ServerState) -> dict[str, Any]:
         """Scalars the run log records each round (e.g. the number of groups in use); ``{}``

@@ -37,6 +37,9 @@ class LocalConfig:
     server_beta1: float = 0.9
     server_beta2: float = 0.99
     server_eps: float = 1e-3
+    # The run evaluates and reports an exponential moving average of the global weights with
+    # this decay (0 = the global weights of the round); see methods/aggregation.py.
+    model_average_decay: float = 0.0
     # FedProx: mu/2 ||w - w_global||^2 added to every local step (0 = off).
     prox_mu: float = 0.0
 
@@ -69,6 +72,11 @@ class LocalConfig:
                 raise ConfigError(f"must be in [0, 1), got {value!r}", field=name)
         if not self.server_eps > 0:
             raise ConfigError(f"must be > 0, got {self.server_eps!r}", field="server_eps")
+        if not 0 <= self.model_average_decay < 1:
+            raise ConfigError(
+                f"must be in [0, 1), got {self.model_average_decay!r}",
+                field="model_average_decay",
+            )
         if not self.prox_mu >= 0:
             raise ConfigError(f"must be >= 0, got {self.prox_mu!r}", field="prox_mu")
 

@@ -16,7 +16,11 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from fedvpa.embeddings.tensors import ClientTensors, PairTensors
-from fedvpa.methods.aggregation import apply_server_step, weighted_average
+from fedvpa.methods.aggregation import (
+    apply_server_step,
+    update_model_average,
+    weighted_average,
+)
 from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor, ServerState
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
@@ -102,6 +106,7 @@ class FedAvgBT(FederatedMethod):
         arrays, extra = apply_server_step(
             state.arrays, mean, dict(state.extra), self.local.server_step, server_round
         )
+        extra = update_model_average(extra, arrays, self.local.model_average_decay)
         return ServerState(arrays=arrays, extra=extra, info=state.info)
 
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
@@ -234,6 +239,7 @@ class FedBiscuit(FederatedMethod):
         known = dict(zip(state.extra["loss_ids"].tolist(), state.extra["losses"], strict=True))
         known.update({cid: u.stats["losses"] for cid, u in updates})
         order = sorted(known)
+        moved = update_model_average(moved, arrays, self.local.model_average_decay)
         extra = {
             **moved,
             "loss_ids": np.array(order, np.int64),

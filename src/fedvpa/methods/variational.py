@@ -16,7 +16,11 @@ import numpy as np
 import torch
 
 from fedvpa.embeddings.tensors import ClientTensors
-from fedvpa.methods.aggregation import apply_server_step, weighted_average
+from fedvpa.methods.aggregation import (
+    apply_server_step,
+    update_model_average,
+    weighted_average,
+)
 from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor, ServerState
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
@@ -207,6 +211,7 @@ class VariationalMethod(FederatedMethod):
         arrays, extra = apply_server_step(
             state.arrays, mean, dict(state.extra), self.local.server_step, server_round
         )
+        extra = update_model_average(extra, arrays, self.local.model_average_decay)
         ids = np.array([cid for cid, _ in updates], np.int64)
         mus = np.stack([u.stats["mu"] for _, u in updates]).astype(np.float32)
         new = {
