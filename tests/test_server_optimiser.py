@@ -99,3 +99,15 @@ def test_model_average_is_an_exponential_moving_average_of_the_global_weights() 
     assert average_or_global(plain) is plain.arrays
     with pytest.raises(ConfigError, match="model_average_decay"):
         LocalConfig(model_average_decay=1.0)
+
+
+def test_wrong_types_in_model_and_local_settings_name_the_key() -> None:
+    """Regression: ``--set lr=abc`` ended in a TypeError traceback (exit 1)."""
+    from fedvpa.model.config import ModelConfig
+
+    with pytest.raises(ConfigError, match="'lr': expected a number"):
+        LocalConfig.from_dict({"lr": "abc"})
+    with pytest.raises(ConfigError, match="'odd-encoder': expected true/false"):
+        ModelConfig.from_dict({"odd_encoder": "maybe"})
+    assert LocalConfig.from_dict({"server_lr": 1}).server_lr == 1.0
+    assert ModelConfig.from_dict({"num_prototypes": "auto"}).auto_groups

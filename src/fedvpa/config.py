@@ -60,6 +60,19 @@ def to_flat(obj: Any) -> dict[str, Any]:
     return out
 
 
+def coerce_fields(cls: type, values: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """``values`` (by field name) checked and gently coerced to the field types of ``cls``.
+
+    Shared by every config dataclass that is built from a dict (model and local settings), so
+    ``--set lr=abc`` is one line naming the key rather than a comparison error deep inside.
+    """
+    hints = get_type_hints(cls)
+    return {
+        name: _coerce(value, hints[name], _key(name), source) if name in hints else value
+        for name, value in values.items()
+    }
+
+
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     text = str(hint)
     if value is None and "None" in text:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from fedvpa.config import coerce_fields
 from fedvpa.errors import ConfigError
 from fedvpa.methods.server_optimiser import SERVER_OPTIMISERS, ServerStep
 
@@ -99,4 +100,4 @@ class LocalConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown local option(s): {', '.join(unknown)}", field=unknown[0])
-        return cls(**values)
+        return cls(**coerce_fields(cls, values))

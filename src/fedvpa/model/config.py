@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from fedvpa.config import coerce_fields
 from fedvpa.errors import ConfigError
 
 ENCODERS = ("attention", "mean", "laplace")
@@ -261,4 +262,4 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model option(s): {', '.join(unknown)}", field=unknown[0])
-        return cls(**values)
+        return cls(**coerce_fields(cls, values))
