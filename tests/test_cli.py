@@ -233,3 +233,12 @@ def test_headroom_needs_two_user_types(tmp_path):
     assert result.returncode == 2
     assert "user_type" in result.stderr and str(data) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_baseline_is_refused_before_any_folder_or_training(tmp_path):
+    """Regression: an unknown baseline surfaced only after the main method had trained."""
+    out = tmp_path / "run"
+    result = fedvpa("--out", str(out), "run", "--set", "baseline=no-such-method")
+    assert result.returncode == 2, result.stderr
+    assert "baseline" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -75,8 +75,17 @@ def run_experiment(
     exp: ExperimentConfig, seed: int, out: Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Run ``exp.federation.method`` (and its baseline) on the same prepared clients."""
+    from fedvpa.federation.registry import resolve_factory
     from fedvpa.federation.runtime import run_federated
 
+    # Both names are resolved before any folder is written or any training starts: an unknown
+    # baseline used to surface only after the main method had trained in full.
+    for key, name in (("method", exp.federation.method), ("baseline", exp.federation.baseline)):
+        if name:
+            try:
+                resolve_factory(name)
+            except ConfigError as exc:
+                raise ConfigError(exc.reason, field=key) from exc
     out = Path(out)
     if not resume and (out / CONFIG_FILE).exists():
         raise ConfigError(
