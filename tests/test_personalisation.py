@@ -213,3 +213,10 @@ def test_paper_prior_is_last_round_only() -> None:
     population = make_variant("fedvpl+gp", model, local)
     state, _, _ = run_in_process(population, clients, rounds=3, per_round=4)
     assert len(state.extra["prior_ids"]) > 4
+
+
+def test_auto_groups_need_two_latent_dimensions() -> None:
+    with pytest.raises(ConfigError, match="num_prototypes"):
+        ModelConfig(latent_dim=1)
+    assert ModelConfig(latent_dim=1, num_prototypes=1).prototype_rows == 1
+    assert ModelConfig(latent_dim=3).prototype_rows == 3  # auto: at most latent_dim rows

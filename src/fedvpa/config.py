@@ -31,13 +31,8 @@ def from_flat(cls: type[T], flat: Mapping[str, Any], *, source: str = "config") 
     Types are checked and gently coerced (an int where a float is expected) so that a wrong type
     is reported with its key rather than surfacing later as a torch error.
     """
-    hints = get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        key = _key(f.name)
-        if key not in flat:
-            continue
-        kwargs[f.name] = _coerce(flat[key], hints[f.name], key, source)
+    present = {f.name: flat[_key(f.name)] for f in fields(cls) if _key(f.name) in flat}  # type: ignore[arg-type]
+    kwargs = coerce_fields(cls, present, source)
     try:
         obj = cls(**kwargs)
     except ConfigError:

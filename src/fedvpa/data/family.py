@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from fedvpa.data.schema import PreferencePair
+from fedvpa.data.synthetic import check_pairs_per_type
 from fedvpa.errors import ConfigError
 
 # ------------------------------------------------------------------------------ axes, members
@@ -1617,18 +1618,6 @@ def _draw(member: FamilyMember, kind: str, rng: random.Random) -> FamilyComparis
     )
 
 
-def _check_size(pairs_per_type: int) -> None:
-    if (
-        isinstance(pairs_per_type, bool)
-        or not isinstance(pairs_per_type, int)
-        or pairs_per_type < 1
-    ):
-        raise ConfigError(
-            f"pairs_per_type must be a positive integer, got {pairs_per_type!r}",
-            field="pairs_per_type",
-        )
-
-
 def family_comparisons(
     member: str, pairs_per_type: int = 1200, seed: int = 0
 ) -> list[FamilyComparison]:
@@ -1638,7 +1627,7 @@ def family_comparisons(
     each reply's poles; the emitted pairs carry only the (noisy) label.
     """
     spec = get_member(member)
-    _check_size(pairs_per_type)
+    check_pairs_per_type(pairs_per_type)
     rng = random.Random(f"family:{member}:{seed}:comparisons")
     comparisons: list[FamilyComparison] = []
     seen: set[tuple[str, str, str]] = set()

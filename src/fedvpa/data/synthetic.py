@@ -824,6 +824,19 @@ def _draw(
     return _safety_comparison(topic, rng, types, verbosity)
 
 
+def check_pairs_per_type(pairs_per_type: int) -> None:
+    """The size argument every generator takes: a positive integer (bools refused)."""
+    if (
+        isinstance(pairs_per_type, bool)
+        or not isinstance(pairs_per_type, int)
+        or pairs_per_type < 1
+    ):
+        raise ConfigError(
+            f"pairs_per_type must be a positive integer, got {pairs_per_type!r}",
+            field="pairs_per_type",
+        )
+
+
 def synthetic_user_types(num_types: int) -> list[str]:
     """The sorted user types of the 2- or 4-type synthetic data."""
     if num_types == 2:
@@ -846,15 +859,7 @@ def generate_synthetic(
     independent seeded coin flip per emitted pair. Output is grouped by user type (sorted).
     """
     types = synthetic_user_types(num_types)
-    if (
-        isinstance(pairs_per_type, bool)
-        or not isinstance(pairs_per_type, int)
-        or pairs_per_type < 1
-    ):
-        raise ConfigError(
-            f"pairs_per_type must be a positive integer, got {pairs_per_type!r}",
-            field="pairs_per_type",
-        )
+    check_pairs_per_type(pairs_per_type)
     if not 0.0 <= conflict_share <= 1.0:
         raise ConfigError(
             f"conflict_share must be in [0, 1], got {conflict_share}", field="conflict_share"

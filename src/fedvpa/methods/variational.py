@@ -42,6 +42,25 @@ UNKNOWN = -1
 PRIOR_KEYS = ("prior_mu", "prior_var", "prior_n", "prior_ids")
 
 
+def latest_per_client(old: Arrays, new: Arrays, keys: Sequence[str]) -> Arrays:
+    """Row-aligned arrays ``keys`` (the first holds client ids) with ``new``'s rows written over
+    ``old``'s for the same client, sorted by client id. ``old`` may lack the keys (first round).
+    """
+    id_key = keys[0]
+    rows: dict[int, tuple] = {}
+    for source in (old, new):
+        if id_key not in source:
+            continue
+        for i, cid in enumerate(source[id_key].tolist()):
+            rows[int(cid)] = tuple(source[k][i] for k in keys)
+    order = sorted(rows)
+    out: Arrays = {}
+    for j, key in enumerate(keys):
+        values = [rows[c][j] for c in order]
+        out[key] = np.stack(values).astype(new[key].dtype) if values else new[key][:0]
+    return out
+
+
 def merge_components(old: Arrays, new: Arrays, oldest_round: int) -> Arrays:
     """The prior store after a round: each client's latest posterior, if reported after
     ``oldest_round``.
@@ -52,30 +71,16 @@ def merge_components(old: Arrays, new: Arrays, oldest_round: int) -> Arrays:
     measured). Keeping every client's latest posterior for ``prior_max_age`` rounds makes the
     prior describe the population instead of one sample of it.
     """
-    keys = (*PRIOR_KEYS, "prior_round")
-    rows: dict[int, tuple] = {}
-    for source in (old, new):
-        if "prior_round" not in source:
-            continue
-        for i, cid in enumerate(source["prior_ids"].tolist()):
-            rows[int(cid)] = tuple(source[k][i] for k in keys)
-    kept = sorted(c for c, row in rows.items() if int(row[-1]) > oldest_round)
-    out: Arrays = {}
-    for j, key in enumerate(keys):
-        ref = new[key]
-        values = [rows[c][j] for c in kept]
-        out[key] = np.stack(values).astype(ref.dtype) if values else ref[:0]
-    return out
+    merged = latest_per_client(old, new, ("prior_ids", *PRIOR_KEYS[:3], "prior_round"))
+    keep = merged["prior_round"] > oldest_round
+    return {k: v[keep] for k, v in merged.items()}
 
 
 def update_store(extra: Arrays, ids: np.ndarray, mus: np.ndarray) -> Arrays:
     """The server's latest posterior mean per client, with ``ids`` / ``mus`` written over it."""
-    latest = dict(zip(extra["store_ids"].tolist(), list(extra["store_mu"]), strict=True))
-    latest.update(zip(ids.tolist(), list(mus), strict=True))
-    order = sorted(latest)
-    d = extra["store_mu"].shape[1]
-    stacked = np.stack([latest[c] for c in order]) if order else np.zeros((0, d))
-    return {"store_ids": np.array(order, np.int64), "store_mu": stacked.astype(np.float32)}
+    return latest_per_client(
+        extra, {"store_ids": ids, "store_mu": mus.astype(np.float32)}, ("store_ids", "store_mu")
+    )
 
 
 class VariationalMethod(FederatedMethod):

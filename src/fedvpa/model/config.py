@@ -187,6 +187,11 @@ class ModelConfig:
             raise ConfigError(
                 f"must be an integer >= 2, got {self.max_groups!r}", field="max_groups"
             )
+        if auto and self.latent_dim < 2:
+            raise ConfigError(
+                '"auto" chooses 2 to max_groups orthogonal groups: needs latent_dim >= 2',
+                field="num_prototypes",
+            )
         if self.prototype_rows > self.latent_dim:
             name = "max_groups" if auto else "num_prototypes"
             raise ConfigError(

@@ -8,8 +8,13 @@ labels enter ``z`` only through the orientation of the context, never through th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from fedvpa.model.config import ModelConfig
 
 
 class PairFeature(nn.Module):
@@ -43,6 +48,18 @@ class PairFeature(nn.Module):
                 nn.Dropout(dropout),
                 nn.Linear(hidden_dim, feature_dim),
             )
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> PairFeature:
+        """The ``g`` a model config describes (shared by the latent model and the BT heads)."""
+        return cls(
+            cfg.input_dim,
+            cfg.hidden_dim,
+            cfg.feature_dim,
+            cfg.dropout,
+            cfg.feature_layers,
+            cfg.input_dropout,
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(self.input_dropout(h))

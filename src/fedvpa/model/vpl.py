@@ -24,14 +24,7 @@ class VariationalPreferenceModel(nn.Module):
         self.cfg = cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.feature = PairFeature(
-                cfg.input_dim,
-                cfg.hidden_dim,
-                cfg.feature_dim,
-                cfg.dropout,
-                cfg.feature_layers,
-                cfg.input_dropout,
-            )
+            self.feature = PairFeature.from_config(cfg)
             # The Laplace encoder has no weights of its own (it reads the selector's).
             self.encoder = (
                 None

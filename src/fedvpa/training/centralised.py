@@ -145,14 +145,7 @@ class BradleyTerry(nn.Module):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.feature = PairFeature(
-                cfg.input_dim,
-                cfg.hidden_dim,
-                cfg.feature_dim,
-                cfg.dropout,
-                cfg.feature_layers,
-                cfg.input_dropout,
-            )
+            self.feature = PairFeature.from_config(cfg)
             self.head = nn.Linear(cfg.feature_dim, 1, bias=False)
 
     def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
