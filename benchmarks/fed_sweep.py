@@ -85,7 +85,7 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
         updates = []
         for cid in chosen:
             payload = method.client_payload(state, cid, r)
-            update, private[cid] = method.client_train(
+            update, private[cid] = method.train_on_client(
                 state.arrays,
                 payload,
                 by_id[cid],
@@ -94,7 +94,7 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
                 seed * 1000 + r * 100 + cid,
             )
             updates.append((cid, update))
-        state = method.aggregate(state, updates, r)
+        state = method.aggregate_round(state, updates, r)
         if r % eval_every == 0 or r == rounds:
             report = evaluate(method.predictor(method.evaluation_arrays(state)), clients)
             conflict = report.get("conflict", {}).get("seen", {})
@@ -110,6 +110,7 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
                     "unseen": 100 * report["unseen"]["macro"] if report.get("unseen") else None,
                     "conflict": 100 * conflict["macro"] if conflict else None,
                     "groups": method.round_info(state).get("num_groups"),
+                    "selected": method.round_info(state).get("selected_after_round"),
                     "silhouette": sil,
                 }
             )

@@ -35,10 +35,10 @@ def run_in_process(
         for cid in chosen:
             client = next(c for c in clients if c.client_id == cid)
             payload = method.client_payload(state, cid, r)
-            update, private[cid] = method.client_train(
+            update, private[cid] = method.train_on_client(
                 state.arrays, payload, client, private.get(cid, {}), r, seed * 1000 + r * 100 + cid
             )
             updates.append((cid, update))
-        state = method.aggregate(state, updates, r)
+        state = method.aggregate_round(state, updates, r)
     report = evaluate(method.predictor(state.arrays), clients)
     return state, private, report

@@ -139,9 +139,7 @@ def test_fedvpa_gp_labels_the_round_from_where_the_shared_model_puts_it():
     empty = method.plan_round(again, ids, 5, None)
     assert int(method.client_payload(empty, 0, 5)["proto_label"][0]) == -1
     # The paper's strict balance forces the 4:2 round into 3:3 and mislabels one client.
-    strict = _method(
-        "fedvpa-gp", ortho_warmup_rounds=2, cluster_min_share=1.0, num_prototypes=2
-    )
+    strict = _method("fedvpa-gp", ortho_warmup_rounds=2, cluster_min_share=1.0, num_prototypes=2)
     forced = strict.plan_round(strict.init_server_state(0), ids, 3, located)
     sizes = np.bincount(forced.extra["labels"], minlength=2)
     assert sizes.tolist() == [3, 3]

@@ -203,7 +203,7 @@ def train(msg: Message, context: Context) -> Message:
     state, source = private_state(context, config, client.client_id, server_round - 1)
     seed = int(config["seed"])
     ckpt.seed_everything(seed)
-    update, new_state = method.client_train(
+    update, new_state = method.train_on_client(
         global_arrays, payload, client, state, server_round, seed
     )
     store_private_state(context, config, client.client_id, server_round, new_state)

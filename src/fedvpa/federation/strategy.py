@@ -384,7 +384,7 @@ class MethodStrategy(Strategy):
         ckpt.seed_everything(
             ckpt.derive_seed(self.config.seed, server_round, -1, ckpt.STREAM_AGGREGATE)
         )
-        self.state = self.method.aggregate(self.state, updates, server_round)
+        self.state = self.method.aggregate_round(self.state, updates, server_round)
         self.last_train = {
             "trained_clients": [cid for cid, _ in updates],
             "train": weighted_mean_metrics(rows),

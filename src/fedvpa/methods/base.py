@@ -14,12 +14,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from fedvpa.embeddings.tensors import ClientTensors, PairTensors
+from fedvpa.methods import validation
+
+if TYPE_CHECKING:  # local_config -> server_optimiser imports this module
+    from fedvpa.methods.local_config import LocalConfig
 
 Arrays = dict[str, np.ndarray]
 
@@ -68,6 +72,7 @@ class FederatedMethod(ABC):
     """One federated learning method. Pure with respect to I/O: the runtime does the messaging."""
 
     name: str = "method"
+    local: LocalConfig | None = None  # client-side settings, for the methods that have them
 
     @abstractmethod
     def init_server_state(self, seed: int) -> ServerState:
@@ -113,14 +118,61 @@ class FederatedMethod(ABC):
         return state
 
     def evaluation_arrays(self, state: ServerState) -> Arrays:
-        """The weights the run evaluates and reports: the global weights, or a method's average
-        of them over recent rounds (``model-average-decay``)."""
+        """The weights the run evaluates and reports: the global weights, a method's average
+        of them over recent rounds (``model-average-decay``), or, with a validation share, the
+        global weights with the best validation likelihood so far (``methods/validation.py``)."""
+        if self.validation_share > 0:
+            chosen = validation.selected_arrays(state)
+            if chosen is not None:
+                return chosen
         return average_or_global(state)
+
+    @property
+    def validation_share(self) -> float:
+        """Share of each client's labelled pairs held out of training for model selection
+        (``validation-share``); 0 (none) for a method without local settings."""
+        return self.local.validation_share if self.local is not None else 0.0
+
+    def train_on_client(
+        self,
+        global_arrays: Arrays,
+        payload: Arrays,
+        client: ClientTensors,
+        client_state: Arrays,
+        server_round: int,
+        seed: int,
+    ) -> tuple[ClientUpdate, Arrays]:
+        """What every runtime calls on a client: ``client_train`` on the client's pairs less
+        its validation share, with the received model's validation scores added to the
+        reply's metrics (two sums and a count; see ``methods/validation.py``)."""
+        held, val = validation.hold_out(client, self.validation_share)
+        scores: dict[str, float] = {}
+        if val is not None:
+            scores = validation.validation_scores(
+                self.predictor(global_arrays, client_state or None), held, val
+            )
+        update, new_state = self.client_train(
+            global_arrays, payload, held, client_state, server_round, seed
+        )
+        update.metrics.update(scores)
+        return update, new_state
+
+    def aggregate_round(
+        self, state: ServerState, updates: Sequence[tuple[int, ClientUpdate]], server_round: int
+    ) -> ServerState:
+        """What every runtime calls on the server: ``aggregate``, then model selection on the
+        round's validation scores when the method holds a validation share."""
+        after = self.aggregate(state, updates, server_round)
+        if self.validation_share <= 0:
+            return after
+        score = validation.round_validation_nll(updates)
+        return validation.keep_best(state, after, score, server_round)
 
     def round_info(self, state: ServerState) -> dict[str, Any]:
         """Scalars the run log records each round (e.g. the number of groups in use); ``{}``
-        by default. The runtime writes them without knowing what they mean."""
-        return {}
+        by default, plus the model selection's when there is a validation share. The runtime
+        writes them without knowing what they mean."""
+        return validation.selection_info(state) if self.validation_share > 0 else {}
 
     def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """Evaluation-time latent of a client (``{"mu", "logvar"}``) for diagnostics; ``{}`` if

@@ -43,6 +43,10 @@ class LocalConfig:
     model_average_decay: float = 0.0
     # FedProx: mu/2 ||w - w_global||^2 added to every local step (0 = off).
     prox_mu: float = 0.0
+    # Share of each client's labelled pairs never trained on: clients score the model they
+    # receive on it and the run reports the round with the best validation likelihood
+    # (methods/validation.py). 0 = off.
+    validation_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.latent_first_steps < 0:
@@ -80,6 +84,10 @@ class LocalConfig:
             )
         if not self.prox_mu >= 0:
             raise ConfigError(f"must be >= 0, got {self.prox_mu!r}", field="prox_mu")
+        if not 0 <= self.validation_share < 1:
+            raise ConfigError(
+                f"must be in [0, 1), got {self.validation_share!r}", field="validation_share"
+            )
 
     @property
     def server_step(self) -> ServerStep:

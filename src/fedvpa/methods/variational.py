@@ -186,9 +186,10 @@ class VariationalMethod(FederatedMethod):
 
     def round_info(self, state: ServerState) -> dict[str, Any]:
         """The number of prototype groups in use (0 before it is chosen), for the run log."""
-        if not self.cfg.use_ortho:
-            return {}
-        return {"num_groups": int(state.extra.get("num_groups", np.zeros(1))[0])}
+        info = super().round_info(state)
+        if self.cfg.use_ortho:
+            info["num_groups"] = int(state.extra.get("num_groups", np.zeros(1))[0])
+        return info
 
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
         extra = state.extra
