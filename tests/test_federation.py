@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from fedvpa.config import FederationSettings
 from fedvpa.errors import ConfigError
 from fedvpa.federation import checkpoint as ckpt
 from fedvpa.federation.messages import arrays_to_record, record_to_arrays
@@ -65,25 +66,35 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run(root: Path, name: str, rounds: int, resume: bool = False, **kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "method_kwargs": KWARGS,
+def toy_config(
+    data_path: Path,
+    run_dir: Path,
+    rounds: int,
+    method_kwargs: dict[str, Any] | None = None,
+    **settings: Any,
+) -> FederationConfig:
+    """The toy method's run: a custom method takes its own kwargs through the Python API."""
+    values: dict[str, Any] = {
+        "method": "toy",
+        "num_server_rounds": rounds,
         "clients_per_round": PER_ROUND,
         "eval_every": 2,
         "seed": SEED,
+        "client_timeout": 120.0,
     }
-    args.update(kw)
-    return run_federated(
-        "toy",
-        data_path=root / "clients.pt",
+    values.update(settings)
+    return FederationConfig(
+        settings=FederationSettings(**values),
+        method_kwargs=KWARGS if method_kwargs is None else method_kwargs,
+        data_path=str(data_path),
+        run_dir=str(run_dir),
         num_clients=NUM_SEEN + NUM_UNSEEN,
-        run_dir=root / name,
-        num_rounds=rounds,
-        resume=resume,
-        client_timeout=120.0,
-        flwr_home=root / "flwr_home",
-        **args,
     )
+
+
+def run(root: Path, name: str, rounds: int, resume: bool = False, **kw: Any) -> dict[str, Any]:
+    config = toy_config(root / "clients.pt", root / name, rounds, resume=resume, **kw)
+    return run_federated(config, flwr_home=root / "flwr_home")
 
 
 def rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -327,24 +338,14 @@ def test_registry() -> None:
         register_method("toy", "toy_method:make_clients")
 
 
-def test_run_config_parsing_and_validation(tmp_path: Path) -> None:
-    config = FederationConfig.from_run_config(
-        {
-            "method": "toy",
-            "method-kwargs": '{"dim": 4}',
-            "data-path": str(tmp_path / "c.pt"),
-            "run-dir": str(tmp_path / "run"),
-            "num-clients": 3,
-            "num-server-rounds": 2,
-            "clients-per-round": 2,
-        }
-    )
-    assert config.method_kwargs == {"dim": 4}
+def test_settings_validation(tmp_path: Path) -> None:
+    config = toy_config(tmp_path / "c.pt", tmp_path / "run", 2)
     assert config.state_dir == str(tmp_path / "run" / "client_state")
-    with pytest.raises(ConfigError, match="method-kwargs"):
-        FederationConfig.from_run_config({"method": "toy", "method-kwargs": "{oops"})
+    assert toy_config(tmp_path / "c", tmp_path / "r", 2, client_state_dir="none").state_dir == ""
     with pytest.raises(ConfigError, match="min-reply-fraction"):
-        FederationConfig("toy", "d", "r", 2, 1, 1, min_reply_fraction=0.0)
+        toy_config(tmp_path / "c.pt", tmp_path / "run", 2, min_reply_fraction=0.0)
+    with pytest.raises(ConfigError, match="num-server-rounds"):
+        toy_config(tmp_path / "c.pt", tmp_path / "run", 0)
 
 
 def test_resume_identity_holds_the_methods_defaults(monkeypatch, tmp_path: Path) -> None:
@@ -354,8 +355,17 @@ def test_resume_identity_holds_the_methods_defaults(monkeypatch, tmp_path: Path)
 
     from fedvpa.model.config import ModelConfig
 
-    config = FederationConfig("fedvpa-gp", str(tmp_path / "c.pt"), str(tmp_path / "r"), 4, 2, 2)
+    config = toy_config(tmp_path / "c.pt", tmp_path / "r", 2, method_kwargs={}, method="fedvpa-gp")
     before = config.identity()
     assert before["method_effective"]["model"]["pull_on"] == ModelConfig().pull_on
     monkeypatch.setattr(ModelConfig, "to_dict", lambda self: {**asdict(self), "new_option": 1})
     assert config.identity() != before
+
+
+def test_a_broken_methods_package_is_not_an_unknown_method(monkeypatch) -> None:
+    """Regression: the ImportError was swallowed and every built-in name was 'unknown'."""
+    from fedvpa.federation import registry
+
+    monkeypatch.setattr(registry, "_BUILTINS_MODULE", "fedvpa.no_such_methods_package")
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        registry.method_reference("fedvpl")

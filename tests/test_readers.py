@@ -181,13 +181,17 @@ def test_real_hh_rlhf_harmless_test_split() -> None:
     pairs = read_hh_rlhf(HH_TEST, seed=0, skip_invalid=True, report=report)
     # 5 rows have one transcript with an extra Assistant turn before its final reply.
     assert (report.rows, report.kept, report.skipped) == (2312, 2307, 5)
-    assert report.reasons == Counter(
-        {"one transcript has an extra Assistant turn before its reply": 5}
+    extra = (
+        "has an extra Assistant turn before its final reply (not two replies to one conversation)"
     )
+    assert report.reasons == Counter({f"chosen: {extra}": 4, f"rejected: {extra}": 1})
     assert all(p.prompt.endswith("\n\nAssistant:") and last_human_turn(p.prompt) for p in pairs)
     assert all(p.response_a != p.response_b for p in pairs)
-    with pytest.raises(DataFormatError, match="extra Assistant turn"):
+    # Regression: the error named neither the field nor the way past it.
+    with pytest.raises(DataFormatError, match="extra Assistant turn") as info:
         read_hh_rlhf(HH_TEST)
+    assert info.value.line == 1255 and info.value.field == "chosen"
+    assert "--skip-invalid" in info.value.one_line()
 
 
 # ---------------------------------------------------------------------------- relabeled

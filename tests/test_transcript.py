@@ -31,9 +31,15 @@ def test_split_accepts_an_empty_reply_against_a_real_one() -> None:
         ("\n\nHuman: Hi.", CONV + " x", "chosen", "no final"),
         (CONV + " x", "\n\nHuman: Hi.", "rejected", "no final"),
         (CONV + " same", CONV + " same ", None, "identical"),
-        ("\n\nHuman: A?\n\nAssistant: x", "\n\nHuman: B?\n\nAssistant: y", None, "share no"),
-        (CONV + " x", CONV.replace("knot", "bow") + " y", None, "differ before"),
-        (CONV + " x\n\nAssistant: more", CONV + " y", None, "extra Assistant turn"),
+        (
+            "\n\nHuman: A?\n\nAssistant: x",
+            "\n\nHuman: B?\n\nAssistant: y",
+            "chosen/rejected",
+            "share no",
+        ),
+        (CONV + " x", CONV.replace("knot", "bow") + " y", "chosen/rejected", "differ before"),
+        (CONV + " x\n\nAssistant: more", CONV + " y", "chosen", "extra Assistant turn"),
+        (CONV + " y", CONV + " x\n\nAssistant: more", "rejected", "extra Assistant turn"),
     ],
 )
 def test_split_rejects_non_comparisons(

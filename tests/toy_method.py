@@ -173,3 +173,9 @@ def make_clients(
             )
         )
     return clients
+
+
+def toy_from_config(model: dict | None = None, local: dict | None = None) -> ToyMethod:
+    """The toy method as ``flwr run`` builds it: from the model and local settings of the run
+    config (the embedding size comes from the data); it locates from round 2."""
+    return ToyMethod(dim=int((model or {})["input_dim"]), locate_from=2)

@@ -77,7 +77,12 @@ SkipOpt = Annotated[
 BackboneOpt = Annotated[
     str, typer.Option(help="minilm, st:<name-or-path>, or causal-lm:<local path>.")
 ]
-CacheDirOpt = Annotated[str, typer.Option(help="Embedding cache (default ~/.cache/fedvpa).")]
+CacheDirOpt = Annotated[
+    str,
+    typer.Option(
+        help="Cache folder (default $FEDVPA_CACHE, else ~/.cache/fedvpa; embeddings/ in it)."
+    ),
+]
 
 
 @data_app.command("summary")
@@ -112,7 +117,7 @@ def data_summary(
     pairs, report = load_pairs(cfg, opts.seed)
     summary: dict[str, object] = {"read": report, "pairs": summarise_pairs(pairs)}
     if partition and summary["pairs"].get("user_types"):  # type: ignore[union-attr]
-        summary["partition"] = summarise_partition(make_partition(cfg, opts.seed))
+        summary["partition"] = summarise_partition(make_partition(cfg, opts.seed, pairs))
     typer.echo(render_summary(summary))
     if opts.out:
         opts.out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +280,9 @@ DataNameOpt = Annotated[
     typer.Option("--data", help="synthetic-2 (default), synthetic-4, plural-2/3/4/6, or a file."),
 ]
 ClientsOpt = Annotated[int | None, typer.Option(help="Clients (default 100).")]
-RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Rounds (default 50).")]
+RoundsOpt = Annotated[
+    int | None, typer.Option("--num-server-rounds", "--rounds", help="Rounds (default 50).")
+]
 PerRoundOpt = Annotated[int | None, typer.Option(help="Clients sampled per round (default 10).")]
 
 
@@ -316,10 +323,18 @@ def run(
             clients_per_round=clients_per_round,
             baseline=baseline,
         )
-        out = opts.out or _fresh_folder(Path("runs") / f"{exp.federation.method}-seed{opts.seed}")
-    seed = int(flat.get("seed", opts.seed)) if resume is not None else opts.seed
-    results = run_experiment(exp, seed=seed, out=out, resume=resume is not None)
+        exp = exp.with_seed(opts.seed)
+        out = opts.out or _default_run_folder(exp)
+    results = run_experiment(exp, out=out, resume=resume is not None)
     typer.echo(print_run_summary(results))
+
+
+def _default_run_folder(exp) -> Path:  # noqa: ANN001 - ExperimentConfig, imported late
+    """``run-dir`` if the config names one, else a fresh ``runs/<method>-seed<seed>[-N]``."""
+    fed = exp.federation
+    if fed.run_dir:
+        return Path(fed.run_dir)
+    return _fresh_folder(Path("runs") / f"{fed.method}-seed{fed.seed}")
 
 
 def _fresh_folder(base: Path) -> Path:
@@ -394,6 +409,19 @@ def compare(
     typer.echo(render_summary(results, out))
     if results["failures"]:
         raise typer.Exit(1)
+
+
+@app.command("keys")
+def keys(
+    toml: Annotated[
+        bool, typer.Option("--toml", help="Print pyproject's [tool.flwr.app.config] instead.")
+    ] = False,
+) -> None:
+    """Every configuration key with its group, default and meaning (one table for conf/*.toml,
+    --set, [tool.flwr.app.config] and config.json)."""
+    from fedvpa.experiment import render_flower_table, render_key_table
+
+    typer.echo(render_flower_table() if toml else render_key_table(), nl=False)
 
 
 def _ratio(text: str) -> tuple[float, ...]:

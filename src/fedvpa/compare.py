@@ -262,7 +262,7 @@ def clients_digest(clients: Sequence[ClientTensors]) -> str:
 def effective_method_config(exp: ExperimentConfig, method: str, input_dim: int) -> dict[str, Any]:
     """The method's settings with every default filled in (what the run really used)."""
     if method in REFERENCES:
-        return {"model": ModelConfig.from_dict({**exp.model, "input_dim": input_dim}).to_dict()}
+        return {"model": replace(exp.model, input_dim=input_dim).to_dict()}
     from fedvpa.federation.registry import create_method
 
     return create_method(method, exp.method_kwargs(input_dim)).effective_config()
@@ -336,7 +336,7 @@ def run_reference(
     ``steps`` (None: the trainers' own defaults, 500 for the oracle, 1000 for centralised VPL)
     bounds the optimiser steps; both trainers early-stop on held-out seen clients anyway.
     """
-    cfg = ModelConfig.from_dict({**exp.model, "input_dim": clients[0].context.dim})
+    cfg = replace(exp.model, input_dim=clients[0].context.dim)
     budget = {} if steps is None else {"steps": int(steps)}
     with one_torch_thread():
         return _run_reference(name, cfg, budget, clients, seed, user_types, k_values)
@@ -456,43 +456,42 @@ def run_federated_method(
     """Train (or resume, or re-read) one federated run on Flower and turn its files into a run."""
     from fedvpa.federation.registry import create_method
     from fedvpa.federation.runtime import run_federated
+    from fedvpa.federation.strategy import FederationConfig
 
     fed = exp.federation
-    kwargs = exp.method_kwargs(clients[0].context.dim)
+    config = FederationConfig.from_experiment(
+        exp.with_seed(seed),
+        method=name,
+        input_dim=clients[0].context.dim,
+        data_path=data_path,
+        run_dir=run_dir,
+        num_clients=len(clients),
+        resume=ckpt.checkpoint_path(run_dir).exists(),
+    )
+    kwargs = config.method_kwargs
     final = final_if_complete(run_dir, fed.num_server_rounds)
     if final is not None:
+        expected = config.record()
         _check_same_run(
             run_dir,
             {
-                "method": name,
-                "method_kwargs": json.loads(json.dumps(kwargs)),
-                "method_effective": json.loads(
-                    json.dumps(effective_method_config(exp, name, clients[0].context.dim))
-                ),
-                "seed": int(seed),
-                "num_clients": len(clients),
-                "clients_per_round": fed.clients_per_round,
-                "eval_every": fed.eval_every,
-                "data_path": str(Path(data_path).expanduser().resolve()),
-            },
+                key: expected[key]
+                for key in (
+                    "method",
+                    "method-kwargs",
+                    "seed",
+                    "num-clients",
+                    "clients-per-round",
+                    "eval-every",
+                    "data-path",
+                )
+            }
+            | {"method_effective": config.method_effective()},
         )
     seconds: float | None = None
     if final is None:
         start = time.perf_counter()
-        run_federated(
-            name,
-            kwargs,
-            data_path,
-            len(clients),
-            run_dir,
-            fed.num_server_rounds,
-            fed.clients_per_round,
-            eval_every=fed.eval_every,
-            seed=seed,
-            resume=ckpt.checkpoint_path(run_dir).exists(),
-            min_reply_fraction=fed.min_reply_fraction,
-            client_timeout=fed.client_timeout,
-        )
+        run_federated(config)
         seconds = time.perf_counter() - start
         final = final_if_complete(run_dir, fed.num_server_rounds)
         if final is None:

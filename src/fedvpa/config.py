@@ -9,7 +9,6 @@ validates them, so a typo or an out-of-range value fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -70,12 +69,21 @@ def coerce_fields(cls: type, values: Mapping[str, Any], source: str = "config") 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     text = str(hint)
-    if value is None and "None" in text:
-        return None
+    if (value is None or value == "") and "None" in text:
+        return None  # Flower's run config has no null: "" stands for "not set"
     if "tuple" in text and isinstance(value, list | tuple):
         return tuple(value)
-    if "tuple" in text and isinstance(value, str) and "," in value:
-        return tuple(float(v) if "." in v else int(v) for v in value.split(","))
+    if "tuple" in text and value == "":
+        return ()
+    if "tuple" in text and isinstance(value, int | float) and not isinstance(value, bool):
+        return (value,)
+    if "tuple" in text and isinstance(value, str):
+        try:
+            return tuple(float(v) if "." in v else int(v) for v in value.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"expected numbers like 0.5,0.25,0.25, got {value!r}", path=source, field=key
+            ) from None
     if hint is bool or text == "bool":
         if isinstance(value, bool):
             return value
@@ -96,6 +104,43 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"expected a string, got {value!r}", path=source, field=key)
+    return value
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment written next to (or just above) each field of dataclass ``cls``: the
+    declaration is the one place a key's meaning is written, so ``fedvpa keys`` reads it there."""
+    import inspect
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in fields(cls)}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# ").strip())
+            continue
+        name = stripped.split(":", 1)[0].strip()
+        if name in names and ":" in stripped:
+            inline = stripped.split("#", 1)[1].strip() if "#" in stripped else ""
+            out[name] = " ".join([*above, inline]).strip()
+        above = []
+    return out
+
+
+def flower_value(value: Any) -> bool | int | float | str:
+    """``value`` as Flower's run config can hold it (scalars only): a tuple becomes
+    ``"0.5,0.25,0.25"`` and ``None`` becomes ``""``; :func:`coerce_fields` reads both back."""
+    if value is None:
+        return ""
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
     return value
 
 
@@ -122,15 +167,15 @@ class DataConfig:
 
     data: str = "synthetic-2"  # synthetic-2 | synthetic-4 | plural-2/3/4/6 | a .jsonl(.gz) path
     data_format: str = "auto"  # auto | generic | hh-rlhf | relabeled-hh
-    skip_invalid: bool = False
+    skip_invalid: bool = False  # skip and count invalid rows instead of stopping at the first
     synthetic_pairs_per_type: int = 0  # 0: enough for the partition (at least 1200)
-    conflict_share: float = 0.5
-    num_clients: int = 100
-    pairs_per_client: int = 16
+    conflict_share: float = 0.5  # synthetic-2/4: share of pairs the user types disagree on
+    num_clients: int = 100  # clients of the partition (seen and unseen)
+    pairs_per_client: int = 16  # labelled pairs per client (the least, with max-pairs-per-client)
     max_pairs_per_client: int = 0  # > pairs_per_client: sizes drawn per client in [min, max]
     type_ratio: tuple[float, ...] = ()  # empty: equal shares over user types
     split: tuple[float, ...] = (0.5, 0.25, 0.25)  # context / train / test
-    fraction_unseen: float = 0.2
+    fraction_unseen: float = 0.2  # share of clients held out of training (evaluated only)
 
     def __post_init__(self) -> None:
         if self.num_clients < 2:
@@ -162,14 +207,52 @@ class EmbeddingConfig:
     """Which frozen backbone, and where its cache lives (never inside the read-only data)."""
 
     backbone: str = "minilm"  # minilm | st:<name-or-path> | causal-lm:<path>
-    cache_dir: str = ""  # empty: $FEDVPA_CACHE or ~/.cache/fedvpa
-    embed_batch_size: int = 64
+    cache_dir: str = ""  # empty: $FEDVPA_CACHE, else $XDG_CACHE_HOME/fedvpa or ~/.cache/fedvpa
+    embed_batch_size: int = 64  # texts per backbone call
 
     def resolved_cache_dir(self) -> Path:
+        """``cache-dir``, else the folder holding the default embedding cache."""
         if self.cache_dir:
-            return Path(self.cache_dir)
-        env = os.environ.get("FEDVPA_CACHE")
-        return Path(env) if env else Path.home() / ".cache" / "fedvpa"
+            return Path(self.cache_dir).expanduser()
+        from fedvpa.embeddings.cache import default_cache_root
+
+        return default_cache_root().parent
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """How the federation runs: which method, rounds, sampling, evaluation, failure tolerance,
+    and where its files go. The same keys drive ``fedvpa run``, ``fedvpa compare`` and
+    ``flwr run`` (the ServerApp reads them from the run config)."""
+
+    method: str = "fedvpa-gp"  # the method to train (or module:factory)
+    baseline: str = "fedavg-bt"  # fedvpa run: run next to the method ("" = none)
+    seed: int = 0  # the command line's --seed sets it
+    num_server_rounds: int = 50  # federated rounds
+    clients_per_round: int = 10  # seen clients sampled per round (at most the seen clients)
+    eval_every: int = 2  # the last 10 evaluations then span rounds 32-50 (stability)
+    min_reply_fraction: float = 0.5  # a round fails below this share of replies
+    client_timeout: float = 600.0  # seconds a round waits for replies
+    node_wait_timeout: float = 120.0  # seconds the server waits for every node at start-up
+    # The run folder. "" = fedvpa run: runs/<method>-seed<seed>[-N];
+    # flwr run: runs/flwr-<method>-seed<seed>.
+    run_dir: str = ""
+    resume: bool = False  # flwr run: continue the checkpoint in run-dir (fedvpa run: --resume)
+    # Prepared client tensors (what SuperNodes load). "" = prepare them from the data keys.
+    data_path: str = ""
+    client_state_dir: str = ""  # "" -> <run-dir>/client_state, "none" -> Context.state only
+
+    def __post_init__(self) -> None:
+        if not self.method:
+            raise ConfigError("must name a method", field="method")
+        for name in ("num_server_rounds", "clients_per_round", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError("must be >= 1", field=_key(name))
+        if not 0.0 < self.min_reply_fraction <= 1.0:
+            raise ConfigError("must be in (0, 1]", field="min-reply-fraction")
+        for name in ("client_timeout", "node_wait_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError("must be > 0", field=_key(name))
 
 
 def replace(obj: T, **changes: Any) -> T:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedvpa.config import DataConfig, EmbeddingConfig, from_flat, to_flat
+from fedvpa.config import DataConfig, EmbeddingConfig, FederationSettings, from_flat, to_flat
 from fedvpa.data.family import FAMILY, generate_family
 from fedvpa.data.partition import FederatedPartition, partition_pairs
 from fedvpa.data.readers import ReadReport, read_pairs
@@ -22,6 +23,10 @@ from fedvpa.data.schema import PreferencePair
 from fedvpa.data.synthetic import generate_synthetic
 from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedvpa.methods.local_config import LocalConfig
+    from fedvpa.model.config import ModelConfig
 
 SYNTHETIC = {"synthetic-2": 2, "synthetic-4": 4}
 # Every data name that is generated rather than read, with its number of user types: the
@@ -82,8 +87,12 @@ def synthetic_pairs_per_type(cfg: DataConfig, num_types: int) -> int:
     return max(1200, needed, bound)
 
 
-def make_partition(cfg: DataConfig, seed: int) -> FederatedPartition:
-    pairs, _ = load_pairs(cfg, seed)
+def make_partition(
+    cfg: DataConfig, seed: int, pairs: list[PreferencePair] | None = None
+) -> FederatedPartition:
+    """The federated split of ``cfg``'s pairs (read again unless the caller has them)."""
+    if pairs is None:
+        pairs, _ = load_pairs(cfg, seed)
     return partition_pairs(
         pairs,
         num_clients=cfg.num_clients,
@@ -143,73 +152,150 @@ def prepare_clients(
     return PreparedData(partition, clients, path)
 
 
-@dataclass(frozen=True)
-class FederationSettings:
-    """How the federation runs: rounds, sampling, evaluation cadence, failure tolerance."""
+# Keys a method derives rather than reads: the backbone fixes input-dim, num-server-rounds
+# fixes the schedules' num-rounds. Giving them is refused as an unknown key.
+DERIVED_KEYS = frozenset({"input-dim", "num-rounds"})
 
-    method: str = "fedvpa-gp"
-    baseline: str = "fedavg-bt"  # run next to the method for comparison ("" = none)
-    num_server_rounds: int = 50
-    clients_per_round: int = 10
-    eval_every: int = 2  # the last 10 evaluations then span rounds 32-50 (stability)
-    min_reply_fraction: float = 0.5
-    client_timeout: float = 600.0
 
-    def __post_init__(self) -> None:
-        for name in ("num_server_rounds", "clients_per_round", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError("must be >= 1", field=name.replace("_", "-"))
-        if not 0.0 < self.min_reply_fraction <= 1.0:
-            raise ConfigError("must be in (0, 1]", field="min-reply-fraction")
+def _group_keys(cls: type) -> set[str]:
+    return {f.name.replace("_", "-") for f in fields(cls)} - DERIVED_KEYS
+
+
+def key_groups() -> dict[str, set[str]]:
+    """Every configuration key, by the dataclass that owns it (the one source of truth)."""
+    from fedvpa.methods.local_config import LocalConfig
+    from fedvpa.model.config import ModelConfig
+
+    return {
+        "data": _group_keys(DataConfig),
+        "embedding": _group_keys(EmbeddingConfig),
+        "federation": _group_keys(FederationSettings),
+        "local": _group_keys(LocalConfig),
+        "model": _group_keys(ModelConfig),
+    }
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment, from one flat table of keys (a ``conf/*.toml`` plus overrides)."""
+    """One experiment, from one flat table of keys (a ``conf/*.toml``, ``[tool.flwr.app.config]``
+    or ``config.json``, plus options and ``--set``). Every group is typed and validated here,
+    before any data is read or any folder is written."""
 
     data: DataConfig
     embedding: EmbeddingConfig
     federation: FederationSettings
-    local: dict[str, Any]  # LocalConfig fields
-    model: dict[str, Any]  # ModelConfig fields (input-dim is taken from the backbone)
+    local: LocalConfig
+    model: ModelConfig  # input-dim is a placeholder until the backbone is known
+    explicit: frozenset[str] = frozenset()  # the keys the user gave (for method checks)
 
     @classmethod
-    def from_flat(cls, flat: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    def from_flat(cls, flat: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
         from fedvpa.methods.local_config import LocalConfig
         from fedvpa.model.config import ModelConfig
 
-        groups: dict[str, set[str]] = {
-            "data": {k.replace("_", "-") for k in DataConfig.__dataclass_fields__},
-            "embedding": {k.replace("_", "-") for k in EmbeddingConfig.__dataclass_fields__},
-            "federation": {k.replace("_", "-") for k in FederationSettings.__dataclass_fields__},
-            "local": {k.replace("_", "-") for k in LocalConfig.__dataclass_fields__},
-            "model": {k.replace("_", "-") for k in ModelConfig.__dataclass_fields__},
-        }
-        known = set().union(*groups.values()) | {"seed"}
+        groups = key_groups()
+        known = set().union(*groups.values())
         unknown = sorted(set(flat) - known)
         if unknown:
             raise ConfigError(
                 f"unknown key(s): {', '.join(unknown)}", path=source, field=unknown[0]
             )
-        local = {k.replace("-", "_"): v for k, v in flat.items() if k in groups["local"]}
-        model = {k.replace("-", "_"): v for k, v in flat.items() if k in groups["model"]}
-        local.setdefault("num_rounds", flat.get("num-server-rounds", 50))
-        LocalConfig.from_dict(local)  # validate now, not in a Ray actor
-        ModelConfig.from_dict(model)
+        data = from_flat(DataConfig, flat, source=source)
+        federation = from_flat(FederationSettings, flat, source=source)
+        local = from_flat(LocalConfig, flat, source=source)
+        local = replace(local, num_rounds=federation.num_server_rounds)
+        model = from_flat(ModelConfig, flat, source=source)
+        if federation.clients_per_round > data.num_clients:
+            raise ConfigError(
+                f"{federation.clients_per_round} clients per round but only "
+                f"{data.num_clients} clients",
+                path=source,
+                field="clients-per-round",
+            )
         return cls(
-            data=from_flat(DataConfig, flat, source=source),
+            data=data,
             embedding=from_flat(EmbeddingConfig, flat, source=source),
-            federation=from_flat(FederationSettings, flat, source=source),
+            federation=federation,
             local=local,
             model=model,
+            explicit=frozenset(flat),
         )
 
     def to_flat(self) -> dict[str, Any]:
-        out = {**to_flat(self.data), **to_flat(self.embedding), **to_flat(self.federation)}
-        out.update({k.replace("_", "-"): v for k, v in self.local.items()})
-        out.update({k.replace("_", "-"): v for k, v in self.model.items()})
-        return out
+        """Every key with its value (defaults included): what ``config.json`` records."""
+        out: dict[str, Any] = {}
+        for group in (self.data, self.embedding, self.federation, self.local, self.model):
+            out.update(to_flat(group))
+        return {k: v for k, v in out.items() if k not in DERIVED_KEYS}
+
+    def with_seed(self, seed: int) -> ExperimentConfig:
+        return replace(self, federation=replace(self.federation, seed=int(seed)))
 
     def method_kwargs(self, input_dim: int) -> dict[str, Any]:
-        """What the method factory receives: model and local settings, JSON-serialisable."""
-        return {"model": {**self.model, "input_dim": input_dim}, "local": dict(self.local)}
+        """What a method factory receives: every model and local setting, JSON-serialisable
+        (it travels to the clients inside the messages)."""
+        model = {**self.model.to_dict(), "input_dim": input_dim}
+        return json.loads(json.dumps({"model": model, "local": self.local.to_dict()}))
+
+    def user_model_settings(self) -> dict[str, Any]:
+        """The model and local settings the user gave explicitly, by field name."""
+        flat = self.to_flat()
+        groups = key_groups()
+        mine = (groups["model"] | groups["local"]) & self.explicit
+        return {k.replace("-", "_"): flat[k] for k in sorted(mine)}
+
+
+def default_flat() -> dict[str, Any]:
+    """Every key with its default, in the scalar form Flower's run config holds."""
+    from fedvpa.config import flower_value
+    from fedvpa.methods.local_config import LocalConfig
+    from fedvpa.model.config import ModelConfig
+
+    exp = ExperimentConfig(
+        DataConfig(), EmbeddingConfig(), FederationSettings(), LocalConfig(), ModelConfig()
+    )
+    return {k: flower_value(v) for k, v in exp.to_flat().items()}
+
+
+def render_key_table() -> str:
+    """A Markdown table of every key: group, default and the comment at its declaration."""
+    from fedvpa.config import field_comments
+    from fedvpa.methods.local_config import LocalConfig
+    from fedvpa.model.config import ModelConfig
+
+    owners = {
+        "data": DataConfig,
+        "embedding": EmbeddingConfig,
+        "federation": FederationSettings,
+        "local": LocalConfig,
+        "model": ModelConfig,
+    }
+    defaults = default_flat()
+    rows = ["| key | group | default | meaning |", "|---|---|---|---|"]
+    for group, keys in key_groups().items():
+        comments = field_comments(owners[group])
+        for key in (k for k in defaults if k in keys):
+            meaning = comments.get(key.replace("-", "_"), "").replace("|", "/")
+            rows.append(f"| `{key}` | {group} | `{_toml_scalar(defaults[key])}` | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_flower_table() -> str:
+    """``[tool.flwr.app.config]`` with every key and its default, grouped as declared: what
+    ``pyproject.toml`` holds (a test keeps the two equal), so ``flwr run --run-config`` accepts
+    every key ``fedvpa run`` does."""
+    defaults = default_flat()
+    lines = ["[tool.flwr.app.config]"]
+    for group, keys in key_groups().items():
+        lines.append(f"# {group}")
+        for key in (k for k in defaults if k in keys):
+            lines.append(f"{key} = {_toml_scalar(defaults[key])}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_scalar(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fedvpa.compare import final_if_complete
 from fedvpa.errors import ConfigError
-from fedvpa.experiment import ExperimentConfig, prepare_clients
+from fedvpa.experiment import ExperimentConfig, PreparedData, prepare_clients
 from fedvpa.federation import checkpoint as ckpt
 
 CONFIG_FILE = "config.json"
@@ -32,8 +33,12 @@ def load_run_config(run_dir: Path) -> tuple[ExperimentConfig, dict[str, Any]]:
         flat = dict(recorded["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"unreadable experiment config ({exc})", path=str(path)) from exc
-    flat["seed"] = recorded.get("seed", 0)
-    return ExperimentConfig.from_flat(flat, source=str(path)), flat
+    flat["seed"] = recorded.get("seed", flat.get("seed", 0))
+    exp = ExperimentConfig.from_flat(flat, source=str(path))
+    explicit = recorded.get("explicit")
+    if isinstance(explicit, list):
+        exp = replace(exp, explicit=frozenset(str(k) for k in explicit))
+    return exp, flat
 
 
 def _versions() -> dict[str, str]:
@@ -43,7 +48,7 @@ def _versions() -> dict[str, str]:
     import fedvpa
 
     return {
-        "fedvpa": getattr(fedvpa, "__version__", "0"),
+        "fedvpa": fedvpa.__version__,
         "flwr": flwr.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -71,38 +76,86 @@ def method_results(final: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_experiment(
-    exp: ExperimentConfig, seed: int, out: Path, resume: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Run ``exp.federation.method`` (and its baseline) on the same prepared clients."""
-    from fedvpa.federation.registry import resolve_factory
-    from fedvpa.federation.runtime import run_federated
+def check_methods(exp: ExperimentConfig) -> None:
+    """Both methods known, and none silently overriding a setting the user gave.
 
-    # Both names are resolved before any folder is written or any training starts: an unknown
-    # baseline used to surface only after the main method had trained in full.
-    for key, name in (("method", exp.federation.method), ("baseline", exp.federation.baseline)):
-        if name:
-            try:
-                resolve_factory(name)
-            except ConfigError as exc:
-                raise ConfigError(exc.reason, field=key) from exc
+    A built-in variant fixes some model settings (``fedvpl`` has ``prior = "standard"``); a
+    user who also sets ``prior = "mixture"`` would otherwise get the variant's value without a
+    word. Runs before any folder is written or any training starts.
+    """
+    from fedvpa.federation.registry import create_method, resolve_factory
+
+    given = exp.user_model_settings()
+    names = (("method", exp.federation.method), ("baseline", exp.federation.baseline))
+    for key, name in names:
+        if not name:
+            continue
+        try:
+            resolve_factory(name)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, field=key) from exc
+        if key == "baseline" or not given:
+            continue
+        effective = create_method(name, exp.method_kwargs(exp.model.input_dim)).effective_config()
+        used = {**effective.get("model", {}), **effective.get("local", {})}
+        for field_name, value in given.items():
+            if field_name in used and used[field_name] != value:
+                raise ConfigError(
+                    f"{name} fixes {field_name.replace('_', '-')} = {used[field_name]!r} "
+                    f"(given: {value!r}); choose the method that has it",
+                    field=field_name.replace("_", "-"),
+                )
+
+
+def check_partition(exp: ExperimentConfig, prepared: PreparedData) -> None:
+    """Combinations only the partition can tell: enough seen clients to sample from."""
+    seen = sum(not c.unseen for c in prepared.clients)
+    if exp.federation.clients_per_round > seen:
+        raise ConfigError(
+            f"{exp.federation.clients_per_round} clients per round but the partition has "
+            f"only {seen} seen clients (fraction-unseen {exp.data.fraction_unseen})",
+            field="clients-per-round",
+        )
+
+
+def run_experiment(
+    exp: ExperimentConfig, out: Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run ``exp.federation.method`` (and its baseline) on the same prepared clients.
+
+    Everything that can be checked is checked before the folder is written: the keys (when
+    ``exp`` was built), the methods, and the partition (data preparation writes only to the
+    embedding cache).
+    """
+    from fedvpa.federation.runtime import run_federated
+    from fedvpa.federation.strategy import FederationConfig
+
     out = Path(out)
     if not resume and (out / CONFIG_FILE).exists():
         raise ConfigError(
             "experiment folder already exists: pass --resume to continue it, or choose --out",
             path=str(out),
         )
-    out.mkdir(parents=True, exist_ok=True)
     if not resume:
-        ckpt.write_json(
-            out / CONFIG_FILE, {"config": exp.to_flat(), "seed": seed, "versions": _versions()}
-        )
+        check_methods(exp)
+    seed = exp.federation.seed
     t0 = time.perf_counter()
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
     prep_seconds = time.perf_counter() - t0
+    check_partition(exp, prepared)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        ckpt.write_json(
+            out / CONFIG_FILE,
+            {
+                "config": exp.to_flat(),
+                "explicit": sorted(exp.explicit),
+                "seed": seed,
+                "versions": _versions(),
+            },
+        )
     fed = exp.federation
     methods = [fed.method] + ([fed.baseline] if fed.baseline and fed.baseline != fed.method else [])
-    kwargs = exp.method_kwargs(prepared.clients[0].context.dim)
     results: dict[str, Any] = {
         "seed": seed,
         "out": str(out),
@@ -117,18 +170,15 @@ def run_experiment(
         if final_if_complete(run_dir, fed.num_server_rounds) is None:
             t = time.perf_counter()
             run_federated(
-                name,
-                kwargs,
-                prepared.path,
-                len(prepared.clients),
-                run_dir,
-                fed.num_server_rounds,
-                fed.clients_per_round,
-                eval_every=fed.eval_every,
-                seed=seed,
-                resume=resume and ckpt.checkpoint_path(run_dir).exists(),
-                min_reply_fraction=fed.min_reply_fraction,
-                client_timeout=fed.client_timeout,
+                FederationConfig.from_experiment(
+                    exp,
+                    method=name,
+                    input_dim=prepared.clients[0].context.dim,
+                    data_path=prepared.path,
+                    run_dir=run_dir,
+                    num_clients=len(prepared.clients),
+                    resume=resume and ckpt.checkpoint_path(run_dir).exists(),
+                )
             )
             seconds = time.perf_counter() - t
         else:

@@ -206,7 +206,13 @@ def pairs_from_records(
             pair = parse(rec)  # type: ignore[arg-type]
         except RowError as err:
             if not skip_invalid:
-                raise DataFormatError(err.reason, path=source, line=line, field=err.field) from None
+                raise DataFormatError(
+                    f"{err.reason}; --skip-invalid (skip-invalid = true) skips and counts "
+                    "such rows",
+                    path=source,
+                    line=line,
+                    field=err.field,
+                ) from None
             rep.skipped += 1
             rep.reasons[err.key] += 1
             continue
@@ -260,7 +266,7 @@ def _json_lines(data: bytes) -> Iterator[tuple[int, object]]:
         try:
             yield number, json.loads(text)
         except json.JSONDecodeError as err:
-            yield number, RowError("malformed JSON", detail=f"{err.msg} at column {err.colno}")
+            yield number, RowError("malformed JSON", detail=f"{err.msg}, column {err.colno}")
 
 
 def _read_file(

@@ -1,7 +1,8 @@
 """The embedded pluralistic preference data: written here from templates, no external text.
 
 Why it exists: the real relabeled HH-RLHF pairs carry a weak per-pair signal (about 5 points of
-room for personalisation, see docs/method.md), so they cannot show whether the mechanism works.
+room for personalisation: `fedvpa headroom`, and the README's "Comparison on relabeled
+HH-RLHF"), so they cannot show whether the mechanism works.
 This data makes the disagreement between user types explicit and learnable, in the spirit of
 VPL's "Pets" set:
 

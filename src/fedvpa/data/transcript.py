@@ -56,10 +56,19 @@ def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
     if prompt != rejected[:r_end]:
         shared = os.path.commonprefix([chosen, rejected])
         if ASSISTANT not in shared:
-            raise TranscriptError("transcripts share no conversation (the first turn differs)")
-        if prompt.count(ASSISTANT) != rejected[:r_end].count(ASSISTANT):
-            raise TranscriptError("one transcript has an extra Assistant turn before its reply")
-        raise TranscriptError("transcripts differ before the final Assistant reply")
+            raise TranscriptError(
+                "transcripts share no conversation (the first turn differs)", "chosen/rejected"
+            )
+        turns_c, turns_r = prompt.count(ASSISTANT), rejected[:r_end].count(ASSISTANT)
+        if turns_c != turns_r:
+            raise TranscriptError(
+                "has an extra Assistant turn before its final reply (not two replies to one "
+                "conversation)",
+                "chosen" if turns_c > turns_r else "rejected",
+            )
+        raise TranscriptError(
+            "transcripts differ before the final Assistant reply", "chosen/rejected"
+        )
     chosen_reply = chosen[c_end:].strip()
     rejected_reply = rejected[r_end:].strip()
     if chosen_reply == rejected_reply:

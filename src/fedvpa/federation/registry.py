@@ -11,7 +11,6 @@ register themselves there.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -114,7 +113,13 @@ def _split_reference(reference: str) -> tuple[str, str]:
 
 
 def _import_builtins() -> None:
-    with contextlib.suppress(ImportError):
+    """Register the built-in methods. A broken methods package is an error of its own, not an
+    "unknown method" (which is what swallowing the ImportError here used to report)."""
+    try:
         module = importlib.import_module(_BUILTINS_MODULE)
-        for name, reference in getattr(module, "BUILTIN_METHODS", {}).items():
-            _REGISTRY.setdefault(name, reference)
+    except ImportError as exc:
+        raise ConfigError(
+            f"the built-in methods ({_BUILTINS_MODULE}) cannot be imported: {exc}", field="method"
+        ) from exc
+    for name, reference in getattr(module, "BUILTIN_METHODS", {}).items():
+        _REGISTRY.setdefault(name, reference)

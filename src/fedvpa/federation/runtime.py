@@ -76,54 +76,25 @@ def check_resumable(run_dir: Path, config: FederationConfig) -> None:
 
 
 def run_federated(
-    method_name: str,
-    method_kwargs: Mapping[str, Any] | None,
-    data_path: Path,
-    num_clients: int,
-    run_dir: Path,
-    num_rounds: int,
-    clients_per_round: int,
-    eval_every: int = 2,
-    seed: int = 0,
-    resume: bool = False,
-    min_reply_fraction: float = 0.5,
-    client_timeout: float = 600.0,
+    config: FederationConfig,
     backend: Mapping[str, Any] | None = None,
     *,
-    client_state_dir: Path | None = None,
-    node_wait_timeout: float = 120.0,
     flwr_home: Path | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) a federated simulation; return the final metrics (also in final.json).
+    """Run (or resume, ``config.settings.resume``) a federated simulation; return the final
+    metrics (also in final.json).
 
-    ``num_clients`` must equal the number of clients in ``data_path``: one virtual node each,
-    seen and unseen (unseen ones only evaluate). Raises ``ConfigError`` for bad arguments and
-    ``FederationError`` when the run did not produce results.
+    ``config.num_clients`` must equal the number of clients in ``config.data_path``: one virtual
+    node each, seen and unseen (unseen ones only evaluate). Raises ``ConfigError`` for bad
+    arguments and ``FederationError`` when the run did not produce results.
     """
-    data_path = Path(data_path).expanduser().resolve()
-    run_dir = Path(run_dir).expanduser().resolve()
-    if not data_path.exists():
-        raise ConfigError("client tensor file not found", path=str(data_path), field="data-path")
-    config = FederationConfig(
-        method=method_name,
-        data_path=str(data_path),
-        run_dir=str(run_dir),
-        num_clients=int(num_clients),
-        num_rounds=int(num_rounds),
-        clients_per_round=int(clients_per_round),
-        method_kwargs=dict(method_kwargs or {}),
-        eval_every=int(eval_every),
-        seed=int(seed),
-        resume=bool(resume),
-        min_reply_fraction=float(min_reply_fraction),
-        client_timeout=float(client_timeout),
-        node_wait_timeout=float(node_wait_timeout),
-        client_state_dir=str(client_state_dir) if client_state_dir is not None else "",
-    )
-    method_reference(method_name)  # fail fast, before Ray starts, on an unknown method
+    run_dir = Path(config.run_dir)
+    if not Path(config.data_path).exists():
+        raise ConfigError("client tensor file not found", path=config.data_path, field="data-path")
+    method_reference(config.method)  # fail fast, before Ray starts, on an unknown method
     json.dumps(config.method_kwargs)  # kwargs must survive the trip to the clients
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = config.settings.resume
     if not resume and ckpt.checkpoint_path(run_dir).exists():
         raise ConfigError(
             "run folder already holds a checkpoint: resume it or choose another folder",
@@ -131,6 +102,7 @@ def run_federated(
         )
     if resume:
         check_resumable(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(flower_environment(flwr_home or run_dir / ".flwr"))
 
     # Imported late: flwr.simulation pulls in Ray, and the env above must be set first.

@@ -1,14 +1,18 @@
 """The Flower ServerApp: reads the run config, runs ``MethodStrategy`` to the end.
 
 ``app`` is what ``flwr run .`` loads (``[tool.flwr.app.components]``); it takes its configuration
-from ``context.run_config``. ``make_server_app`` builds the same app around an explicit
-``FederationConfig`` for the in-process simulation (``runtime.run_federated``), and records the
-outcome so that the caller can tell "finished" from "exited quietly with nothing".
+from ``context.run_config``, which holds the same keys as ``conf/*.toml`` and ``fedvpa run``
+(``[tool.flwr.app.config]`` declares every one with its default). ``make_server_app`` builds the
+same app around an explicit ``FederationConfig`` for the in-process simulation
+(``runtime.run_federated``), and records the outcome so that the caller can tell "finished" from
+"exited quietly with nothing".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -23,7 +27,6 @@ class ServerOutcome:
 
     final: dict[str, Any] | None = None
     error: BaseException | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_server(grid: Grid, config: FederationConfig) -> dict[str, Any]:
@@ -44,9 +47,42 @@ def make_server_app(config: FederationConfig, outcome: ServerOutcome) -> ServerA
     return server_app
 
 
+def config_from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:
+    """``flwr run``'s run config -> the run: the keys are parsed and checked like ``fedvpa
+    run``'s; the client tensors are ``data-path`` if given (a deployment whose SuperNodes hold
+    their data), else prepared here from the data keys (through the embedding cache)."""
+    from fedvpa.embeddings.pipeline import load_client_tensors
+    from fedvpa.errors import ConfigError
+    from fedvpa.experiment import ExperimentConfig, prepare_clients
+
+    exp = ExperimentConfig.from_flat(dict(run_config), source="run config")
+    fed = exp.federation
+    if fed.data_path:
+        path = Path(fed.data_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                "the ServerApp reads the client tensors here for their count and size",
+                path=str(path),
+                field="data-path",
+            )
+        clients = load_client_tensors(path)
+    else:
+        prepared = prepare_clients(exp.data, exp.embedding, fed.seed, progress=False)
+        path, clients = prepared.path, prepared.clients
+    return FederationConfig.from_experiment(
+        exp,
+        method=fed.method,
+        input_dim=clients[0].context.dim,
+        data_path=path,
+        run_dir=fed.run_dir or f"runs/flwr-{fed.method}-seed{fed.seed}",
+        num_clients=len(clients),
+        resume=fed.resume,
+    )
+
+
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_server(grid, FederationConfig.from_run_config(context.run_config))
+    run_server(grid, config_from_run_config(context.run_config))

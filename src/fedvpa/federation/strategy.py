@@ -15,9 +15,9 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedvpa.config import FederationSettings, to_flat
 from fedvpa.errors import ConfigError
 from fedvpa.federation import checkpoint as ckpt
 from fedvpa.federation.messages import (
@@ -47,6 +48,9 @@ from fedvpa.federation.messages import (
 )
 from fedvpa.federation.registry import create_method, method_reference
 from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, ServerState
+
+if TYPE_CHECKING:
+    from fedvpa.experiment import ExperimentConfig
 from fedvpa.model.diagnostics import active_units, kl_per_dimension, latent_silhouette
 
 
@@ -54,46 +58,63 @@ class FederationError(RuntimeError):
     """The federation could not make progress (too few replies, missing nodes, no results)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class FederationConfig:
-    """Everything a federated run needs; one flat record so it maps onto Flower's run config."""
+    """One federated run, resolved: the user's federation keys plus what the caller worked out
+    (the method's full settings, where the client tensors and the run folder are, how many
+    clients). Built by :meth:`from_experiment` from the same keys whichever way a run starts."""
 
-    method: str
+    settings: FederationSettings  # settings.method is the method this run trains
+    method_kwargs: dict[str, Any]
     data_path: str
     run_dir: str
     num_clients: int
-    num_rounds: int
-    clients_per_round: int
-    method_kwargs: dict[str, Any] = field(default_factory=dict)
-    eval_every: int = 2  # the last 10 evaluations then span rounds 32-50 (stability)
-    seed: int = 0
-    resume: bool = False
-    min_reply_fraction: float = 0.5
-    client_timeout: float = 600.0
-    node_wait_timeout: float = 120.0
-    client_state_dir: str = ""  # "" -> <run_dir>/client_state, "none" -> Context.state only
 
     def __post_init__(self) -> None:
-        checks: list[tuple[str, bool, str]] = [
-            ("method", bool(self.method), "must be non-empty"),
-            ("run-dir", bool(self.run_dir), "must be non-empty"),
-            ("num-clients", self.num_clients >= 1, "must be >= 1"),
-            ("num-server-rounds", self.num_rounds >= 1, "must be >= 1"),
-            ("clients-per-round", self.clients_per_round >= 1, "must be >= 1"),
-            ("eval-every", self.eval_every >= 1, "must be >= 1"),
-            ("min-reply-fraction", 0.0 < self.min_reply_fraction <= 1.0, "must be in (0, 1]"),
-            ("client-timeout", self.client_timeout > 0, "must be > 0"),
-            ("node-wait-timeout", self.node_wait_timeout > 0, "must be > 0"),
-        ]
-        for name, ok, reason in checks:
-            if not ok:
-                raise ConfigError(reason, field=name)
+        if not self.run_dir:
+            raise ConfigError("must be non-empty", field="run-dir")
+        if self.num_clients < 1:
+            raise ConfigError("must be >= 1", field="num-clients")
+
+    @classmethod
+    def from_experiment(
+        cls,
+        exp: ExperimentConfig,
+        *,
+        method: str,
+        input_dim: int,
+        data_path: str | Path,
+        run_dir: str | Path,
+        num_clients: int,
+        resume: bool = False,
+    ) -> FederationConfig:
+        settings = replace(exp.federation, method=method, baseline="", resume=bool(resume))
+        return cls(
+            settings=settings,
+            method_kwargs=exp.method_kwargs(input_dim),
+            data_path=str(Path(data_path).expanduser().resolve()),
+            run_dir=str(Path(run_dir).expanduser().resolve()),
+            num_clients=int(num_clients),
+        )
+
+    @property
+    def method(self) -> str:
+        return self.settings.method
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    @property
+    def num_rounds(self) -> int:
+        return self.settings.num_server_rounds
 
     @property
     def state_dir(self) -> str:
-        if self.client_state_dir.lower() == "none":
+        chosen = self.settings.client_state_dir
+        if chosen.lower() == "none":
             return ""
-        return self.client_state_dir or str(Path(self.run_dir) / "client_state")
+        return chosen or str(Path(self.run_dir) / "client_state")
 
     def method_effective(self) -> dict[str, Any]:
         """The method's settings with its defaults filled in (JSON-normalised)."""
@@ -101,50 +122,31 @@ class FederationConfig:
         return json.loads(json.dumps(method.effective_config()))
 
     def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the run it continues, including the method's
+        """What a resumed run must share with the run it continues, including the method's
         defaults: a checkpoint written under other defaults must not be continued."""
-        out = asdict(self)
-        for key in ("num_rounds", "resume", "client_timeout", "node_wait_timeout"):
-            out.pop(key)
-        out["method_effective"] = self.method_effective()
-        return out
+        s = self.settings
+        return {
+            "method": s.method,
+            "seed": s.seed,
+            "clients_per_round": s.clients_per_round,
+            "eval_every": s.eval_every,
+            "min_reply_fraction": s.min_reply_fraction,
+            "client_state_dir": s.client_state_dir,
+            "data_path": self.data_path,
+            "run_dir": self.run_dir,
+            "num_clients": self.num_clients,
+            "method_effective": self.method_effective(),
+        }
 
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
-        """Flower run config (``[tool.flwr.app.config]`` + ``--run-config``) -> typed config."""
-
-        def get(key: str, default: Any = None) -> Any:
-            if key in run_config:
-                return run_config[key]
-            if default is None:
-                raise ConfigError("missing from the run config", field=key)
-            return default
-
-        try:
-            kwargs = json.loads(str(get("method-kwargs", "{}")) or "{}")
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON: {exc}", field="method-kwargs") from exc
-        if not isinstance(kwargs, dict):
-            raise ConfigError("must be a JSON object", field="method-kwargs")
-        try:
-            return cls(
-                method=str(get("method")),
-                data_path=str(Path(str(get("data-path"))).expanduser().resolve()),
-                run_dir=str(Path(str(get("run-dir"))).expanduser().resolve()),
-                num_clients=int(get("num-clients")),
-                num_rounds=int(get("num-server-rounds")),
-                clients_per_round=int(get("clients-per-round")),
-                method_kwargs=kwargs,
-                eval_every=int(get("eval-every", 2)),
-                seed=int(get("seed", 0)),
-                resume=bool(get("resume", False)),
-                min_reply_fraction=float(get("min-reply-fraction", 0.5)),
-                client_timeout=float(get("client-timeout", 600.0)),
-                node_wait_timeout=float(get("node-wait-timeout", 120.0)),
-                client_state_dir=str(get("client-state-dir", "")),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad run config value: {exc}") from exc
+    def record(self) -> dict[str, Any]:
+        """What the run folder's ``config.json`` holds: every key of the run, flat."""
+        return {
+            **to_flat(self.settings),
+            "data-path": self.data_path,
+            "run-dir": self.run_dir,
+            "num-clients": self.num_clients,
+            "method-kwargs": self.method_kwargs,
+        }
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ class MethodStrategy(Strategy):
     def summary(self) -> None:
         print(  # noqa: T201 - the progress display is the console
             f"[fedvpa] method={self.config.method} clients={self.config.num_clients} "
-            f"per-round={self.config.clients_per_round} rounds={self.config.num_rounds} "
+            f"per-round={self.config.settings.clients_per_round} rounds={self.config.num_rounds} "
             f"seed={self.config.seed} run-dir={self.run_dir}",
             flush=True,
         )
@@ -286,7 +288,9 @@ class MethodStrategy(Strategy):
     ) -> Iterable[Message]:
         """One message per sampled seen client, each with its own payload and seed."""
         seen = [cid for cid, info in self.clients.items() if not info.unseen]
-        chosen = sample_clients(self.config.seed, server_round, seen, self.config.clients_per_round)
+        chosen = sample_clients(
+            self.config.seed, server_round, seen, self.config.settings.clients_per_round
+        )
         located: dict[int, Arrays] | None = None
         digest = ""
         if self.method.needs_locate(server_round):
@@ -478,12 +482,12 @@ class MethodStrategy(Strategy):
         Sampling before all nodes registered would silently train on fewer clients in round 1.
         """
         expected = self.config.num_clients
-        deadline = time.monotonic() + self.config.node_wait_timeout
+        deadline = time.monotonic() + self.config.settings.node_wait_timeout
         while len(node_ids := sorted(grid.get_node_ids())) < expected:
             if time.monotonic() > deadline:
                 raise FederationError(
                     f"only {len(node_ids)} of {expected} nodes connected after "
-                    f"{self.config.node_wait_timeout:.0f} s"
+                    f"{self.config.settings.node_wait_timeout:.0f} s"
                 )
             time.sleep(0.2)
         cfg = ConfigRecord(self._base_config(0))
@@ -491,7 +495,9 @@ class MethodStrategy(Strategy):
             Message(RecordDict({CONFIG_KEY: cfg}), dst_node_id=nid, message_type=MessageType.QUERY)
             for nid in node_ids
         ]
-        replies = list(grid.send_and_receive(messages, timeout=self.config.node_wait_timeout))
+        replies = list(
+            grid.send_and_receive(messages, timeout=self.config.settings.node_wait_timeout)
+        )
         failed = [m for m in replies if m.has_error()]
         if failed or len(replies) != len(node_ids):
             reasons = "; ".join(m.error.reason for m in failed[:3])
@@ -523,7 +529,7 @@ class MethodStrategy(Strategy):
             by_node[m.metadata.dst_node_id].client_id: record_dict_bytes(m.content)
             for m in messages
         }
-        replies = list(grid.send_and_receive(messages, timeout=self.config.client_timeout))
+        replies = list(grid.send_and_receive(messages, timeout=self.config.settings.client_timeout))
         ok, reasons, up = [], [], {}
         for msg in replies:
             info = by_node.get(msg.metadata.src_node_id)
@@ -538,7 +544,7 @@ class MethodStrategy(Strategy):
         return ReplyTally(ok, errors, len(messages) - len(ok) - errors, reasons, down, up)
 
     def _require(self, tally: ReplyTally, sent: int, phase: str, server_round: int) -> None:
-        needed = max(1, math.ceil(self.config.min_reply_fraction * sent))
+        needed = max(1, math.ceil(self.config.settings.min_reply_fraction * sent))
         if len(tally.ok) < needed:
             detail = "; ".join(tally.error_reasons[:3])
             raise FederationError(
@@ -581,8 +587,8 @@ class MethodStrategy(Strategy):
         """Discover, (resume,) train/evaluate every round, checkpoint, write the run folder."""
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        start = self._restore() if cfg.resume else 0
-        if not cfg.resume and ckpt.checkpoint_path(self.run_dir).exists():
+        start = self._restore() if cfg.settings.resume else 0
+        if not cfg.settings.resume and ckpt.checkpoint_path(self.run_dir).exists():
             raise ConfigError(
                 "run folder already holds a checkpoint: resume it or choose another folder",
                 path=str(self.run_dir),
@@ -598,7 +604,7 @@ class MethodStrategy(Strategy):
         ckpt.write_json(
             self.run_dir / ckpt.CONFIG_FILE,
             {
-                **asdict(cfg),
+                **cfg.record(),
                 "method_ref": self.method_ref,
                 "method_effective": json.loads(json.dumps(self.method.effective_config())),
             },
@@ -647,7 +653,7 @@ class MethodStrategy(Strategy):
                         sorted(per.items(), key=lambda kv: int(kv[0]))
                     )
                     row[f"bytes_{key}"] += sum(extra.values())
-            if server_round % cfg.eval_every == 0 or server_round == cfg.num_rounds:
+            if server_round % cfg.settings.eval_every == 0 or server_round == cfg.num_rounds:
                 arrays = arrays_to_record(self.method.evaluation_arrays(self.state))
                 eval_msgs = list(
                     self.configure_evaluate(server_round, arrays, ConfigRecord(), grid)

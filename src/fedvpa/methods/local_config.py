@@ -16,7 +16,7 @@ LOCAL_OPTIMISERS = ("adam", "sgd")
 class LocalConfig:
     """Client-side optimisation: paper default is 30 local steps per round."""
 
-    local_steps: int = 30
+    local_steps: int = 30  # optimiser steps per client per round
     # 4e-3 (was 2e-3): measured on the tuning data (plural-4, synthetic-4), see the README.
     lr: float = 4e-3
     # Latent methods: the first steps update only the context-to-preference pathway (see
@@ -34,10 +34,10 @@ class LocalConfig:
     # Server step on the clients' mean update (FedOpt; see methods/server_optimiser.py):
     # "avg" with lr 1 is plain FedAvg.
     server_opt: str = "avg"
-    server_lr: float = 1.0
-    server_beta1: float = 0.9
-    server_beta2: float = 0.99
-    server_eps: float = 1e-3
+    server_lr: float = 1.0  # server step size (1 with avg = FedAvg)
+    server_beta1: float = 0.9  # momentum of avgm / adam / yogi
+    server_beta2: float = 0.99  # second-moment decay of adam / yogi
+    server_eps: float = 1e-3  # adaptivity floor of adam / yogi
     # The run evaluates and reports an exponential moving average of the global weights with
     # this decay (0 = the global weights of the round); see methods/aggregation.py.
     model_average_decay: float = 0.0

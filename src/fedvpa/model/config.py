@@ -25,14 +25,14 @@ class ModelConfig:
     """Hyper-parameters of FedVPA-GP stage 1 (paper defaults: d=32, beta=0.1, lambda=1, ...)."""
 
     input_dim: int = 384
-    hidden_dim: int = 128
+    hidden_dim: int = 128  # width of the pair feature g's hidden layer
     # Layers of the pair feature g: 1 = linear (no hidden layer), 2 = MLP with hidden_dim.
     feature_layers: int = 2
     # Dropout on the frozen backbone embeddings before g (see model/encoder.py).
     input_dropout: float = 0.0
-    feature_dim: int = 64
-    latent_dim: int = 32
-    encoder: str = "attention"
+    feature_dim: int = 64  # size of the pair feature f = g(a) - g(b)
+    latent_dim: int = 32  # size of the latent preference z
+    encoder: str = "attention"  # q(z | C): attention / mean (set encoders) / laplace
     # Antisymmetrise the set encoder: mu(C) = (e(C) - e(reversed C)) / 2. A client holds one
     # user type, so its local steps can fit its preference by moving the encoder's output by a
     # constant (its biases), which FedAvg then cancels between types; an odd encoder has no
@@ -41,31 +41,31 @@ class ModelConfig:
     # "laplace" encoder (model/encoder.py): Newton steps to the mode of the selector's own
     # posterior over z under N(0, laplace_prior_var I); no weights of its own.
     laplace_prior_var: float = 1.0
-    laplace_steps: int = 3
+    laplace_steps: int = 3  # Newton steps of the laplace encoder
     # Multiplies the initial W of the logit-bias selector. The personal term f . W z is a
     # product of two small random maps at init (a saddle the latent escapes slowly); a larger
     # W starts z informative.
     coupling_init_scale: float = 1.0
-    attention_heads: int = 4
+    attention_heads: int = 4  # heads of the attention set encoder
     # The paper's choice-logit form. The VPL reward form ("reward") collapses (no active units)
     # under N(0, I) with beta = 0.1 on the synthetic data: see ``model/objective.py``.
     selector: str = "logit-bias"
-    selector_hidden: int = 64
-    prior: str = "standard"
-    beta: float = 0.1
-    kl_estimator: str = "mc"
-    kl_samples: int = 8
-    tau: float = 1.0
-    tau_final: float | None = None
-    exclude_own_component: bool = False
-    use_ortho: bool = True
+    selector_hidden: int = 64  # hidden width of the reward selector
+    prior: str = "standard"  # p(z): standard N(0, I) / mixture (federated mixture prior)
+    beta: float = 0.1  # weight of the KL term
+    kl_estimator: str = "mc"  # KL to the mixture prior: mc (samples) / upper-bound
+    kl_samples: int = 8  # samples of the mc KL estimator
+    tau: float = 1.0  # Gumbel-Softmax temperature of the mixture weights
+    tau_final: float | None = None  # if set: tau anneals geometrically to it over the run
+    exclude_own_component: bool = False  # a client's own component left out of its prior
+    use_ortho: bool = True  # the orthogonal prototype loss
     # Prototype groups: a number, or "auto" (the server picks it from the clients' posterior
     # means at the first pull round, by silhouette over 2 .. max_groups; see plan_round).
     num_prototypes: int | str = "auto"
-    max_groups: int = 8
-    prototype_radius: float = 5.0
-    ortho_lambda: float = 1.0
-    ortho_gamma: float = 0.1
+    max_groups: int = 8  # largest group count num-prototypes = auto may pick
+    prototype_radius: float = 5.0  # norm s of the orthogonal prototypes
+    ortho_lambda: float = 1.0  # weight of the prototype loss (after warm-up and ramp)
+    ortho_gamma: float = 0.1  # weight of the prototypes' orthogonality term
     # Warm-up rounds under N(0, I) and without the prototype pull, so z first learns the
     # preference signal: a mixture prior built from unstructured posteriors, or k-means labels
     # on them, would pin every client to one point (measured; see methods/variational.py).
@@ -76,7 +76,7 @@ class ModelConfig:
     # Rounds a client's posterior stays in the mixture prior (its latest one). 1 = the paper:
     # last round's participants only. See methods/variational.py (merge_components).
     prior_max_age: int = 10
-    ortho_warmup_rounds: int = 10
+    ortho_warmup_rounds: int = 10  # rounds without the prototype pull
     # Rounds over which lambda rises linearly from 0 after the warm-up (0 = switch on at once).
     ortho_ramp_rounds: int = 20
     # "qr": the paper's random orthonormal prototypes. "centroids": at the end of the warm-up the
@@ -89,13 +89,13 @@ class ModelConfig:
     # What the pull draws to the prototype: a posterior sample "z" (the paper; it also shrinks
     # the posterior variance, since E||z - p||^2 = ||mu - p||^2 + sum sigma^2) or its mean "mu".
     pull_on: str = "mu"
-    kl_anneal_steps: int = 0
-    z_samples: int = 1
-    dropout: float = 0.0
-    logvar_min: float = -8.0
-    logvar_max: float = 4.0
-    posterior_subsamples: int = 8
-    nll_reduction: str = "sum"
+    kl_anneal_steps: int = 0  # local steps over which beta rises from 0 (0 = none)
+    z_samples: int = 1  # posterior samples of z per query
+    dropout: float = 0.0  # dropout inside g and the set encoder
+    logvar_min: float = -8.0  # lower clamp of the posterior log-variance
+    logvar_max: float = 4.0  # upper clamp of the posterior log-variance
+    posterior_subsamples: int = 8  # context subsets averaged into the posterior sent to the server
+    nll_reduction: str = "sum"  # sum / mean over a step's queries
 
     def __post_init__(self) -> None:
         self.validate()
