@@ -151,7 +151,7 @@ def test_latent_first_steps_leave_the_base_untouched(clients):
     from fedvpa.model.vpl import VariationalPreferenceModel
     from fedvpa.training.local import is_latent_parameter, train_local
 
-    cfg = ModelConfig(**SMALL, use_ortho=False)
+    cfg = ModelConfig(**{"feature_layers": 2, **SMALL}, use_ortho=False)
     model = VariationalPreferenceModel(cfg, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train_local(model, StandardNormalPrior(), clients[0], None, cfg, steps=4, latent_first_steps=4)

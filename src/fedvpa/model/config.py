@@ -27,11 +27,15 @@ class ModelConfig:
     input_dim: int = 384
     hidden_dim: int = 128  # width of the pair feature g's hidden layer
     # Layers of the pair feature g: 1 = linear (no hidden layer), 2 = MLP with hidden_dim.
-    feature_layers: int = 2
+    # 1 since issue 10 (the paper's g is an MLP): an MLP g memorises each client's dozen pairs;
+    # chosen on plural-4 and synthetic-4 (README, "Personalisation beyond two user types").
+    feature_layers: int = 1
     # Dropout on the frozen backbone embeddings before g (see model/encoder.py).
     input_dropout: float = 0.0
     feature_dim: int = 64  # size of the pair feature f = g(a) - g(b)
-    latent_dim: int = 32  # size of the latent preference z
+    # Size of the latent preference z. 8 since issue 10 (the paper's d is 32), with the linear g;
+    # it also bounds num-prototypes = "auto" (at most latent-dim groups).
+    latent_dim: int = 8
     encoder: str = "attention"  # q(z | C): attention / mean (set encoders) / laplace
     # Antisymmetrise the set encoder: mu(C) = (e(C) - e(reversed C)) / 2. A client holds one
     # user type, so its local steps can fit its preference by moving the encoder's output by a
