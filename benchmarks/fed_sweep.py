@@ -1,7 +1,8 @@
 """Federated-optimisation candidates, measured in process (same maths as the Flower runtime).
 
-Runs a method's rounds without Flower (sample -> locate -> plan -> train -> aggregate), evaluates
-every ``--eval-every`` rounds and prints, per (data, setting, seed): final seen / unseen macro
+Runs a method's rounds through the round protocol in process (``fedvpa.protocol.in_process``:
+the Flower runtime's sampling, seeds and decisions, without its messaging), evaluates every
+``--eval-every`` rounds and prints, per (data, setting, seed): final seen / unseen macro
 accuracy, conflict accuracy, and the mean and standard deviation of seen accuracy over the last
 10 evaluations. It exists to compare settings quickly on the 2-core machine; reported numbers
 come from real ``fedvpa compare`` runs on Flower.
@@ -14,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fedvpa.config import load_toml
-from fedvpa.evaluation.accuracy import evaluate
 from fedvpa.experiment import ExperimentConfig, prepare_clients
 from fedvpa.federation.registry import create_method
-from fedvpa.model.diagnostics import latent_silhouette
+from fedvpa.protocol.in_process import run_in_process
 
 
 def parse_value(text: str) -> Any:
@@ -64,62 +63,49 @@ def ideal_accuracy(clients, user_types, seed: int, key: str) -> dict[str, float]
 
 
 def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) -> dict[str, Any]:
+    """One run through the round protocol in process (the Flower runtime's decisions and seeds,
+    without its messaging), evaluated every ``eval_every`` rounds."""
+    flat = {**flat, "seed": seed, "eval-every": eval_every}
     exp = ExperimentConfig.from_flat(flat, source="sweep")
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=False)
     clients = prepared.clients
     method = create_method(method_name, exp.method_kwargs(clients[0].context.dim))
-    rounds = exp.federation.num_server_rounds
-    per_round = exp.federation.clients_per_round
-    state = method.init_server_state(seed)
-    private: dict[int, Any] = {}
-    by_id = {c.client_id: c for c in clients}
-    seen = sorted(c.client_id for c in clients if not c.unseen)
-    history = []
+    settings = replace(exp.federation, method=method_name)
     t0 = time.perf_counter()
-    for r in range(1, rounds + 1):
-        chosen = sorted(random.Random(seed * 100_003 + r).sample(seen, min(per_round, len(seen))))
-        located = None
-        if method.needs_locate(r):
-            located = {cid: method.locate(state.arrays, by_id[cid]) for cid in chosen}
-        state = method.plan_round(state, chosen, r, located)
-        updates = []
-        for cid in chosen:
-            payload = method.client_payload(state, cid, r)
-            update, private[cid] = method.train_on_client(
-                state.arrays,
-                payload,
-                by_id[cid],
-                private.get(cid, {}),
-                r,
-                seed * 1000 + r * 100 + cid,
-            )
-            updates.append((cid, update))
-        state = method.aggregate_round(state, updates, r)
-        if r % eval_every == 0 or r == rounds:
-            report = evaluate(method.predictor(method.evaluation_arrays(state)), clients)
-            conflict = report.get("conflict", {}).get("seen", {})
-            sil = None
-            lat = [method.latent_stats(method.evaluation_arrays(state), by_id[c]) for c in seen]
-            if lat and lat[0]:
-                mu = torch.as_tensor(np.stack([x["mu"] for x in lat]))
-                sil = latent_silhouette(mu, [by_id[c].type_index for c in seen])
-            history.append(
-                {
-                    "round": r,
-                    "seen": 100 * report["seen"]["macro"],
-                    "unseen": 100 * report["unseen"]["macro"] if report.get("unseen") else None,
-                    "conflict": 100 * conflict["macro"] if conflict else None,
-                    "groups": method.round_info(state).get("num_groups"),
-                    "selected": method.round_info(state).get("selected_after_round"),
-                    "silhouette": sil,
-                }
-            )
+    protocol, _, rows = run_in_process(method, clients, settings)
+    history = []
+    for row in rows:
+        ev = row.get("eval")
+        if ev is None:
+            continue
+
+        def pct(key: str, ev: dict[str, Any] = ev) -> float | None:
+            value = ev.get(key)
+            return None if value is None else 100 * value
+
+        history.append(
+            {
+                "round": row["round"],
+                "seen": pct("eval/seen/macro"),
+                "unseen": pct("eval/unseen/macro"),
+                "conflict": pct("eval/conflict/seen/macro"),
+                "groups": row.get("num_groups"),
+                "selected": row.get("selected_after_round"),
+                "silhouette": ev.get("eval/silhouette"),
+            }
+        )
     user_types = sorted(
         {c.user_type for c in clients},
         key=lambda t: next(c.type_index for c in clients if c.user_type == t),
     )
     ideal = ideal_accuracy(clients, user_types, seed, prepared.path.name)
-    final_lat = [method.latent_stats(method.evaluation_arrays(state), by_id[c]) for c in seen]
+    latents = protocol.last_latents or {}
+    seen_mu = [
+        mu
+        for mu, unseen in zip(latents.get("mu", []), latents.get("unseen", []), strict=True)
+        if not unseen
+    ]
+    by_id = {c.client_id: c for c in clients}
     last = history[-10:]
     seen_last = [h["seen"] for h in last]
     return {
@@ -128,8 +114,14 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
         "last10_std": statistics.pstdev(seen_last) if len(seen_last) > 1 else 0.0,
         "history": history,
         "ideal": ideal,
-        "final_mu": [x["mu"].tolist() for x in final_lat] if final_lat and final_lat[0] else [],
-        "final_types": [by_id[c].type_index for c in seen],
+        "final_mu": seen_mu,
+        "final_types": [
+            by_id[c].type_index
+            for c, unseen in zip(
+                latents.get("client_id", []), latents.get("unseen", []), strict=True
+            )
+            if not unseen
+        ],
         "seconds": time.perf_counter() - t0,
     }
 
@@ -202,7 +194,10 @@ def main() -> None:
             f = out["final"]
             curve = " ".join(f"{h['seen']:.0f}" for h in out["history"])
             if out["history"][-1]["silhouette"] is not None:
-                curve += " | sil " + " ".join(f"{h['silhouette']:.2f}" for h in out["history"])
+                curve += " | sil " + " ".join(
+                    "-" if h["silhouette"] is None else f"{h['silhouette']:.2f}"
+                    for h in out["history"]
+                )
             print(
                 f"{Path(args.config).stem:12s} {args.method:10s} {name:14s} s{seed} "
                 f"seen {f['seen']:.1f} unseen {f['unseen'] or float('nan'):.1f} "

@@ -22,7 +22,9 @@ from helpers import TYPE_NAMES, make_toy_clients
 from fedvpa import compare
 from fedvpa.embeddings.tensors import ClientTensors, PairTensors
 from fedvpa.errors import ConfigError
+from fedvpa.evaluation import k_curve as k_curve_module
 from fedvpa.experiment import ExperimentConfig
+from fedvpa.reports import run_files
 from fedvpa.reports.aggregate import MACRO_TOLERANCE, macro_of, validate_results
 
 DIM = 16
@@ -61,22 +63,22 @@ class SpyPredictor:
 def test_truncation_keeps_exactly_the_first_k_context_pairs_and_no_test_pair() -> None:
     client = toy_clients()[-1]
     for k in (1, 3, 8):
-        cut = compare.truncate_context(client, k)
+        cut = k_curve_module.truncate_context(client, k)
         assert len(cut.context) == k and len(cut.train) == 0 and len(cut.labelled) == k
         assert torch.equal(cut.context.emb_a, client.context.emb_a[:k])
         assert torch.equal(cut.test.emb_a, client.test.emb_a)
         for row in cut.labelled.emb_a:  # nothing a posterior may read is a test pair
             assert not (row == client.test.emb_a).all(dim=1).any()
     seen = toy_clients()[0]
-    assert len(seen.train) > 0 and len(compare.truncate_context(seen, 2).labelled) == 2
+    assert len(seen.train) > 0 and len(k_curve_module.truncate_context(seen, 2).labelled) == 2
     with pytest.raises(ValueError):
-        compare.truncate_context(client, 9)
+        k_curve_module.truncate_context(client, 9)
 
 
 def test_k_curve_scores_unseen_test_pairs_with_k_context_pairs() -> None:
     clients = toy_clients()
     spy = SpyPredictor()
-    curve = compare.k_curve(spy, clients, (1, 2, 4, 8, 16))
+    curve = k_curve_module.k_curve(spy, clients, (1, 2, 4, 8, 16))
     assert curve is not None and curve["k"] == [1, 2, 4, 8]  # 16 > the 8 pairs available
     unseen = {c.client_id: c for c in clients if c.unseen}
     per_k = len(unseen) * 2  # every test set scored in both A/B orders
@@ -95,7 +97,7 @@ def test_k_curve_scores_unseen_test_pairs_with_k_context_pairs() -> None:
 
 
 def test_k_curve_is_null_without_unseen_clients() -> None:
-    assert compare.k_curve(SpyPredictor(), toy_clients(num_unseen=0), (1, 2)) is None
+    assert k_curve_module.k_curve(SpyPredictor(), toy_clients(num_unseen=0), (1, 2)) is None
 
 
 # ------------------------------------------------------------------ metric conversion
@@ -114,7 +116,7 @@ def test_final_from_eval_recomputes_macro_and_drops_nan() -> None:
         "eval/kl": float("inf"),
         "eval/active_units": 3.0,
     }
-    final = compare.final_from_eval(flat, list(TYPE_NAMES), 1234)
+    final = run_files.final_from_eval(flat, list(TYPE_NAMES), 1234)
     assert final["seen"]["macro"] == pytest.approx(0.7)
     assert final["seen"]["n"] == 40 and final["seen"]["conflict"] == pytest.approx(0.6)
     assert final["unseen"]["per_type"] == {"helpful": None, "harmless": 0.5}
@@ -130,11 +132,11 @@ def test_history_and_bytes_from_metrics_rows() -> None:
         {"round": 2, "bytes_up": 500, "replies": 2, "eval": {"eval/seen/helpful": 0.7}},
         {"round": 3, "bytes_up": 0, "replies": 0, "eval": {"eval/kl": 0.2}},
     ]
-    history = compare.history_from_rows(rows, list(TYPE_NAMES))
+    history = run_files.history_from_rows(rows, list(TYPE_NAMES))
     assert [h["round"] for h in history] == [2, 3]
     assert history[0]["seen_macro"] == 0.7 and history[1]["kl"] == 0.2
-    assert compare.bytes_up_per_client_round(rows) == pytest.approx(1300 / 7)
-    assert compare.bytes_up_per_client_round([]) is None
+    assert run_files.bytes_up_per_client_round(rows) == pytest.approx(1300 / 7)
+    assert run_files.bytes_up_per_client_round([]) is None
     assert all("num_groups" not in h for h in history)  # a method without groups: no key
 
 
@@ -147,11 +149,11 @@ def test_history_carries_the_number_of_groups_when_a_round_records_it() -> None:
         {"round": 5, "num_groups": 2.5, "eval": {"eval/seen/helpful": 0.7}},  # not a count
         {"round": 6, "num_groups": None, "eval": {"eval/seen/helpful": 0.7}},
     ]
-    history = compare.history_from_rows(rows, list(TYPE_NAMES))
+    history = run_files.history_from_rows(rows, list(TYPE_NAMES))
     assert [h.get("num_groups") for h in history] == [5, 4, None, None, None]
     assert isinstance(history[1]["num_groups"], int)
     assert ["num_groups" in h for h in history] == [True, True, False, False, False]
-    assert compare.as_count(True) is None and compare.as_count(-1) is None
+    assert run_files.as_count(True) is None and run_files.as_count(-1) is None
 
 
 def test_every_kept_run_gets_its_end_of_training_summary(

@@ -19,11 +19,13 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedvpa.config import FederationSettings
 from fedvpa.errors import ConfigError
-from fedvpa.federation import checkpoint as ckpt
 from fedvpa.federation.messages import arrays_to_record, record_to_arrays
 from fedvpa.federation.registry import create_method, method_reference, register_method
+from fedvpa.federation.run_config import FederationConfig
 from fedvpa.federation.runtime import run_federated
-from fedvpa.federation.strategy import FederationConfig, FederationError, sample_clients
+from fedvpa.protocol import client as client_state
+from fedvpa.protocol import run_folder, seeds
+from fedvpa.protocol.round import FederationError, sample_clients
 
 TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))
@@ -142,14 +144,34 @@ def test_failed_client_is_counted_and_skipped(env: Path, full: dict[str, Any]) -
     assert all(r["failures"] == 0 for i, r in enumerate(rows(env / "full")) if i != 1)
 
 
+@pytest.mark.slow
 def test_each_client_gets_its_own_payload_and_seed(full: dict[str, Any]) -> None:
     # ToyMethod.client_train raises unless payload == [its id, round]: every reply proves it.
     trained = full["info"]["trained"]
     for rnd, clients in trained.items():
-        seeds = {c: v["seed"] for c, v in clients.items()}
-        for cid, seed in seeds.items():
-            assert seed == ckpt.derive_seed(SEED, int(rnd), int(cid), ckpt.STREAM_TRAIN)
-        assert len(set(seeds.values())) == len(seeds)
+        drawn = {c: v["seed"] for c, v in clients.items()}
+        for cid, seed in drawn.items():
+            assert seed == seeds.derive_seed(SEED, int(rnd), int(cid), seeds.STREAM_TRAIN)
+        assert len(set(drawn.values())) == len(drawn)
+
+
+@pytest.mark.slow
+def test_the_in_process_runtime_gives_the_flower_run(env: Path, full: dict[str, Any]) -> None:
+    """One round protocol: the tests' in-process loop and the Flower runtime make the same
+    decisions and reach the same numbers (bytes aside: in process they are the arrays' sizes)."""
+    from fedvpa.protocol.in_process import run_in_process
+
+    config = toy_config(env / "clients.pt", env / "unused", 4)
+    method = create_method("toy", KWARGS)
+    protocol, _, history = run_in_process(
+        method, make_clients(NUM_SEEN, NUM_UNSEEN, dim=DIM), config.settings
+    )
+    flower = rows(env / "full")
+    for mine, theirs in zip(history, flower, strict=True):
+        for key in ("round", "sampled", "trained", "replies", "failures", "train", "eval"):
+            assert mine.get(key) == theirs.get(key), key
+    final = protocol.final_metrics(history, 0.0, 0)
+    assert final["eval"] == full["eval"] and final["info"] == full["info"]
 
 
 @pytest.mark.slow
@@ -206,8 +228,15 @@ def test_locate_exchange_reaches_the_plan_and_is_accounted(env: Path, full: dict
     assert all(r["weights_reused"] == 0 for r in history if r["round"] < LOCATE_FROM)
 
 
-def test_train_uses_the_weights_kept_from_locate_once_and_only_if_they_match() -> None:
+def test_train_uses_the_weights_kept_from_locate_once_and_only_if_they_match(monkeypatch) -> None:
     from flwr.app import Context, MessageType
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # Flower stamps a new Message with the run of the process; outside a run, name one (this
+    # test passed only when a simulation had run earlier in the same process).
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
     from fedvpa.federation.client_app import LOCATED_ARRAYS_KEY, round_weights
     from fedvpa.federation.messages import CONFIG_KEY, GLOBAL_DIGEST, GLOBAL_KEY, arrays_digest
@@ -262,7 +291,7 @@ def test_resume_equals_uninterrupted_run(
     varying = {"state_sources", "bytes_down", "bytes_down_per_client", "eval_bytes_down"}
     strip = [{k: v for k, v in r.items() if k not in varying} for r in (*a, *b)]
     assert strip[:4] == strip[4:]
-    ca, cb = ckpt.load_checkpoint(env / "full"), ckpt.load_checkpoint(env / "resumed")
+    ca, cb = run_folder.load_checkpoint(env / "full"), run_folder.load_checkpoint(env / "resumed")
     assert ca is not None and cb is not None
     np.testing.assert_array_equal(ca.state.arrays["w"], cb.state.arrays["w"])
     # Clients that trained before and after the restart got their state back from the files.
@@ -307,15 +336,15 @@ def test_sampling_is_a_function_of_seed_and_round() -> None:
 
 def test_client_state_files_keep_the_state_before_the_current_round(tmp_path: Path) -> None:
     for rnd in (1, 3, 5):
-        ckpt.save_client_state(tmp_path, 7, rnd, {"count": np.array([rnd])})
+        client_state.save_client_state(tmp_path, 7, rnd, {"count": np.array([rnd])})
     assert sorted(p.name for p in (tmp_path / "client_7").iterdir()) == [
         "round_3.npz",
         "round_5.npz",
     ]
-    found = ckpt.load_client_state(tmp_path, 7, max_round=4)
+    found = client_state.load_client_state(tmp_path, 7, max_round=4)
     assert found is not None and found[0] == 3 and found[1]["count"][0] == 3
-    assert ckpt.load_client_state(tmp_path, 7, max_round=2) is None
-    assert ckpt.load_client_state(tmp_path, 8, max_round=9) is None
+    assert client_state.load_client_state(tmp_path, 7, max_round=2) is None
+    assert client_state.load_client_state(tmp_path, 8, max_round=9) is None
 
 
 def test_arrays_round_trip_through_records() -> None:
@@ -367,5 +396,6 @@ def test_a_broken_methods_package_is_not_an_unknown_method(monkeypatch) -> None:
     from fedvpa.federation import registry
 
     monkeypatch.setattr(registry, "_BUILTINS_MODULE", "fedvpa.no_such_methods_package")
+    monkeypatch.setattr(registry, "_REGISTRY", {})
     with pytest.raises(ConfigError, match="cannot be imported"):
         registry.method_reference("fedvpl")

@@ -163,7 +163,7 @@ def test_hh_fixture() -> None:
         ),
         (
             {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: y"},
-            None,
+            "chosen/rejected",
             "share no",
         ),
     ],

@@ -10,9 +10,9 @@ Resuming is per run: a ``run.json`` whose fingerprint (configuration, seed, meth
 the client tensors themselves) matches is reused as is; a federated run folder with a complete
 ``final.json`` is re-read without training; one with only a checkpoint is resumed by Flower.
 
-Everything written into the results dict is a plain JSON value; ``macro`` is recomputed here as
-the unweighted mean of the per-type values reported next to it, so the table cannot disagree with
-its own columns (``reports.aggregate`` checks this).
+Everything written into the results dict is a plain JSON value. The k-curve lives in
+``evaluation/k_curve.py`` and the reading of run files in ``reports/run_files.py``; this module
+runs things.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -31,15 +30,22 @@ import torch
 
 from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import ConfigError
+from fedvpa.evaluation.k_curve import k_curve
 from fedvpa.experiment import ExperimentConfig
-from fedvpa.federation import checkpoint as ckpt
 from fedvpa.methods.base import Predictor
 from fedvpa.model.config import ModelConfig
-from fedvpa.reports.aggregate import (
-    METHOD_ORDER,
-    ResultsFormatError,
-    seen_stability,
-    validate_results,
+from fedvpa.protocol import run_folder
+from fedvpa.protocol.run_folder import finite_or_none
+from fedvpa.reports.aggregate import METHOD_ORDER, ResultsFormatError, validate_results
+from fedvpa.reports.run_files import (
+    bytes_up_per_client_round,
+    final_from_eval,
+    final_if_complete,
+    history_from_rows,
+    latent_entry,
+    read_json_or_none,
+    read_rows,
+    with_stability,
 )
 
 REFERENCES: tuple[str, ...] = ("oracle", "centralised-vpl")
@@ -47,45 +53,8 @@ DEFAULT_METHODS: tuple[str, ...] = METHOD_ORDER
 DEFAULT_K_VALUES: tuple[int, ...] = (1, 2, 4, 8)
 RESULTS_FILE = "results.json"
 RUN_FILE = "run.json"
-SPLITS = ("seen", "unseen")
 
 Say = Callable[[str], None]
-
-
-# ------------------------------------------------------------------ plain values
-
-
-def as_float(value: Any) -> float | None:
-    """A finite Python float, or None for None / NaN / inf / anything not a number.
-
-    Results must be strict JSON (no NaN) and the report treats null as "not measured", which is
-    what a NaN from an empty group means.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def as_count(value: Any) -> int | None:
-    """A non-negative integral number as an int (``4.0`` -> 4), else None.
-
-    A count that arrives as a float (a metric passed through a float conversion) is still a
-    count; anything fractional, negative or not a number is not one and is dropped.
-    """
-    number = as_float(value)
-    if number is None or number < 0 or not number.is_integer():
-        return None
-    return int(number)
-
-
-def mean_or_none(values: Sequence[float | None]) -> float | None:
-    """Unweighted mean of the non-null values (None if there are none)."""
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def user_types_of(clients: Sequence[ClientTensors]) -> list[str]:
@@ -94,155 +63,6 @@ def user_types_of(clients: Sequence[ClientTensors]) -> list[str]:
     for c in clients:
         names.setdefault(c.type_index, c.user_type)
     return [names[i] for i in sorted(names)]
-
-
-# ------------------------------------------------------------------ metrics -> results entries
-
-
-def split_final(flat: Mapping[str, Any], split: str, user_types: Sequence[str]) -> dict[str, Any]:
-    """``{"per_type", "macro", "conflict", "n"}`` of one split from a flat ``eval/...`` report."""
-    per_type = {t: as_float(flat.get(f"eval/{split}/{t}")) for t in user_types}
-    conflict_types = [as_float(flat.get(f"eval/conflict/{split}/{t}")) for t in user_types]
-    n = as_float(flat.get(f"eval/{split}/n"))
-    return {
-        "per_type": per_type,
-        "macro": mean_or_none(list(per_type.values())),
-        "conflict": mean_or_none(conflict_types),
-        "n": int(round(n)) if n is not None else 0,
-    }
-
-
-def final_from_eval(
-    flat: Mapping[str, Any],
-    user_types: Sequence[str],
-    bytes_up_per_client_round: float | None = None,
-) -> dict[str, Any]:
-    """The ``final`` entry of a run from its last flat evaluation report."""
-    out: dict[str, Any] = {split: split_final(flat, split, user_types) for split in SPLITS}
-    kl = as_float(flat.get("eval/kl"))
-    active = as_float(flat.get("eval/active_units"))
-    silhouette = as_float(flat.get("eval/silhouette"))
-    out["kl"] = max(kl, 0.0) if kl is not None else None  # -1e-9 from float error is 0
-    out["active_units"] = active
-    out["silhouette"] = min(max(silhouette, -1.0), 1.0) if silhouette is not None else None
-    out["bytes_up_per_client_round"] = as_float(bytes_up_per_client_round)
-    return out
-
-
-def history_from_rows(
-    rows: Sequence[Mapping[str, Any]], user_types: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Per evaluated round: macro and per-type accuracy, KL and active units, and the number of
-    prototype groups the server used (``num_groups``) where the round's row records one.
-
-    Rows are keyed by round (the last row of a round wins) so a resumed run that replayed a round
-    cannot produce a history with a repeated round.
-    """
-    by_round: dict[int, dict[str, Any]] = {}
-    for row in rows:
-        flat = row.get("eval")
-        if not isinstance(flat, Mapping) or not isinstance(row.get("round"), int):
-            continue
-        entry: dict[str, Any] = {"round": int(row["round"])}
-        for split in SPLITS:
-            final = split_final(flat, split, user_types)
-            entry[f"{split}_macro"] = final["macro"]
-            entry[f"{split}_per_type"] = final["per_type"]
-        kl = as_float(flat.get("eval/kl"))
-        entry["kl"] = max(kl, 0.0) if kl is not None else None
-        entry["active_units"] = as_float(flat.get("eval/active_units"))
-        groups = as_count(row.get("num_groups"))
-        if groups is not None:  # absent for methods without groups: no null key in their history
-            entry["num_groups"] = groups
-        by_round[entry["round"]] = entry
-    return [by_round[r] for r in sorted(by_round)]
-
-
-def with_stability(run: Mapping[str, Any]) -> dict[str, Any]:
-    """The run with ``final`` completed by its history's end-of-training summary.
-
-    Applied to every run the comparison keeps, fresh or reused from a ``run.json`` written before
-    the summary existed, so one report never mixes measured and missing stability by accident.
-    """
-    return {**run, "final": {**run["final"], **seen_stability(run["history"])}}
-
-
-def bytes_up_per_client_round(rows: Sequence[Mapping[str, Any]]) -> float | None:
-    """Mean bytes one client uploads in a training round: all uploaded bytes / all replies."""
-    total = sum(float(r.get("bytes_up", 0) or 0) for r in rows)
-    replies = sum(int(r.get("replies", 0) or 0) for r in rows)
-    return total / replies if replies else None
-
-
-def latent_entry(latent: Any, user_types: Sequence[str]) -> dict[str, Any] | None:
-    """``final.json["latent"]`` in the results' form, or None when absent or not finite."""
-    if not isinstance(latent, Mapping) or not latent.get("mu"):
-        return None
-    mu = [[as_float(x) for x in row] for row in latent["mu"]]
-    if any(x is None for row in mu for x in row):
-        return None
-    types = [str(t) for t in latent.get("user_type", [])]
-    unseen = [bool(u) for u in latent.get("unseen", [])]
-    if len(types) != len(mu) or len(unseen) != len(mu) or set(types) - set(user_types):
-        return None
-    protos = latent.get("prototypes")
-    prototypes = None
-    if protos:
-        prototypes = [[as_float(x) for x in row] for row in protos]
-        if any(x is None for row in prototypes for x in row):
-            prototypes = None
-    out: dict[str, Any] = {"mu": mu, "user_type": types, "unseen": unseen}
-    out["prototypes"] = prototypes
-    if "client_id" in latent:
-        out["client_id"] = [int(c) for c in latent["client_id"]]
-    return out
-
-
-# ------------------------------------------------------------------ context-size curve
-
-
-def truncate_context(client: ClientTensors, k: int) -> ClientTensors:
-    """The client with only its first ``k`` context pairs left to infer ``z`` from.
-
-    The train split is emptied too, so whatever a predictor reads as context (``context`` for
-    unseen clients, ``context + train`` for seen ones) is exactly those ``k`` pairs; the test
-    pairs are kept untouched as the pairs being scored.
-    """
-    if not 1 <= k <= len(client.context):
-        raise ValueError(f"client {client.client_id}: k={k} outside 1..{len(client.context)}")
-    index = torch.arange(k)
-    return replace(
-        client, context=client.context.subset(index), train=client.train.subset(index[:0])
-    )
-
-
-def usable_k(clients: Sequence[ClientTensors], k_values: Sequence[int]) -> list[int]:
-    """The k values every unseen client has enough context pairs for (so each point uses k)."""
-    unseen = [c for c in clients if c.unseen and len(c.test) > 0]
-    if not unseen:
-        return []
-    most = min(len(c.context) for c in unseen)
-    return sorted({int(k) for k in k_values if 1 <= int(k) <= most})
-
-
-def k_curve(
-    predictor: Predictor, clients: Sequence[ClientTensors], k_values: Sequence[int]
-) -> dict[str, Any] | None:
-    """Unseen-client macro accuracy when only the first k context pairs are revealed."""
-    from fedvpa.evaluation.accuracy import evaluate
-
-    ks = usable_k(clients, k_values)
-    unseen = [c for c in clients if c.unseen and len(c.test) > 0]
-    curve: list[float] = []
-    for k in ks:
-        report = evaluate(predictor, [truncate_context(c, k) for c in unseen])
-        groups = report.get("unseen", {})
-        per_type = [as_float(v) for key, v in groups.items() if key not in ("macro", "n")]
-        value = mean_or_none(per_type)
-        if value is None:
-            return None
-        curve.append(value)
-    return {"k": ks, "unseen_macro": curve} if ks else None
 
 
 # ------------------------------------------------------------------ one (method, seed)
@@ -302,7 +122,7 @@ def _latent_of_predictor(
 ) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
     """Evaluation posteriors of every client and the collapse diagnostics, as the federation
     computes them (``latent_report``), so KL and active units mean the same for every method."""
-    from fedvpa.federation.strategy import latent_report
+    from fedvpa.evaluation.latents import latent_report
     from fedvpa.training.local import infer_posterior
 
     stats = []
@@ -367,8 +187,7 @@ def _run_reference(
     user_types: Sequence[str],
     k_values: Sequence[int],
 ) -> dict[str, Any]:
-    from fedvpa.evaluation.accuracy import evaluate
-    from fedvpa.federation.strategy import flatten_report
+    from fedvpa.evaluation.accuracy import evaluate, flatten_report
     from fedvpa.training.centralised import train_centralised_vpl, train_oracle
 
     start = time.perf_counter()
@@ -402,32 +221,9 @@ def _run_reference(
     }
 
 
-def _read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / ckpt.METRICS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_json_or_none(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing or unreadable (it is then redone)."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def final_if_complete(run_dir: Path, num_rounds: int) -> dict[str, Any] | None:
-    """A run folder's ``final.json`` if the run reached ``num_rounds``, else None."""
-    final = read_json_or_none(run_dir / ckpt.FINAL_FILE)
-    return final if isinstance(final, dict) and final.get("final_round") == num_rounds else None
-
-
 def _check_same_run(run_dir: Path, expected: Mapping[str, Any]) -> None:
     """A finished run folder is reused only if it ran what this comparison would run."""
-    path = run_dir / ckpt.CONFIG_FILE
+    path = run_dir / run_folder.CONFIG_FILE
     try:
         recorded = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -455,8 +251,8 @@ def run_federated_method(
 ) -> dict[str, Any]:
     """Train (or resume, or re-read) one federated run on Flower and turn its files into a run."""
     from fedvpa.federation.registry import create_method
+    from fedvpa.federation.run_config import FederationConfig
     from fedvpa.federation.runtime import run_federated
-    from fedvpa.federation.strategy import FederationConfig
 
     fed = exp.federation
     config = FederationConfig.from_experiment(
@@ -466,7 +262,7 @@ def run_federated_method(
         data_path=data_path,
         run_dir=run_dir,
         num_clients=len(clients),
-        resume=ckpt.checkpoint_path(run_dir).exists(),
+        resume=run_folder.checkpoint_path(run_dir).exists(),
     )
     kwargs = config.method_kwargs
     final = final_if_complete(run_dir, fed.num_server_rounds)
@@ -497,9 +293,9 @@ def run_federated_method(
         if final is None:
             raise RuntimeError(f"{run_dir}: no final.json for {fed.num_server_rounds} rounds")
     if seconds is None:  # re-read: the time of the process that finished it
-        seconds = as_float(final.get("seconds_this_process")) or 0.0
-    rows = _read_rows(run_dir)
-    found = ckpt.load_checkpoint(run_dir)
+        seconds = finite_or_none(final.get("seconds_this_process")) or 0.0
+    rows = read_rows(run_dir)
+    found = run_folder.load_checkpoint(run_dir)
     if found is None:
         raise RuntimeError(f"{run_dir}: final.json without a checkpoint of the final weights")
     method = create_method(name, kwargs)
@@ -607,7 +403,7 @@ def save_results(results: Mapping[str, Any], out: Path) -> Path | None:
     if results["runs"]:
         return write_report(results, out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json(out / RESULTS_FILE, results)
+    run_folder.write_json(out / RESULTS_FILE, results)
     return None
 
 
@@ -689,7 +485,7 @@ def compare_seed(
             continue
         results["runs"].append(run)
         if not reused:
-            ckpt.write_json(cache, {"fingerprint": fingerprint, "run": run})
+            run_folder.write_json(cache, {"fingerprint": fingerprint, "run": run})
         save_results(results, out)
         if say:
             say(f"[compare] seed {seed} | {name} | {'reused ' if reused else ''}{_describe(run)}")
@@ -825,19 +621,12 @@ __all__ = [
     "DEFAULT_K_VALUES",
     "DEFAULT_METHODS",
     "REFERENCES",
-    "bytes_up_per_client_round",
     "carry_over",
     "check_methods",
     "compare_seed",
     "record_headroom",
     "default_out",
-    "final_from_eval",
     "new_results",
-    "history_from_rows",
-    "k_curve",
     "render_summary",
     "run_compare",
-    "truncate_context",
-    "usable_k",
-    "with_stability",
 ]

@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedvpa.compare import final_if_complete
 from fedvpa.errors import ConfigError
 from fedvpa.experiment import ExperimentConfig, PreparedData, prepare_clients
-from fedvpa.federation import checkpoint as ckpt
+from fedvpa.protocol import run_folder
+from fedvpa.reports.run_files import final_if_complete
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -127,8 +127,8 @@ def run_experiment(
     ``exp`` was built), the methods, and the partition (data preparation writes only to the
     embedding cache).
     """
+    from fedvpa.federation.run_config import FederationConfig
     from fedvpa.federation.runtime import run_federated
-    from fedvpa.federation.strategy import FederationConfig
 
     out = Path(out)
     if not resume and (out / CONFIG_FILE).exists():
@@ -145,7 +145,7 @@ def run_experiment(
     check_partition(exp, prepared)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
-        ckpt.write_json(
+        run_folder.write_json(
             out / CONFIG_FILE,
             {
                 "config": exp.to_flat(),
@@ -177,15 +177,15 @@ def run_experiment(
                     data_path=prepared.path,
                     run_dir=run_dir,
                     num_clients=len(prepared.clients),
-                    resume=resume and ckpt.checkpoint_path(run_dir).exists(),
+                    resume=resume and run_folder.checkpoint_path(run_dir).exists(),
                 )
             )
             seconds = time.perf_counter() - t
         else:
             seconds = None
-        final = json.loads((run_dir / ckpt.FINAL_FILE).read_text())
+        final = json.loads((run_dir / run_folder.FINAL_FILE).read_text())
         results["methods"][name] = {**method_results(final), "seconds": seconds}
-        ckpt.write_json(out / SUMMARY_FILE, results)  # after each method: nothing is lost
+        run_folder.write_json(out / SUMMARY_FILE, results)  # after each method: nothing is lost
     return results
 
 

@@ -133,3 +133,15 @@ def evaluate(
     """Evaluate a predictor on every client's ``split`` pairs (see ``merge_counts``)."""
     names = {c.type_index: c.user_type for c in clients}
     return merge_counts([evaluate_client(predictor, c, split) for c in clients], names)
+
+
+def flatten_report(report: Mapping[str, Any], prefix: str = "eval") -> dict[str, float | None]:
+    """Nested report -> ``{"eval/seen/macro": 0.61, ...}`` (non-finite values become None)."""
+    out: dict[str, float | None] = {}
+    for key, value in report.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_report(value, name))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value) if math.isfinite(float(value)) else None
+    return out

@@ -8,11 +8,12 @@ answers three messages:
   clients (metadata only: no data, no labels of pairs). A query that carries global arrays is a
   *locate* request: ``method.locate`` answers with a few statistics under those weights (for
   FedVPA-GP the ``d`` floats of its posterior mean, what it sends after training anyway).
-- ``train``: global arrays + this client's payload -> ``method.client_train`` -> shared weights,
-  statistics and metrics. The private state the method returns stays here (``Context.state``,
-  mirrored to a per-client file when a state folder is configured, see ``checkpoint``).
-- ``evaluate``: ``method.predictor(global, private state)`` scored on the client's own test pairs;
-  replies counts only.
+- ``train``: global arrays + this client's payload -> ``protocol.client.train_step`` -> shared
+  weights, statistics and metrics. The private state the method returns stays here
+  (``Context.state``, mirrored to a per-client file when a state folder is configured, see
+  ``protocol/client.py``).
+- ``evaluate``: ``protocol.client.evaluate_step`` (the predictor of the global weights and the
+  private state, scored on the client's own test pairs); replies counts only.
 
 Text, embeddings and labels never leave the node.
 """
@@ -23,17 +24,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedvpa.embeddings.pipeline import load_client_tensors
 from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import ConfigError, DataFormatError
-from fedvpa.evaluation.accuracy import evaluate_client
-from fedvpa.federation import checkpoint as ckpt
 from fedvpa.federation.messages import (
     ARRAYS_KEY,
+    CLIENT_ID,
     CONFIG_KEY,
     GLOBAL_DIGEST,
     GLOBAL_KEY,
@@ -41,14 +40,22 @@ from fedvpa.federation.messages import (
     METRICS_KEY,
     NUM_EXAMPLES,
     PAYLOAD_KEY,
+    STATE_SOURCE,
     STATS_KEY,
+    WEIGHTS_REUSED,
     arrays_to_record,
     decode_kwargs,
     record_to_arrays,
     scalars_to_metrics,
 )
 from fedvpa.federation.registry import create_method
-from fedvpa.methods.base import Arrays, FederatedMethod, Predictor
+from fedvpa.methods.base import Arrays, FederatedMethod
+from fedvpa.protocol.client import (
+    evaluate_step,
+    load_client_state,
+    save_client_state,
+    train_step,
+)
 
 # Context.state keys of this client's private method state and its bookkeeping.
 STATE_ARRAYS_KEY = "fedvpa.client-state"
@@ -128,7 +135,7 @@ def private_state(
             return record_to_arrays(record), SOURCE_CONTEXT
     state_dir = _state_dir(context, msg_config)
     if state_dir is not None:
-        found = ckpt.load_client_state(state_dir, client_id, max_round)
+        found = load_client_state(state_dir, client_id, max_round)
         if found is not None:
             return found[1], SOURCE_FILE
     return {}, SOURCE_FRESH
@@ -141,7 +148,7 @@ def store_private_state(
     context.state[STATE_META_KEY] = ConfigRecord({"round": server_round, "client-id": client_id})
     state_dir = _state_dir(context, msg_config)
     if state_dir is not None:
-        ckpt.save_client_state(state_dir, client_id, server_round, state)
+        save_client_state(state_dir, client_id, server_round, state)
 
 
 @app.query()
@@ -201,18 +208,16 @@ def train(msg: Message, context: Context) -> Message:
     global_arrays, reused = round_weights(msg, context, client.client_id)
     payload = record_to_arrays(msg.content.get(PAYLOAD_KEY))
     state, source = private_state(context, config, client.client_id, server_round - 1)
-    seed = int(config["seed"])
-    ckpt.seed_everything(seed)
-    update, new_state = method.train_on_client(
-        global_arrays, payload, client, state, server_round, seed
+    update, new_state = train_step(
+        method, global_arrays, payload, client, state, server_round, int(config["seed"])
     )
     store_private_state(context, config, client.client_id, server_round, new_state)
     metrics = {
         **update.metrics,
         NUM_EXAMPLES: int(update.num_examples),
-        "client-id": int(client.client_id),
-        "state-source": source,
-        "weights-reused": int(reused),
+        CLIENT_ID: int(client.client_id),
+        STATE_SOURCE: source,
+        WEIGHTS_REUSED: int(reused),
     }
     content = RecordDict(
         {
@@ -224,15 +229,6 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def score_client(predictor: Predictor, client: ClientTensors) -> dict[str, float]:
-    counts = evaluate_client(predictor, client)
-    return {
-        str(k): float(v)
-        for k, v in dict(counts).items()
-        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-    }
-
-
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG_KEY]
@@ -241,18 +237,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
     global_arrays = record_to_arrays(msg.content[GLOBAL_KEY])
     state, source = private_state(context, config, client.client_id, server_round)
-    ckpt.seed_everything(int(config["seed"]))
-    predictor = method.predictor(global_arrays, state or None)
-    counts = score_client(predictor, client)
-    metrics = {
-        **counts,
-        "client-id": int(client.client_id),
-        "state-source": source,
-    }
+    reply = evaluate_step(method, global_arrays, client, state, int(config["seed"]))
+    metrics = {**reply.counts, CLIENT_ID: int(client.client_id), STATE_SOURCE: source}
     content = {METRICS_KEY: scalars_to_metrics(metrics)}
-    # The evaluation posterior (2d floats, the same size as what training sends) lets the server
-    # measure collapse (KL, active units) without seeing any pair.
-    latent = method.latent_stats(global_arrays, client)
-    if latent:
-        content[STATS_KEY] = arrays_to_record(latent)
+    if reply.latent:
+        content[STATS_KEY] = arrays_to_record(reply.latent)
     return Message(RecordDict(content), reply_to=msg)

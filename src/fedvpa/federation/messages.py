@@ -2,7 +2,7 @@
 
 A ``FederatedMethod`` speaks ``dict[str, numpy.ndarray]`` and ``dict[str, float]``; Flower speaks
 ``ArrayRecord`` / ``ConfigRecord`` / ``MetricRecord`` inside a ``RecordDict``. Keeping the
-conversion in one place means the strategy and the ClientApp agree on the message layout by
+conversion in one place means the transport and the ClientApp agree on the message layout by
 construction, and the bytes we report are the bytes Flower actually serialises.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +29,12 @@ METRICS_KEY = "metrics"  # MetricRecord: num-examples, losses, evaluation counts
 META_KEY = "meta"  # ConfigRecord: client id, user type, seen/unseen (metadata query only)
 
 NUM_EXAMPLES = "num-examples"
+# A reply's transport metrics, which the server folds into the run log rather than the method's
+# metrics: who replied, where the client's private state came from (0 fresh, 1 Context.state,
+# 2 file) and whether it trained on the weights kept from this round's locate message.
+CLIENT_ID = "client-id"
+STATE_SOURCE = "state-source"
+WEIGHTS_REUSED = "weights-reused"
 # ConfigRecord key: digest of the global weights a locate message carried. A train message of the
 # same round that sends this instead of GLOBAL_KEY tells the client to use the weights it kept.
 GLOBAL_DIGEST = "global-digest"
@@ -104,8 +109,3 @@ def record_dict_bytes(content: RecordDict) -> int:
         if isinstance(record, (ArrayRecord, ConfigRecord, MetricRecord)):
             total += record.count_bytes()
     return total
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN/inf: write null rather than an invalid file."""
-    return value if math.isfinite(value) else None

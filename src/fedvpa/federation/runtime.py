@@ -7,7 +7,7 @@ imports it (and caches the client data) once. Clients receive every setting they
 reference, data path, state folder) inside the messages, so no run config has to reach them.
 
 Flower ends a run with exit status 0 even when every ClientApp raised, so success here means:
-the ServerApp finished, ``final.json`` exists, and no round lacked replies (the strategy raises
+the ServerApp finished, ``final.json`` exists, and no round lacked replies (the protocol raises
 ``FederationError`` on that).
 """
 
@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from fedvpa.errors import ConfigError
-from fedvpa.federation import checkpoint as ckpt
 from fedvpa.federation.environment import FLOWER_ENV
 from fedvpa.federation.registry import method_reference
+from fedvpa.federation.run_config import FederationConfig
 from fedvpa.federation.server_app import ServerOutcome, make_server_app
-from fedvpa.federation.strategy import FederationConfig, FederationError
+from fedvpa.protocol.round import FederationError
+from fedvpa.protocol.run_folder import FINAL_FILE, RunFolder
 
 DEFAULT_BACKEND: dict[str, Any] = {"num_cpus": 2, "client_num_cpus": 1, "client_num_gpus": 0.0}
 
@@ -55,26 +56,6 @@ def backend_config(backend: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def check_resumable(run_dir: Path, config: FederationConfig) -> None:
-    """Refuse, before any process starts, to resume a run under another configuration."""
-    found = ckpt.load_checkpoint(run_dir)
-    if found is None:
-        return
-    diff = sorted(k for k, v in config.identity().items() if found.config.get(k) != v)
-    if diff:
-        raise ConfigError(
-            f"resume: configuration differs from the checkpointed run in {diff}",
-            path=str(ckpt.checkpoint_path(run_dir)),
-        )
-    if found.server_round >= config.num_rounds:
-        raise ConfigError(
-            f"checkpoint is at round {found.server_round}: nothing to do for "
-            f"{config.num_rounds} rounds",
-            path=str(run_dir),
-            field="num-server-rounds",
-        )
-
-
 def run_federated(
     config: FederationConfig,
     backend: Mapping[str, Any] | None = None,
@@ -94,14 +75,8 @@ def run_federated(
         raise ConfigError("client tensor file not found", path=config.data_path, field="data-path")
     method_reference(config.method)  # fail fast, before Ray starts, on an unknown method
     json.dumps(config.method_kwargs)  # kwargs must survive the trip to the clients
-    resume = config.settings.resume
-    if not resume and ckpt.checkpoint_path(run_dir).exists():
-        raise ConfigError(
-            "run folder already holds a checkpoint: resume it or choose another folder",
-            path=str(run_dir),
-        )
-    if resume:
-        check_resumable(run_dir, config)
+    # The same checks the server makes, before Ray starts: a refused resume costs nothing.
+    RunFolder(run_dir, config.identity(), config.num_rounds).check(config.settings.resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(flower_environment(flwr_home or run_dir / ".flwr"))
 
@@ -127,7 +102,7 @@ def run_federated(
         if isinstance(outcome.error, (FederationError, ConfigError)):
             raise outcome.error
         raise FederationError(f"server failed: {outcome.error!r}") from outcome.error
-    final_path = run_dir / ckpt.FINAL_FILE
+    final_path = run_dir / FINAL_FILE
     if outcome.final is None or not final_path.exists():
         raise FederationError(f"the run ended without results ({final_path} missing)")
     return outcome.final

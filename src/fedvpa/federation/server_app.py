@@ -18,7 +18,8 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedvpa.federation.strategy import FederationConfig, MethodStrategy
+from fedvpa.federation.run_config import FederationConfig
+from fedvpa.federation.transport import run_server
 
 
 @dataclass
@@ -27,10 +28,6 @@ class ServerOutcome:
 
     final: dict[str, Any] | None = None
     error: BaseException | None = None
-
-
-def run_server(grid: Grid, config: FederationConfig) -> dict[str, Any]:
-    return MethodStrategy(config).run(grid)
 
 
 def make_server_app(config: FederationConfig, outcome: ServerOutcome) -> ServerApp:

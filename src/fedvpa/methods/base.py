@@ -174,6 +174,11 @@ class FederatedMethod(ABC):
         writes them without knowing what they mean."""
         return validation.selection_info(state) if self.validation_share > 0 else {}
 
+    def latent_anchors(self, state: ServerState) -> np.ndarray | None:
+        """Points in latent space the method draws clients towards (FedVPA-GP's prototypes in
+        use), for the latent plot; ``None`` for a method without any."""
+        return None
+
     def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """Evaluation-time latent of a client (``{"mu", "logvar"}``) for diagnostics; ``{}`` if
         the method has no latent."""

@@ -191,6 +191,14 @@ class VariationalMethod(FederatedMethod):
             info["num_groups"] = int(state.extra.get("num_groups", np.zeros(1))[0])
         return info
 
+    def latent_anchors(self, state: ServerState) -> np.ndarray | None:
+        """The prototypes, when the orthogonal loss pulls towards them (all rows until the
+        number of groups is chosen)."""
+        if not self.cfg.use_ortho:
+            return None
+        k = int(state.extra.get("num_groups", np.zeros(1))[0]) or None
+        return state.arrays[PROTOTYPES_KEY][:k]
+
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
         extra = state.extra
         label = UNKNOWN
