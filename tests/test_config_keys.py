@@ -86,6 +86,9 @@ def test_the_flower_server_app_reads_the_same_keys(tmp_path: Path) -> None:
         config_from_run_config({**run_config, "latent-dimm": 3})
     with pytest.raises(ConfigError, match="lr"):
         config_from_run_config({**run_config, "lr": "fast"})
+    # 4 clients, 3 of them seen: flwr run refuses what fedvpa run refuses
+    with pytest.raises(ConfigError, match="seen clients"):
+        config_from_run_config({**run_config, "clients-per-round": 4})
 
 
 def test_flower_scalars_read_back() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -243,6 +243,18 @@ class ExperimentConfig:
         groups = key_groups()
         mine = (groups["model"] | groups["local"]) & self.explicit
         return {k.replace("-", "_"): flat[k] for k in sorted(mine)}
+
+
+def check_clients_per_round(exp: ExperimentConfig, clients: Sequence[ClientTensors]) -> None:
+    """The combination only the clients can tell: enough seen clients to sample from (a
+    larger clients-per-round used to be accepted and silently sample all of them)."""
+    seen = sum(not c.unseen for c in clients)
+    if exp.federation.clients_per_round > seen:
+        raise ConfigError(
+            f"{exp.federation.clients_per_round} clients per round but the partition has "
+            f"only {seen} seen clients (fraction-unseen {exp.data.fraction_unseen})",
+            field="clients-per-round",
+        )
 
 
 def default_flat() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvpa.errors import ConfigError
-from fedvpa.experiment import ExperimentConfig, PreparedData, prepare_clients
+from fedvpa.experiment import ExperimentConfig, check_clients_per_round, prepare_clients
 from fedvpa.protocol import run_folder
 from fedvpa.reports.run_files import final_if_complete
 
@@ -107,17 +107,6 @@ def check_methods(exp: ExperimentConfig) -> None:
                 )
 
 
-def check_partition(exp: ExperimentConfig, prepared: PreparedData) -> None:
-    """Combinations only the partition can tell: enough seen clients to sample from."""
-    seen = sum(not c.unseen for c in prepared.clients)
-    if exp.federation.clients_per_round > seen:
-        raise ConfigError(
-            f"{exp.federation.clients_per_round} clients per round but the partition has "
-            f"only {seen} seen clients (fraction-unseen {exp.data.fraction_unseen})",
-            field="clients-per-round",
-        )
-
-
 def run_experiment(
     exp: ExperimentConfig, out: Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -142,7 +131,7 @@ def run_experiment(
     t0 = time.perf_counter()
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
     prep_seconds = time.perf_counter() - t0
-    check_partition(exp, prepared)
+    check_clients_per_round(exp, prepared.clients)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         run_folder.write_json(
