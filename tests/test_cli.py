@@ -250,3 +250,71 @@ def test_run_records_every_key_and_the_installed_version(tmp_path):
     from fedvpa.runner import _versions
 
     assert __version__ != "0" and _versions()["fedvpa"] == __version__
+
+
+def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``fedvpa.cli.main`` in-process: (exit code, stderr)."""
+    from fedvpa.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("item", "key"),
+    [
+        ("lr=inf", "lr"),  # trained on NaN and died with a FederationError traceback
+        ("tau-final=inf", "tau-final"),  # "X | None" keys were not checked at all
+        ("type-ratio=nan", "type-ratio"),  # ValueError traceback sizing the synthetic data
+        ("type-ratio=[nan, 1]", "type-ratio"),
+        ("split=[true, 1, 1]", "split"),  # a bool counted as the number 1
+        ("split=true", "split"),  # TypeError without the key
+        ('type-ratio=["a", "b"]', "type-ratio"),  # TypeError without the key
+        ("num-clients=99999999999999999999999", "num-clients"),  # OverflowError traceback
+        ("lr=" + "9" * 400, "lr"),  # OverflowError in float()
+        ("lr=" + "9" * 5000, "lr"),  # ValueError out of the value parser
+        ("num-clients=1000000000", "num-clients"),  # sized ~1e10 synthetic pairs per type
+        ("synthetic-pairs-per-type=2000000000", "synthetic-pairs-per-type"),
+    ],
+)
+def test_non_finite_and_huge_values_are_refused_by_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], item, key
+) -> None:
+    """Regressions found by tests/test_fuzz.py: each of these was a traceback or a started run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fedvpa.embeddings.backbone.make_backbone", _no_backbone)
+    code, err = _main(["--out", str(tmp_path / "run"), "run", "--set", item], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"'{key}'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def _no_backbone(*args: object, **kwargs: object) -> None:
+    raise AssertionError("an invalid configuration reached the backbone")
+
+
+def test_usage_errors_and_line_breaks_give_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: Click's usage errors were a boxed block of four lines, and a key holding a
+    line break (\\n, or \\x0c, which splitlines also breaks at) split the error in two."""
+    code, err = _main(["run", "--bogus"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "No such option '--bogus'" in err
+    code, err = _main(["run", "--set", "a\nb\x0cc=1"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "a\\nb\\x0cc" in err
+    code, err = _main(["data", "summary", "synthetic-2", "--type-ratio", "nan,1"], capsys)
+    assert code == 2 and "type-ratio" in err and err.count("\n") == 1
+
+
+def test_config_files_that_are_not_flat_tables(tmp_path: Path) -> None:
+    """Regression: `tool = 1` raised AttributeError and a >4300-digit integer ValueError."""
+    from fedvpa.config import load_toml
+
+    for text in ("tool = 1", "[tool]\nflwr = 3", "num-clients = " + "9" * 5000):
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_toml(path)
+        assert info.value.path == str(path)

@@ -123,7 +123,9 @@ def test_results_arrived_in_run_folder(env: Path, full: dict[str, Any]) -> None:
     assert json.loads((run_dir / "final.json").read_text()) == json.loads(json.dumps(full))
     config = json.loads((run_dir / "config.json").read_text())
     assert config["seed"] == SEED and config["method"] == "toy"
-    assert (run_dir / "checkpoint" / "latest.pkl").exists()
+    # The newest two checkpoints are kept, each verified whole when read.
+    assert [r for r, _ in run_folder.checkpoint_files(run_dir)] == [3, 4]
+    assert not (run_dir / "checkpoint" / run_folder.LEGACY_CHECKPOINT_FILE).exists()
     history = rows(run_dir)
     assert [r["round"] for r in history] == [1, 2, 3, 4]
     assert [("eval" in r) for r in history] == [False, True, False, True]
@@ -293,6 +295,8 @@ def test_resume_equals_uninterrupted_run(
     assert strip[:4] == strip[4:]
     ca, cb = run_folder.load_checkpoint(env / "full"), run_folder.load_checkpoint(env / "resumed")
     assert ca is not None and cb is not None
+    assert ca.server_round == cb.server_round == 4
+    assert ca.state.info == cb.state.info and ca.metrics[-1]["round"] == 4
     np.testing.assert_array_equal(ca.state.arrays["w"], cb.state.arrays["w"])
     # Clients that trained before and after the restart got their state back from the files.
     before = {c for r in ("1", "2") for c in full["info"]["trained"][r]}

@@ -304,3 +304,19 @@ def test_hub_records_fail_like_file_rows() -> None:
         load_hf_hh_rlhf(None, "train", loader=failing)
     with pytest.raises(ConfigError, match="unknown record format"):
         pairs_from_records([], "x", "csv")
+
+
+def test_overlong_numbers_and_deep_nesting_are_malformed_rows(tmp_path: Path) -> None:
+    """Regression (fuzzing): a >4300-digit integer raised ValueError and a deeply nested array
+    RecursionError out of the reader, as tracebacks, even with skip_invalid."""
+    long_number = '{"prompt": "Q?", "chosen": ' + "9" * 5000 + ', "rejected": "no"}'
+    deep = '{"prompt": ' + "[" * 100_000
+    for row in (long_number, deep):
+        path = write_lines(tmp_path / "x.jsonl", [GOOD, row])
+        with pytest.raises(DataFormatError, match="malformed JSON") as info:
+            read_generic_jsonl(path)
+        assert info.value.line == 2
+    report = ReadReport()
+    path = write_lines(tmp_path / "both.jsonl", [GOOD, long_number, deep])
+    assert len(read_generic_jsonl(path, skip_invalid=True, report=report)) == 1
+    assert report.reasons["malformed JSON"] == 2

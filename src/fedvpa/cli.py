@@ -7,11 +7,12 @@ file, line and field, and exit code 2, before anything already written is touche
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -271,7 +272,7 @@ def _parse_value(text: str) -> object:
 
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or an integer of more than 4300 digits
         return text
 
 
@@ -424,21 +425,56 @@ def keys(
     typer.echo(render_flower_table() if toml else render_key_table(), nl=False)
 
 
+from fedvpa.alignment.cli import register as _register_stage2  # noqa: E402 - uses _opts
+
+_register_stage2(app, _opts)  # stage 2: rank, generate (src/fedvpa/alignment/cli.py)
+
+
 def _ratio(text: str) -> tuple[float, ...]:
     if not text:
         return ()
     try:
-        return tuple(float(x) for x in text.split(","))
+        ratio = tuple(float(x) for x in text.split(","))
     except ValueError as exc:
         raise FedvpaInputError(
             f"expected numbers like 0.3,0.7, got {text!r}", field="type-ratio"
         ) from exc
+    if not all(math.isfinite(r) for r in ratio):  # nan passes DataConfig's "r <= 0" check
+        raise FedvpaInputError(f"expected finite numbers, got {text!r}", field="type-ratio")
+    return ratio
 
 
-def main() -> None:
-    """Entry point: input errors become one line and exit code 2, never a traceback."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: input errors become one line and exit code 2, never a traceback.
+
+    Click's own usage errors (unknown option, unparsable value) get the same one line instead of
+    Click's boxed usage block, so a script or a test can rely on one format for every bad input.
+    ``argv`` lets tests call the command in-process.
+    """
+    import click
+
     try:
-        app()
-    except FedvpaInputError as exc:
-        typer.echo(f"fedvpa: error: {exc.one_line()}", err=True)
+        code = app(args=argv, prog_name="fedvpa", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # a bare `fedvpa` or `fedvpa data` asks for the help text
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        command = exc.ctx.command_path + ": " if getattr(exc, "ctx", None) else ""
+        _error_line(f"{command}{exc.format_message()} (see --help)", exc.exit_code)
+    except click.Abort:
+        _error_line("aborted", 1)
+    except FedvpaInputError as exc:
+        _error_line(exc.one_line(), exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _error_line(message: str, exit_code: int) -> NoReturn:
+    """One line on stderr whatever the message holds: a key, value or path given on the command
+    line may contain line breaks, which would split the error."""
+    one_line = "".join(
+        ch.encode("unicode_escape").decode() if len(f"a{ch}b".splitlines()) > 1 else ch
+        for ch in message
+    )
+    typer.echo(f"fedvpa: error: {one_line}", err=True)
+    sys.exit(exit_code)

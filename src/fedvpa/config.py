@@ -9,11 +9,12 @@ validates them, so a typo or an out-of-range value fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_args, get_type_hints
 
 from fedvpa.errors import ConfigError
 
@@ -67,23 +68,46 @@ def coerce_fields(cls: type, values: Mapping[str, Any], source: str = "config") 
     }
 
 
+# TOML and Flower's run config hold 64-bit integers; a larger one only overflows later, in
+# float() or in a list size, as a traceback far from the key.
+INT_LIMIT = 2**63
+
+
+def _number(value: Any, key: str, source: str) -> int | float:
+    """A number later arithmetic can use: NaN, infinities and >64-bit integers pass every
+    range check written as ``x < 0`` and then fail (or train on NaN) deep inside a run."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"expected a number, got {value!r:.40}", path=source, field=key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"expected a finite number, got {value!r}", path=source, field=key)
+    if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+        raise ConfigError("expected a number of at most 64 bits", path=source, field=key)
+    return value
+
+
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     text = str(hint)
     if (value is None or value == "") and "None" in text:
         return None  # Flower's run config has no null: "" stands for "not set"
+    inner = [a for a in get_args(hint) if a is not type(None)]
+    if "None" in text and len(inner) == 1:
+        hint, text = inner[0], str(inner[0])  # a set ``X | None`` key is checked as an X
     if "tuple" in text and isinstance(value, list | tuple):
-        return tuple(value)
+        return tuple(_number(v, key, source) for v in value)
     if "tuple" in text and value == "":
         return ()
     if "tuple" in text and isinstance(value, int | float) and not isinstance(value, bool):
-        return (value,)
+        return (_number(value, key, source),)
     if "tuple" in text and isinstance(value, str):
         try:
-            return tuple(float(v) if "." in v else int(v) for v in value.split(","))
+            parsed = tuple(float(v) if "." in v else int(v) for v in value.split(","))
         except ValueError:
             raise ConfigError(
                 f"expected numbers like 0.5,0.25,0.25, got {value!r}", path=source, field=key
             ) from None
+        return tuple(_number(v, key, source) for v in parsed)
+    if "tuple" in text:  # true/false: len(True) would fail later as a TypeError with no key
+        raise ConfigError(f"expected numbers, got {value!r}", path=source, field=key)
     if hint is bool or text == "bool":
         if isinstance(value, bool):
             return value
@@ -92,13 +116,13 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         raise ConfigError(f"expected true/false, got {value!r}", path=source, field=key)
     if hint is float or text == "float":
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return float(_number(value, key, source))
         raise ConfigError(f"expected a number, got {value!r}", path=source, field=key)
     if hint is int or text == "int":
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _number(value, key, source)
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            return _number(int(value), key, source)
         raise ConfigError(f"expected an integer, got {value!r}", path=source, field=key)
     if hint is str or text == "str":
         if isinstance(value, str):
@@ -151,10 +175,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("config file not found", path=str(p))
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also a >4300-digit integer
         raise ConfigError(f"not valid TOML ({exc})", path=str(p)) from exc
     if "tool" in data:
-        data = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+        for name in ("tool", "flwr", "app", "config"):
+            data = data.get(name, {})
+            if not isinstance(data, dict):
+                raise ConfigError(
+                    f"expected a table, got {type(data).__name__}", path=str(p), field=name
+                )
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise ConfigError(f"expected flat keys, found table(s) {nested}", path=str(p))
@@ -241,10 +270,35 @@ class FederationSettings:
     # Prepared client tensors (what SuperNodes load). "" = prepare them from the data keys.
     data_path: str = ""
     client_state_dir: str = ""  # "" -> <run-dir>/client_state, "none" -> Context.state only
+    # Client-level differential privacy (docs/privacy.md). Off unless a noise multiplier or a
+    # target epsilon is set. Noise std: z * C / m on the mean of m clipped updates.
+    dp_noise_multiplier: float = 0.0  # z; 0 = no DP (unless dp-epsilon is set)
+    dp_epsilon: float = 0.0  # > 0: choose z so that all rounds spend at most this epsilon
+    dp_clip_norm: float = 5.0  # C: L2 bound on a client's weight update (~median on plural-4)
+    dp_stats_clip_norm: float = 3.0  # L2 bound on one release of posterior stats / losses
+    dp_delta: float = 1e-5  # the delta of the (epsilon, delta) guarantee
+    dp_max_epsilon: float = 0.0  # > 0: stop cleanly before a round would spend more
+    dp_noise_source: str = "seed"  # "seed": reproducible from the run seed; "os": OS entropy
+
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp_noise_multiplier > 0 or self.dp_epsilon > 0
 
     def __post_init__(self) -> None:
         if not self.method:
             raise ConfigError("must name a method", field="method")
+        for name in ("dp_noise_multiplier", "dp_epsilon", "dp_max_epsilon"):
+            if not getattr(self, name) >= 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError("must be a finite number >= 0", field=_key(name))
+        for name in ("dp_clip_norm", "dp_stats_clip_norm"):
+            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError("must be a finite number > 0", field=_key(name))
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ConfigError("must be in (0, 1)", field="dp-delta")
+        if self.dp_noise_source not in ("seed", "os"):
+            raise ConfigError("must be 'seed' or 'os'", field="dp-noise-source")
+        if self.dp_noise_multiplier > 0 and self.dp_epsilon > 0:
+            raise ConfigError("set dp-noise-multiplier or dp-epsilon, not both", field="dp-epsilon")
         for name in ("num_server_rounds", "clients_per_round", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError("must be >= 1", field=_key(name))

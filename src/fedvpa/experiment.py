@@ -77,14 +77,31 @@ def synthetic_pairs_per_type(cfg: DataConfig, num_types: int) -> int:
     most ``ceil(num_clients * share)`` clients of at most ``largest`` pairs each.
     """
     if cfg.synthetic_pairs_per_type:
-        return cfg.synthetic_pairs_per_type
+        return _generated_size(cfg.synthetic_pairs_per_type, "synthetic-pairs-per-type")
     largest = max(cfg.pairs_per_client, cfg.max_pairs_per_client)
     share = max(cfg.type_ratio) / sum(cfg.type_ratio) if cfg.type_ratio else 1.0 / num_types
     needed = int(cfg.num_clients * share * largest * 1.2) + 64
     # The bound itself, for the rare tiny-share, huge-client case the 20 % margin misses (it
     # leaves every usual configuration's size, and so its data, unchanged).
     bound = math.ceil(cfg.num_clients * share + 1e-9) * largest
-    return max(1200, needed, bound)
+    return _generated_size(max(1200, needed, bound), "num-clients")
+
+
+# Far above any partition that can be embedded and trained (100,000 clients of 16 pairs need
+# under 1e6 per type); a larger request only ends in a MemoryError or OverflowError traceback
+# inside the generator instead of a line naming the key.
+MAX_GENERATED_PAIRS_PER_TYPE = 1_000_000
+
+
+def _generated_size(pairs_per_type: int, key: str) -> int:
+    if pairs_per_type > MAX_GENERATED_PAIRS_PER_TYPE:
+        raise ConfigError(
+            f"needs {pairs_per_type} generated pairs per user type, more than the "
+            f"{MAX_GENERATED_PAIRS_PER_TYPE} a generated data set can have "
+            "(lower num-clients, pairs-per-client or synthetic-pairs-per-type)",
+            field=key,
+        )
+    return pairs_per_type
 
 
 def make_partition(

@@ -267,6 +267,10 @@ def _json_lines(data: bytes) -> Iterator[tuple[int, object]]:
             yield number, json.loads(text)
         except json.JSONDecodeError as err:
             yield number, RowError("malformed JSON", detail=f"{err.msg}, column {err.colno}")
+        except ValueError:  # an integer literal of more than 4300 digits
+            yield number, RowError("malformed JSON", detail="number too long")
+        except RecursionError:
+            yield number, RowError("malformed JSON", detail="nested too deeply")
 
 
 def _read_file(

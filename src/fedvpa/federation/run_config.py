@@ -97,6 +97,8 @@ class FederationConfig:
             "run_dir": self.run_dir,
             "num_clients": self.num_clients,
             "method_effective": self.method_effective(),
+            # Noise and accounting must not change mid-run (the spend would be meaningless).
+            "dp": {k: v for k, v in to_flat(s).items() if k.startswith("dp-")},
         }
 
     def record(self) -> dict[str, Any]:

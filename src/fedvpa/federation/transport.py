@@ -262,9 +262,12 @@ def run_server(
     )
     transport = FlowerTransport(grid, config)
     clients = transport.discover()
-    protocol = RoundProtocol(method, settings, clients, found.state if found else None)
+    protocol = RoundProtocol(method, settings, clients, found.state if found else None, start)
     t0 = time.monotonic()
     for server_round in range(start + 1, settings.num_server_rounds + 1):
+        if not protocol.allows(server_round):
+            print(f"[fedvpa] stopped: {protocol.stopped}", flush=True)  # noqa: T201
+            break
         t_round = time.monotonic()
         row = protocol.run_round(server_round, transport)
         history.append(row)
@@ -282,6 +285,8 @@ def progress(row: dict[str, Any], num_rounds: int, seconds: float) -> None:
         f"replies {row['replies']}/{row['replies'] + row['failures']}",
         f"up {row['bytes_up'] / 1024:.1f} KiB down {row['bytes_down'] / 1024:.1f} KiB",
     ]
+    if "dp" in row:
+        parts.append(f"epsilon {row['dp']['epsilon']:.2f}")
     loss = row["train"].get("loss")
     if loss is not None:
         parts.append(f"loss {loss:.4f}")

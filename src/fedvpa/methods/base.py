@@ -73,6 +73,14 @@ class FederatedMethod(ABC):
 
     name: str = "method"
     local: LocalConfig | None = None  # client-side settings, for the methods that have them
+    #: Whether client-level DP (``privacy/``) protects every exchange of this method: its
+    #: ``aggregate`` folds the shared weights as a ``num_examples``-weighted mean of the arrays
+    #: each update holds (the guard sets equal weights and noises each update), and every
+    #: ``stats`` and ``locate`` array is a float vector the server may clip and noise. Under DP a
+    #: method without it is refused at start-up rather than run unprotected.
+    dp_supported: bool = False
+    #: Positive statistics (variances): clipped and noised in log space.
+    log_scale_stats: frozenset[str] = frozenset()
 
     @abstractmethod
     def init_server_state(self, seed: int) -> ServerState:
@@ -94,6 +102,12 @@ class FederatedMethod(ABC):
         client (FedVPA-GP's prototype labels).
         """
         return False
+
+    def stats_releases(self, server_round: int) -> int:
+        """Statistics each sampled client reveals in ``server_round`` besides its weight update
+        (its ``stats`` after training, its ``locate`` reply): the privacy accountant charges
+        each one. A method whose updates carry ``stats`` counts them here."""
+        return int(self.needs_locate(server_round))
 
     def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """Client side of the locate exchange: small statistics under the current shared model

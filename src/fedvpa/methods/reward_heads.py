@@ -82,6 +82,7 @@ class FedAvgBT(FederatedMethod):
     """The monolithic baseline: one reward head, FedAvg (FedBis with a frozen backbone)."""
 
     name = "fedavg-bt"
+    dp_supported = True
 
     def __init__(
         self, model: ModelConfig | dict | None = None, local: LocalConfig | dict | None = None
@@ -145,6 +146,7 @@ class FedBiscuit(FederatedMethod):
     """U reward heads: warm-up trains head k in turn, then balanced groups by local loss."""
 
     name = "fedbiscuit"
+    dp_supported = True  # each head is a weighted mean over its group; losses are a vector
 
     def __init__(
         self,
@@ -202,6 +204,9 @@ class FedBiscuit(FederatedMethod):
         extra["plan_ids"] = np.array(ids, np.int64)
         extra["plan_heads"] = np.array(heads, np.int64)
         return ServerState(arrays=state.arrays, extra=extra, info=state.info)
+
+    def stats_releases(self, server_round: int) -> int:
+        return 1  # every update carries its loss under each head
 
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
         ids = state.extra.get("plan_ids", np.zeros(0, np.int64))

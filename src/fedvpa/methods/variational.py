@@ -8,6 +8,7 @@ on. Keeping the variants in one class guarantees the ablations differ in exactly
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,6 +25,7 @@ from fedvpa.methods.aggregation import (
 from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor, ServerState
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
+from fedvpa.model.prior_compression import compress_mixture
 from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrior
 from fedvpa.model.prototypes import (
     assign_prototype_labels,
@@ -76,6 +78,43 @@ def merge_components(old: Arrays, new: Arrays, oldest_round: int) -> Arrays:
     return {k: v[keep] for k, v in merged.items()}
 
 
+def compress_prior_rows(
+    rows: Arrays, max_components: int, var_floor: float, exclude_id: int | None = None
+) -> Arrays:
+    """The prior components a client receives: the store's rows ``PRIOR_KEYS``, merged into at
+    most ``max_components`` (0 = all rows unchanged) by ``compress_mixture`` with weights
+    ``n_j``, the weights the client's ``pi`` starts from.
+
+    Variances are floored at ``var_floor`` before merging, as the client floors them, so the
+    merged mixture has the moments of the mixture the client would have used. A merged
+    component's size is the sum of its members' ``n_j``; its id is ``-(1 + smallest member
+    id)`` (a single component keeps its client id), so a client's private ``pi`` for it survives
+    while the cluster keeps that member, and never collides with a client id. With
+    ``exclude_id`` (``exclude-own-component``) that client's own row is left out before merging,
+    since a merged component cannot be excluded on the client.
+    """
+    sent = {key: rows[key] for key in PRIOR_KEYS}
+    if max_components == 0 or sent["prior_n"].size <= max_components:
+        return sent
+    if exclude_id is not None:
+        keep = sent["prior_ids"] != exclude_id
+        sent = {key: value[keep] for key, value in sent.items()}
+    var = np.maximum(sent["prior_var"], np.float32(var_floor))
+    merged = compress_mixture(sent["prior_mu"], var, sent["prior_n"], max_components)
+    if merged.num_components == sent["prior_n"].size:
+        return sent
+    ids = sent["prior_ids"]
+    count = np.bincount(merged.assignment, minlength=merged.num_components)
+    smallest = np.full(merged.num_components, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(smallest, merged.assignment, ids.astype(np.int64))
+    return {
+        "prior_mu": merged.mu.astype(np.float32),
+        "prior_var": merged.var.astype(np.float32),
+        "prior_n": merged.weight.astype(np.float32),
+        "prior_ids": np.where(count == 1, smallest, -(1 + smallest)).astype(ids.dtype),
+    }
+
+
 def update_store(extra: Arrays, ids: np.ndarray, mus: np.ndarray) -> Arrays:
     """The server's latest posterior mean per client, with ``ids`` / ``mus`` written over it."""
     return latest_per_client(
@@ -85,6 +124,10 @@ def update_store(extra: Arrays, ids: np.ndarray, mus: np.ndarray) -> Arrays:
 
 class VariationalMethod(FederatedMethod):
     """The latent-preference family; see the module docstring for the switches."""
+
+    dp_supported = True
+    log_scale_stats = frozenset({"sigma2"})
+    _prior_cache: tuple[bytes, Arrays] | None = None  # the last merged prior (_prior_rows)
 
     def __init__(
         self,
@@ -126,6 +169,9 @@ class VariationalMethod(FederatedMethod):
 
     def needs_locate(self, server_round: int) -> bool:
         return self.cfg.use_ortho and server_round > self.cfg.ortho_warmup_rounds
+
+    def stats_releases(self, server_round: int) -> int:
+        return 1 + int(self.needs_locate(server_round))  # the posterior, and the locate reply
 
     def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """The client's posterior mean under the round's shared model (``d`` floats)."""
@@ -185,10 +231,13 @@ class VariationalMethod(FederatedMethod):
         return ServerState(arrays=arrays, extra=extra, info=info)
 
     def round_info(self, state: ServerState) -> dict[str, Any]:
-        """The number of prototype groups in use (0 before it is chosen), for the run log."""
+        """For the run log: the number of prototype groups in use (0 before it is chosen) and
+        the mixture components the round's clients received (``prior-max-components``)."""
         info = super().round_info(state)
         if self.cfg.use_ortho:
             info["num_groups"] = int(state.extra.get("num_groups", np.zeros(1))[0])
+        if "prior_components_sent" in state.info:
+            info["prior_components_sent"] = int(state.info["prior_components_sent"])
         return info
 
     def latent_anchors(self, state: ServerState) -> np.ndarray | None:
@@ -212,10 +261,29 @@ class VariationalMethod(FederatedMethod):
         }
         if "centroids" in extra:
             payload["centroids"] = extra["centroids"]
-        if self.cfg.prior == "mixture" and server_round > self.cfg.prior_warmup_rounds:
-            for key in PRIOR_KEYS:
-                payload[key] = extra[key]
+        if self.sends_prior(server_round):
+            exclude = client_id if self.cfg.exclude_own_component else None
+            payload.update(self._prior_rows(extra, exclude))
         return payload
+
+    def sends_prior(self, server_round: int) -> bool:
+        return self.cfg.prior == "mixture" and server_round > self.cfg.prior_warmup_rounds
+
+    def _prior_rows(self, extra: Arrays, exclude: int | None = None) -> Arrays:
+        """``compress_prior_rows`` with the round's result kept: every client of a round (and
+        ``aggregate``'s count) gets the same merge, which costs ~0.1 s at J = 10,000, so it is
+        computed once per store rather than once per client. Keyed by the store's content."""
+        k = self.cfg.prior_max_components
+        if k == 0 or extra["prior_n"].size <= k:
+            return compress_prior_rows(extra, k, self.cfg.prior_var_floor, exclude)
+        digest = hashlib.blake2b(repr((k, self.cfg.prior_var_floor, exclude)).encode())
+        for key in PRIOR_KEYS:
+            digest.update(np.ascontiguousarray(extra[key]).tobytes())
+        if self._prior_cache is not None and self._prior_cache[0] == digest.digest():
+            return self._prior_cache[1]
+        sent = compress_prior_rows(extra, k, self.cfg.prior_var_floor, exclude)
+        self._prior_cache = (digest.digest(), sent)
+        return sent
 
     def aggregate(
         self, state: ServerState, updates: Sequence[tuple[int, ClientUpdate]], server_round: int
@@ -242,6 +310,11 @@ class VariationalMethod(FederatedMethod):
             extra.update(update_store(extra, ids, mus))
         info = dict(state.info)
         info["prior_components"] = len(ids)
+        if self.sends_prior(server_round):  # what this round's clients received (no exclusion)
+            sent = self._prior_rows(state.extra)
+            info["prior_components_sent"] = int(sent["prior_n"].size)
+        else:
+            info.pop("prior_components_sent", None)
         return ServerState(arrays=arrays, extra=extra, info=info)
 
     # ----------------------------------------------------------------------------- client side

@@ -80,6 +80,11 @@ class ModelConfig:
     # Rounds a client's posterior stays in the mixture prior (its latest one). 1 = the paper:
     # last round's participants only. See methods/variational.py (merge_components).
     prior_max_age: int = 10
+    # Most mixture components a client receives: the server merges the store's components (one
+    # per client within prior-max-age) into at most this many by weighted k-means on their means
+    # and moment matching (model/prior_compression.py); the store itself stays exact. Bounds the
+    # payload and the per-step KL cost at scale. 0 = send every component.
+    prior_max_components: int = 0
     ortho_warmup_rounds: int = 10  # rounds without the prototype pull
     # Rounds over which lambda rises linearly from 0 after the warm-up (0 = switch on at once).
     ortho_ramp_rounds: int = 20
@@ -214,6 +219,7 @@ class ModelConfig:
             "ortho_ramp_rounds",
             "kl_anneal_steps",
             "laplace_steps",
+            "prior_max_components",
         )
         if not isinstance(self.prior_max_age, int) or self.prior_max_age < 1:
             raise ConfigError(

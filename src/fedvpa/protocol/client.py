@@ -6,12 +6,13 @@ client-state folder is configured, each client also writes its private state aft
 training to ``<dir>/client_<id>/round_<r>.npz``; a client training in round ``r`` reads the
 newest file from a round before ``r``. A crash in the middle of round ``r`` can leave round-``r``
 files behind, but the resumed round ``r`` never reads them (it overwrites them), so resume is
-exact.
+exact. Each file carries the SHA-256 of its arrays (``run_folder.seal_arrays``): a damaged one is
+skipped with a warning for the newest intact earlier one, which the saving rule keeps.
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import re
 from pathlib import Path
 
@@ -22,7 +23,14 @@ from fedvpa.evaluation.accuracy import evaluate_client
 from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod
 from fedvpa.protocol import seeds
 from fedvpa.protocol.round import EvalReply
-from fedvpa.protocol.run_folder import atomic_write_bytes
+from fedvpa.protocol.run_folder import (
+    DamagedFileError,
+    atomic_write_bytes,
+    seal_arrays,
+    unseal_arrays,
+)
+
+log = logging.getLogger(__name__)
 
 
 def train_step(
@@ -39,6 +47,10 @@ def train_step(
     return method.train_on_client(global_arrays, payload, client, state, server_round, seed)
 
 
+# What the server already holds in its client records: a reply need not repeat it.
+_SERVER_KNOWS = frozenset({"type_index", "unseen"})
+
+
 def evaluate_step(
     method: FederatedMethod,
     global_arrays: Arrays,
@@ -53,7 +65,9 @@ def evaluate_step(
     counts = {
         str(k): float(v)
         for k, v in dict(evaluate_client(predictor, client)).items()
-        if isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+        if isinstance(v, int | float | np.integer | np.floating)
+        and not isinstance(v, bool)
+        and k not in _SERVER_KNOWS
     }
     return EvalReply(counts, method.latent_stats(global_arrays, client))
 
@@ -79,26 +93,47 @@ def _state_files(state_dir: Path, client_id: int) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _read_state(path: Path) -> Arrays:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DamagedFileError(f"{path}: unreadable ({exc.strerror or exc})") from exc
+    return unseal_arrays(data, path)
+
+
 def load_client_state(state_dir: Path, client_id: int, max_round: int) -> tuple[int, Arrays] | None:
-    """The newest private state written in a round ``<= max_round``: (round, arrays)."""
+    """The newest intact private state written in a round ``<= max_round``: (round, arrays).
+
+    A damaged file is skipped (with a warning) for an earlier intact one: the client then trains
+    from an older state, which beats losing the run; ``None`` when no intact file is left.
+    """
     candidates = [(r, p) for r, p in _state_files(state_dir, client_id) if r <= max_round]
-    if not candidates:
-        return None
-    server_round, path = candidates[-1]
-    with np.load(path, allow_pickle=False) as data:
-        return server_round, {key: np.array(data[key]) for key in data.files}
+    for server_round, path in reversed(candidates):
+        try:
+            return server_round, _read_state(path)
+        except DamagedFileError as exc:
+            log.warning("client %d: skipped a damaged state file (%s)", int(client_id), exc)
+    return None
 
 
 def save_client_state(state_dir: Path, client_id: int, server_round: int, arrays: Arrays) -> None:
-    """Write round ``server_round``'s state; keep it and the newest earlier one only.
+    """Write round ``server_round``'s state; keep it and the newest intact earlier one only.
 
     The earlier file is kept because a crash before the server checkpoints this round means the
-    resumed round reads it again.
+    resumed round reads it again; it must be an intact one, or a damaged file would leave the
+    resumed round nothing to fall back to.
     """
-    buffer = io.BytesIO()
-    np.savez(buffer, **{key: np.asarray(value) for key, value in arrays.items()})
     target = _client_dir(state_dir, client_id) / f"round_{int(server_round)}.npz"
-    atomic_write_bytes(target, buffer.getvalue())
+    atomic_write_bytes(target, seal_arrays(arrays))
     older = [(r, p) for r, p in _state_files(state_dir, client_id) if r < server_round]
-    for _, path in older[:-1]:
-        path.unlink(missing_ok=True)
+    keep = None
+    for _, path in reversed(older):
+        try:
+            _read_state(path)
+        except DamagedFileError:
+            continue
+        keep = path
+        break
+    for _, path in older:
+        if path != keep:
+            path.unlink(missing_ok=True)

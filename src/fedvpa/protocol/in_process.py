@@ -90,13 +90,17 @@ def run_in_process(
     clients: Sequence[ClientTensors],
     settings: FederationSettings,
     on_round: Callable[[dict[str, Any], RoundProtocol], None] | None = None,
+    transport: InProcessTransport | None = None,
 ) -> tuple[RoundProtocol, InProcessTransport, list[dict[str, Any]]]:
     """All ``settings.num_server_rounds`` rounds; returns the protocol (its final state), the
-    transport (the clients' private states) and the run-log rows. ``on_round`` sees each row."""
+    transport (the clients' private states) and the run-log rows. ``on_round`` sees each row;
+    ``transport`` replaces the plain one (e.g. ``protocol/faults.py``'s)."""
     protocol = RoundProtocol(method, settings, client_records(clients))
-    transport = InProcessTransport(method, clients)
+    transport = transport if transport is not None else InProcessTransport(method, clients)
     history = []
     for server_round in range(1, settings.num_server_rounds + 1):
+        if not protocol.allows(server_round):
+            break
         row = protocol.run_round(server_round, transport)
         history.append(row)
         if on_round is not None:

@@ -11,6 +11,7 @@ reported is decided here, once. The protocol knows the method only through
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from fedvpa.config import FederationSettings
 from fedvpa.evaluation.accuracy import flatten_report, merge_counts
 from fedvpa.evaluation.latents import latent_report
 from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, ServerState
+from fedvpa.privacy.guard import ClientLevelDP
 from fedvpa.protocol import seeds
 from fedvpa.protocol.run_folder import finite_or_none
 
@@ -122,6 +124,7 @@ class RoundProtocol:
         settings: FederationSettings,
         clients: Mapping[int, ClientRecord],
         state: ServerState | None = None,
+        completed_rounds: int = 0,
     ) -> None:
         self.method = method
         self.settings = settings
@@ -130,10 +133,28 @@ class RoundProtocol:
             raise FederationError("no seen client: nothing can train")
         self.state = state if state is not None else method.init_server_state(settings.seed)
         self.last_latents: dict[str, Any] | None = None
+        # Client-level DP (privacy/guard.py); a resumed run is charged for its finished rounds.
+        self.privacy: ClientLevelDP | None = None
+        if settings.dp_enabled:
+            self.privacy = ClientLevelDP(method, settings, len(self.seen_ids))
+            self.privacy.replay(completed_rounds)
+        self.stopped: str | None = None  # why the run ended before its last round, if it did
 
     @property
     def seen_ids(self) -> list[int]:
         return sorted(cid for cid, c in self.clients.items() if not c.unseen)
+
+    def allows(self, server_round: int) -> bool:
+        """Whether ``server_round`` may run: with ``dp-max-epsilon``, only if its spend fits
+        (otherwise the run stops cleanly after the last checkpointed round)."""
+        if self.privacy is None or self.privacy.allows(server_round):
+            return True
+        self.stopped = (
+            f"dp-max-epsilon {self.settings.dp_max_epsilon:g} reached: round {server_round} "
+            f"would spend more (epsilon {self.privacy.accountant.epsilon():.3f} after round "
+            f"{server_round - 1})"
+        )
+        return False
 
     def evaluates(self, server_round: int) -> bool:
         s = self.settings
@@ -162,7 +183,9 @@ class RoundProtocol:
         if method.needs_locate(server_round):
             found = transport.locate(server_round, chosen, self.state.arrays)
             self.require(found, len(chosen), "locate", server_round)
-            located = found.ok
+            located = (
+                found.ok if self.privacy is None else self.privacy.located(server_round, found.ok)
+            )
             phases.append(found)
             row["locate_replies"] = len(found.ok)
             row["locate_failures"] = found.errors + found.missing
@@ -180,10 +203,14 @@ class RoundProtocol:
             )
             for cid in chosen
         ]
-        trained = transport.train(server_round, self.state.arrays, jobs)
+        trained = reject_malformed(
+            transport.train(server_round, self.state.arrays, jobs), self.state.arrays
+        )
         self.require(trained, len(jobs), "train", server_round)
         phases.append(trained)
         updates = sorted(trained.ok.items())  # client-id order: sums must not depend on replies
+        if self.privacy is not None:
+            updates = self.privacy.updates(server_round, self.state.arrays, updates)
         seeds.seed_everything(seeds.derive_seed(seed, server_round, -1, seeds.STREAM_AGGREGATE))
         self.state = method.aggregate_round(self.state, updates, server_round)
         metrics = weighted_mean_metrics([(float(u.num_examples), u.metrics) for _, u in updates])
@@ -200,6 +227,8 @@ class RoundProtocol:
                 **method.round_info(self.state),
             }
         )
+        if self.privacy is not None:
+            row["dp"] = self.privacy.charge(server_round)
         if self.evaluates(server_round):
             row.update(self.evaluate(server_round, transport))
         return row
@@ -275,8 +304,55 @@ class RoundProtocol:
             "unseen_clients": sorted(c for c, i in self.clients.items() if i.unseen),
             "info": self.state.info,
             "latent": latent,
+            "privacy": None if self.privacy is None else self.privacy.report(),
+            "stopped": self.stopped,
             "seconds_this_process": seconds,
         }
+
+
+def malformed_reason(update: ClientUpdate, sent: Arrays) -> str | None:
+    """Why a training reply cannot be aggregated, or ``None``: an array the server did not send,
+    of another shape, or holding a NaN / inf, a statistic that is not finite, or a weight that is
+    not a positive count. A client that crashed half-way, a corrupted message or a hostile client
+    must not reach the mean (one NaN poisons every later round)."""
+    if not isinstance(update, ClientUpdate):
+        return f"reply is a {type(update).__name__}, not a client update"
+    for key, value in update.arrays.items():
+        if key not in sent:
+            return f"array {key!r} was not sent"
+        if not isinstance(value, np.ndarray) or value.shape != sent[key].shape:
+            return (
+                f"array {key!r} has shape {getattr(value, 'shape', None)}, sent {sent[key].shape}"
+            )
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            return f"array {key!r} holds NaN or inf"
+    for key, value in update.stats.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+            return f"statistic {key!r} is not a float array"
+        if not np.all(np.isfinite(value)):
+            return f"statistic {key!r} holds NaN or inf"
+    if isinstance(update.num_examples, bool) or not isinstance(
+        update.num_examples, int | np.integer
+    ):
+        return "num_examples is not an integer"
+    if update.num_examples < 1:
+        return f"num_examples is {update.num_examples}"
+    return None
+
+
+def reject_malformed(replies: Replies[ClientUpdate], sent: Arrays) -> Replies[ClientUpdate]:
+    """``replies`` less the malformed ones, counted as errors with their reason."""
+    bad = {cid: why for cid, u in replies.ok.items() if (why := malformed_reason(u, sent))}
+    if not bad:
+        return replies
+    ok = {cid: u for cid, u in replies.ok.items() if cid not in bad}
+    reasons = [
+        *replies.error_reasons,
+        *(f"client {c}: malformed reply: {w}" for c, w in bad.items()),
+    ]
+    return dataclasses.replace(
+        replies, ok=ok, errors=replies.errors + len(bad), error_reasons=reasons
+    )
 
 
 def _traffic(phases: Sequence[Replies[Any]]) -> dict[str, Any]:

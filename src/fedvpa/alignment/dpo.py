@@ -1,0 +1,170 @@
+"""z-conditioned DPO with TRL's ``DPOTrainer`` and a PEFT LoRA adapter (the start of
+``fedvpa align``'s training step).
+
+What TRL needed, kept as small as possible:
+
+- a collator subclass (:class:`ZPreferenceCollator`) that carries each example's ``z`` next to
+  TRL's padded batch;
+- a trainer subclass (:class:`ZDPOTrainer`) that keeps the ``z`` column through TRL's dataset
+  preparation and sets it on the :class:`ZInjector` around each policy forward. TRL concatenates
+  ``[chosen; rejected]`` into one batch, so the ``B`` rows of ``z`` are tiled twice.
+
+The reference is the policy with its adapter off *and* without ``z`` (the base policy): the
+reference log-probabilities are precomputed once before training (``precompute_ref_log_probs``)
+with the LoRA adapter disabled by TRL and the injector unset by us, so the learned projection
+``W`` cannot move the reference.
+
+The projection ``W`` is registered as a submodule of the PEFT model after LoRA wraps it, so it
+stays trainable (PEFT freezes everything it finds at wrap time) and the Trainer's optimiser
+updates it together with the LoRA matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedvpa.alignment.z_injection import ZInjector
+
+LORA_R = 8
+LORA_ALPHA = 16
+LORA_DROPOUT = 0.05
+DPO_BETA = 0.1
+Z_COLUMN = "z"
+
+
+def _trl() -> tuple[Any, Any, Any]:
+    """TRL and PEFT are the ``align`` extra: imported only when stage-2 training runs."""
+    from peft import LoraConfig, get_peft_model
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    return (LoraConfig, get_peft_model), (DPOConfig, DPOTrainer), DataCollatorForPreference
+
+
+@dataclass(frozen=True)
+class ZPreference:
+    """One labelled pair for one group: the selector chose ``chosen`` under ``z``."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    z: Sequence[float]
+
+
+def make_z_collator(pad_token_id: int) -> Any:
+    """TRL's preference collator plus a ``z [B, d]`` tensor."""
+    _, _, base = _trl()
+
+    class ZPreferenceCollator(base):  # type: ignore[misc, valid-type]
+        def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            out = super().torch_call(examples)
+            out[Z_COLUMN] = torch.tensor([e[Z_COLUMN] for e in examples], dtype=torch.float32)
+            return out
+
+    return ZPreferenceCollator(pad_token_id=pad_token_id)
+
+
+def make_trainer_class() -> type:
+    """``DPOTrainer`` that sets ``z`` on the injector around each forward (built lazily so
+    importing this module does not need TRL)."""
+    _, (_, dpo_trainer), _ = _trl()
+
+    class ZDPOTrainer(dpo_trainer):  # type: ignore[misc, valid-type]
+        injector: ZInjector
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            if Z_COLUMN not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, Z_COLUMN]
+
+        def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> Any:
+            inputs = dict(inputs)
+            inputs.pop(Z_COLUMN, None)
+            with self.injector.conditioned(None):  # the reference is the base policy
+                return super().compute_ref_log_probs(model, inputs)
+
+        def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+            inputs = dict(inputs)
+            z = inputs.pop(Z_COLUMN)
+            with self.injector.conditioned(torch.cat([z, z], dim=0)):  # [chosen; rejected]
+                return super()._compute_loss(model, inputs, return_outputs)
+
+    return ZDPOTrainer
+
+
+def build_z_dpo(
+    model: Any,
+    tokenizer: Any,
+    latent_dim: int,
+    pairs: Sequence[ZPreference],
+    out_dir: Path,
+    *,
+    max_steps: int = 100,
+    batch_size: int = 4,
+    learning_rate: float = 5e-5,
+    seed: int = 0,
+    max_length: int = 512,
+) -> tuple[Any, ZInjector]:
+    """A ready ``ZDPOTrainer`` (LoRA r 8 / alpha 16 / dropout 0.05, beta 0.1) and its injector.
+
+    ``model`` is a plain causal LM (``policy.load_policy``); LoRA wraps it here.
+    """
+    from datasets import Dataset
+
+    (lora_config, get_peft_model), (dpo_config, _), _ = _trl()
+    peft_model = get_peft_model(
+        model,
+        lora_config(
+            r=LORA_R,
+            lora_alpha=LORA_ALPHA,
+            lora_dropout=LORA_DROPOUT,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    injector = ZInjector(latent_dim, int(model.config.hidden_size))
+    injector.attach(peft_model)
+    peft_model.add_module("z_injector", injector)  # trainable, and seen by the optimiser
+    dataset = Dataset.from_list(
+        [
+            {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, Z_COLUMN: list(p.z)}
+            for p in pairs
+        ]
+    )
+    args = dpo_config(
+        output_dir=str(out_dir),
+        beta=DPO_BETA,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        precompute_ref_log_probs=True,
+        max_length=max_length,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    trainer_class = make_trainer_class()
+    trainer_class.injector = injector  # the reference is precomputed inside __init__
+    trainer = trainer_class(
+        model=peft_model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=make_z_collator(tokenizer.pad_token_id),
+    )
+    return trainer, injector
+
+
+def save_z_policy(trainer: Any, injector: ZInjector, folder: Path) -> None:
+    """The LoRA adapter and the z projection in one folder (what ``--adapter`` reads)."""
+    trainer.model.save_pretrained(str(folder))
+    injector.save(folder)

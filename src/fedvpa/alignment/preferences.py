@@ -1,0 +1,337 @@
+"""Which ``z`` stage 2 conditions on, read from a finished stage-1 run folder.
+
+Stage 1 leaves, per method folder, ``config.json`` (the method's effective model config),
+``final.json`` (each client's posterior mean ``mu``, user type and the prototypes) and the shared
+arrays. A ``z`` comes from one of:
+
+- a **group**: a user type of stage 1 (``helpful``) or a prototype group (``proto-0``: the seen
+  clients nearest that prototype); its ``z`` is the mean posterior ``mu`` of the group's *seen*
+  clients, the ones whose posteriors the federation actually trained on;
+- a **mix** of groups (``helpful=0.3,harmless=0.7``): a convex combination of their ``z``;
+- a **file** with ``d`` floats (``.npy`` or a JSON list);
+- a user's **context**: labelled pairs, embedded by the stage-1 backbone and read by the
+  stage-1 encoder (``infer_posterior``), as an unseen client would be.
+
+Everything here raises a one-line ``ConfigError`` on bad input (the CLI's exit code 2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedvpa.errors import ConfigError
+from fedvpa.model.config import ModelConfig
+from fedvpa.model.vpl import VariationalPreferenceModel
+
+EXPERIMENT_CONFIG = "config.json"
+FINAL_FILE = "final.json"
+PROTOTYPE_PREFIX = "proto-"
+
+
+@dataclass
+class Stage1Run:
+    """A finished stage-1 run of a latent method: what stage 2 reads from it."""
+
+    root: Path  # the experiment folder (config.json with the flat keys)
+    method_dir: Path  # the latent method's run folder
+    method: str
+    flat: dict[str, Any]  # the experiment's flat configuration
+    model_cfg: ModelConfig
+    final: dict[str, Any]
+    _selector: VariationalPreferenceModel | None = field(default=None, repr=False)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model_cfg.latent_dim
+
+    @property
+    def backbone(self) -> str:
+        return str(self.flat.get("backbone", "minilm"))
+
+    def selector(self) -> VariationalPreferenceModel:
+        """The frozen stage-1 model (built once)."""
+        if self._selector is None:
+            self._selector = build_selector(self)
+        return self._selector
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"unreadable {what} ({type(exc).__name__})", path=str(path)) from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} is not a JSON object", path=str(path))
+    return value
+
+
+def open_stage1_run(run_dir: str | Path) -> Stage1Run:
+    """The experiment folder ``fedvpa run`` wrote (or one of its method folders), checked to be
+    a finished run of a latent method."""
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise ConfigError("no such stage-1 run folder", path=str(path))
+    if (path / FINAL_FILE).exists() or (path / "metrics.jsonl").exists():
+        root, method_dir = path.parent, path
+    else:
+        root, method_dir = path, None
+    if not (root / EXPERIMENT_CONFIG).is_file():
+        raise ConfigError(
+            "not a stage-1 run folder (no config.json of `fedvpa run`)", path=str(path)
+        )
+    recorded = _read_json(root / EXPERIMENT_CONFIG, "experiment config")
+    flat = recorded.get("config")
+    if not isinstance(flat, dict):
+        raise ConfigError("experiment config without its 'config' keys", path=str(root))
+    method = str(flat.get("method", "")) if method_dir is None else method_dir.name
+    method_dir = method_dir or root / method
+    rounds = flat.get("num-server-rounds")
+    final_path = method_dir / FINAL_FILE
+    if not final_path.is_file():
+        raise ConfigError(
+            f"stage-1 run of {method} is not finished (no {FINAL_FILE}): finish it with "
+            f"`fedvpa run --resume {root}`",
+            path=str(method_dir),
+        )
+    final = _read_json(final_path, "final.json")
+    if final.get("final_round") != rounds:
+        raise ConfigError(
+            f"stage-1 run of {method} stopped at round {final.get('final_round')} of {rounds}",
+            path=str(final_path),
+        )
+    latent = final.get("latent")
+    if not isinstance(latent, dict) or not latent.get("mu"):
+        raise ConfigError(
+            f"method {method} has no latent z (stage 2 needs fedvpa-gp, fedvpl or an ablation)",
+            path=str(final_path),
+        )
+    method_config = _read_json(method_dir / EXPERIMENT_CONFIG, "method config")
+    try:
+        model_cfg = ModelConfig.from_dict(dict(method_config["method_effective"]["model"]))
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(
+            "method config without method_effective.model", path=str(method_dir)
+        ) from exc
+    return Stage1Run(root, method_dir, method, flat, model_cfg, final)
+
+
+def build_selector(run: Stage1Run) -> VariationalPreferenceModel:
+    """The stage-1 model with its final shared arrays, frozen.
+
+    The only place stage 2 reads the arrays: today they live in the run folder's checkpoint
+    (read through ``run_folder.load_checkpoint``, the folder's own reader), whose format is
+    changing; everything else in stage 2 reads ``final.json`` / ``config.json``.
+    """
+    from fedvpa.protocol.run_folder import load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(run.method_dir)
+    except ConfigError:  # the run folder's own one-line refusal (damaged, legacy format)
+        raise
+    except Exception as exc:  # a corrupt or foreign checkpoint
+        raise ConfigError(
+            f"cannot read the stage-1 weights ({type(exc).__name__}: {exc})",
+            path=str(run.method_dir),
+        ) from exc
+    if checkpoint is None:
+        raise ConfigError("stage-1 run has no saved weights", path=str(run.method_dir))
+    model = VariationalPreferenceModel(run.model_cfg)
+    model.load_shared_state(checkpoint.state.arrays)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    z: np.ndarray  # [d] float32
+    clients: int
+    kind: str  # "user-type" or "prototype"
+
+
+def preference_groups(run: Stage1Run) -> dict[str, Group]:
+    """The named groups of stage 1 with their ``z`` (mean ``mu`` of their seen clients).
+
+    User types when the data names them (the groups a person asks for: ``--prefer harmless``),
+    and the prototype groups the server's orthogonal prototypes define (what FedVPA-GP found
+    without labels: each seen client joins its nearest prototype; empty groups are left out).
+    """
+    latent = run.final["latent"]
+    mu = np.asarray(latent["mu"], dtype=np.float32)
+    seen = ~np.asarray(latent.get("unseen") or [False] * len(mu), dtype=bool)
+    types = list(latent.get("user_type") or [None] * len(mu))
+    groups: dict[str, Group] = {}
+    for name in sorted({t for t, s in zip(types, seen, strict=True) if s and t is not None}):
+        rows = np.array([t == name and s for t, s in zip(types, seen, strict=True)])
+        groups[str(name)] = Group(str(name), mu[rows].mean(axis=0), int(rows.sum()), "user-type")
+    protos = latent.get("prototypes")
+    if protos and seen.any():
+        centres = np.asarray(protos, dtype=np.float32)
+        nearest = ((mu[:, None, :] - centres[None, :, :]) ** 2).sum(-1).argmin(axis=1)
+        for k in range(len(centres)):
+            rows = seen & (nearest == k)
+            if rows.any():
+                name = f"{PROTOTYPE_PREFIX}{k}"
+                groups[name] = Group(name, mu[rows].mean(axis=0), int(rows.sum()), "prototype")
+    if not groups:
+        raise ConfigError("stage-1 run has no seen clients with a posterior", path=str(run.root))
+    return groups
+
+
+def _unknown_group(name: str, groups: dict[str, Group]) -> ConfigError:
+    return ConfigError(
+        f"unknown group {name!r}; known: {', '.join(groups)}", field="--prefer/--mix"
+    )
+
+
+def parse_mix(spec: str) -> list[tuple[str, float]]:
+    """``helpful=0.3,harmless=0.7`` -> weights (normalised to sum 1: a convex mix stays inside
+    the region the selector was trained on)."""
+    parts: list[tuple[str, float]] = []
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not name.strip() or not weight >= 0:
+            raise ConfigError(
+                f"expected GROUP=WEIGHT with a weight >= 0, got {item!r}", field="--mix"
+            )
+        parts.append((name.strip(), weight))
+    total = sum(w for _, w in parts)
+    if not parts or total <= 0:
+        raise ConfigError(f"a mix needs a positive total weight, got {spec!r}", field="--mix")
+    return [(name, w / total) for name, w in parts]
+
+
+def mix_z(groups: dict[str, Group], spec: str) -> np.ndarray:
+    parts = parse_mix(spec)
+    for name, _ in parts:
+        if name not in groups:
+            raise _unknown_group(name, groups)
+    return np.sum([w * groups[name].z for name, w in parts], axis=0).astype(np.float32)
+
+
+def z_from_file(path: str | Path, latent_dim: int) -> np.ndarray:
+    """``d`` floats from ``.npy`` or a JSON list (e.g. a ``mu`` copied from final.json)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            values = np.asarray(json.loads(path.read_text()), dtype=np.float64)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"unreadable z file ({type(exc).__name__})", path=str(path), field="--z"
+        ) from exc
+    values = np.asarray(values, dtype=np.float32).reshape(-1) if values.ndim <= 1 else values
+    if values.ndim != 1 or values.shape[0] != latent_dim:
+        raise ConfigError(
+            f"z has shape {tuple(values.shape)}, this stage-1 run's z has {latent_dim} floats",
+            path=str(path),
+            field="--z",
+        )
+    if not np.isfinite(values).all():
+        raise ConfigError("z holds NaN or inf", path=str(path), field="--z")
+    return values
+
+
+# ---------------------------------------------------------------------- embeddings
+
+
+def _embedder(run: Stage1Run) -> tuple[Any, Any]:
+    """The stage-1 backbone and the shared embedding cache: the selector is only meaningful on
+    the vectors it was trained on, and texts embedded before are read, not recomputed."""
+    from fedvpa.config import EmbeddingConfig
+    from fedvpa.embeddings.backbone import make_backbone
+    from fedvpa.embeddings.cache import EmbeddingCache
+
+    emb = EmbeddingConfig(backbone=run.backbone, cache_dir=str(run.flat.get("cache-dir", "")))
+    return make_backbone(run.backbone), EmbeddingCache(emb.resolved_cache_dir() / "embeddings")
+
+
+def embed_texts(run: Stage1Run, texts: list[str]) -> torch.Tensor:
+    backbone, cache = _embedder(run)
+    vectors = cache.embed(texts, backbone, progress=False)
+    if vectors.shape[1] != run.model_cfg.input_dim:
+        raise ConfigError(
+            f"backbone {run.backbone} gives {vectors.shape[1]}-d vectors, the selector "
+            f"expects {run.model_cfg.input_dim}",
+            field="backbone",
+        )
+    return torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+
+
+def z_from_context(run: Stage1Run, path: str | Path, data_format: str = "auto") -> np.ndarray:
+    """A user's ``z`` from a few labelled pairs: the stage-1 encoder's posterior mean, as for an
+    unseen client of stage 1."""
+    from fedvpa.data.readers import read_pairs
+    from fedvpa.embeddings.pipeline import embed_pairs
+    from fedvpa.training.local import infer_posterior
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("no such context file", path=str(path), field="--context")
+    pairs = read_pairs(path, data_format)
+    if not pairs:
+        raise ConfigError("no labelled pairs in the context file", path=str(path))
+    backbone, cache = _embedder(run)
+    tensors = embed_pairs(pairs, backbone, cache, progress=False)
+    mu, _ = infer_posterior(run.selector(), tensors)
+    return mu.numpy().astype(np.float32)
+
+
+# ---------------------------------------------------------------------- the choice
+
+
+@dataclass(frozen=True)
+class ChosenZ:
+    z: np.ndarray
+    label: str  # how the user asked for it, for the output and reports
+
+
+def choose_z(
+    run: Stage1Run,
+    *,
+    prefer: str | None = None,
+    context: str | Path | None = None,
+    mix: str | None = None,
+    z_file: str | Path | None = None,
+) -> ChosenZ:
+    """Exactly one of the four ways to name a preference."""
+    given = {
+        "--prefer": prefer,
+        "--context": context,
+        "--mix": mix,
+        "--z": z_file,
+    }
+    chosen = [k for k, v in given.items() if v not in (None, "")]
+    if len(chosen) != 1:
+        raise ConfigError(
+            f"give exactly one of --prefer, --context, --mix, --z (got {len(chosen)})",
+            field="z",
+        )
+    if prefer:
+        groups = preference_groups(run)
+        if prefer not in groups:
+            raise _unknown_group(prefer, groups)
+        return ChosenZ(groups[prefer].z, f"group {prefer}")
+    if mix:
+        return ChosenZ(mix_z(preference_groups(run), mix), f"mix {mix}")
+    if z_file:
+        return ChosenZ(z_from_file(z_file, run.latent_dim), f"z file {z_file}")
+    return ChosenZ(z_from_context(run, str(context)), f"context {context}")
