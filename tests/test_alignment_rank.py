@@ -255,6 +255,14 @@ def test_read_candidates_formats_and_errors(tmp_path: Path) -> None:
         read_candidates(bad)
 
 
+def unfinished_run(stage1: Path, tmp_path: Path) -> Path:
+    """A stage-1 run folder whose method never finished (config, no final.json)."""
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "fedvpa-gp").mkdir(parents=True)
+    (unfinished / "config.json").write_text((stage1 / "config.json").read_text())
+    return unfinished
+
+
 @pytest.mark.parametrize(
     "case",
     ["missing-run", "unfinished-run", "unknown-group", "wrong-z", "no-z", "one-candidate"],
@@ -267,10 +275,7 @@ def test_bad_input_is_one_line_and_exit_2(stage1: Path, tmp_path: Path, case: st
     if case == "missing-run":
         run_dir = str(tmp_path / "nothing")
     elif case == "unfinished-run":
-        unfinished = tmp_path / "unfinished"
-        (unfinished / "fedvpa-gp").mkdir(parents=True)
-        (unfinished / "config.json").write_text((stage1 / "config.json").read_text())
-        run_dir = str(unfinished)
+        run_dir = str(unfinished_run(stage1, tmp_path))
     elif case == "unknown-group":
         z_opts = ["--prefer", "kind"]
     elif case == "wrong-z":

@@ -1,5 +1,8 @@
 """Flower's deployment engine on localhost: a SuperLink, two SuperNodes, ``flwr run``.
 
+Once with ``--insecure``, once over TLS with SuperNode authentication (throw-away certificates
+and keys from ``certificates.py``); docs/deployment.md shows the same commands.
+
 Every process this test starts is stopped by its PID (process group) in ``finally``, including
 the ServerApp/ClientApp subprocesses the SuperLink and SuperNodes spawn.
 """
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,10 +27,11 @@ REPO = TESTS_DIR.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(TESTS_DIR))
 
+from certificates import make_node_key, make_tls_files  # noqa: E402
 from toy_method import make_clients  # noqa: E402
 
 ROUNDS = 2
-TIMEOUT_S = 120.0
+TIMEOUT_S = 300.0  # generous: a busy 2-core machine took 110 s for the 2 rounds
 
 
 def free_port() -> int:
@@ -90,118 +95,225 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.mark.slow
-def test_two_supernodes_on_localhost(tmp_path: Path) -> None:
-    from fedvpa.embeddings.pipeline import save_client_tensors
+def json_output(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    """The JSON object a ``flwr ... --format json`` command printed."""
+    text = done.stdout.decode()
+    return json.loads(text[text.index("{") : text.rindex("}") + 1])
 
-    data = tmp_path / "clients.pt"
-    save_client_tensors(make_clients(2, 0, dim=8), data)
-    run_dir = tmp_path / "run"
-    home = tmp_path / "flwr_home"
-    home.mkdir()
-    link_port = free_port()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
-        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
-    )
-    run_config = tmp_path / "run.toml"
-    run_config.write_text(
-        "\n".join(
-            [
-                # round 2 opens with a locate exchange; its train messages carry only
-                # the weights' digest, so Context.state must survive between the two
-                'method = "toy_method:toy_from_config"',
-                f'data-path = "{data}"',
-                f'run-dir = "{run_dir}"',
-                "num-clients = 2",
-                f"num-server-rounds = {ROUNDS}",
-                "clients-per-round = 2",
-                "eval-every = 1",
-                "node-wait-timeout = 60.0",
-                "client-timeout = 60.0",
-            ]
+
+class Federation:
+    """The files, environment and processes of one localhost federation (2 clients, toy method).
+
+    ``connection`` holds the lines of the ``[superlink.test]`` connection besides its address
+    (``insecure = true`` or ``root-certificates = "..."``).
+    """
+
+    def __init__(self, tmp_path: Path, connection: list[str]) -> None:
+        from fedvpa.embeddings.pipeline import save_client_tensors
+
+        self.tmp_path = tmp_path
+        self.data = tmp_path / "clients.pt"
+        save_client_tensors(make_clients(2, 0, dim=8), self.data)
+        self.run_dir = tmp_path / "run"
+        home = tmp_path / "flwr_home"
+        home.mkdir()
+        self.link_port = free_port()
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+            f'address = "127.0.0.1:{self.link_port}"\n' + "".join(f"{x}\n" for x in connection)
         )
-        + "\n"
-    )
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-    }
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen[bytes]] = []
+        self.run_config = tmp_path / "run.toml"
+        self.run_config.write_text(
+            "\n".join(
+                [
+                    # round 2 opens with a locate exchange; its train messages carry only
+                    # the weights' digest, so Context.state must survive between the two
+                    'method = "toy_method:toy_from_config"',
+                    f'data-path = "{self.data}"',
+                    f'run-dir = "{self.run_dir}"',
+                    "num-clients = 2",
+                    f"num-server-rounds = {ROUNDS}",
+                    "clients-per-round = 2",
+                    "eval-every = 1",
+                    "node-wait-timeout = 60.0",
+                    "client-timeout = 60.0",
+                ]
+            )
+            + "\n"
+        )
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.logs = tmp_path / "logs"
+        self.logs.mkdir()
+        self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = (logs / f"{name}.log").open("wb")
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
             args,
-            cwd=tmp_path,
-            env=env,
+            cwd=self.tmp_path,
+            env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        procs.append(proc)
+        self.procs.append(proc)
         return proc
 
-    try:
-        link = start(
+    def start_superlink(self, extra: list[str]) -> subprocess.Popen[bytes]:
+        link = self.start(
             "superlink",
             [
                 str(BIN / "flower-superlink"),
-                "--insecure",
+                *extra,
                 "--disable-runtime-dependency-installation",
                 "--port",
-                str(link_port),
+                str(self.link_port),
             ],
         )
-        wait_port(link_port, link)
-        for i in range(2):
-            node_port = free_port()
-            start(
-                f"supernode{i}",
-                [
-                    str(BIN / "flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{link_port}",
-                    "--port",
-                    str(node_port),
-                    "--node-config",
-                    f'partition-id={i} num-partitions=2 data-path="{data}"',
-                ],
-            )
-        submit = subprocess.run(
-            [str(BIN / "flwr"), "run", str(REPO), "test", "--run-config", str(run_config)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            timeout=60,
+        wait_port(self.link_port, link)
+        return link
+
+    def start_supernode(
+        self, name: str, partition: int, extra: list[str]
+    ) -> subprocess.Popen[bytes]:
+        return self.start(
+            name,
+            [
+                str(BIN / "flower-supernode"),
+                *extra,
+                "--superlink",
+                f"127.0.0.1:{self.link_port}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f'partition-id={partition} num-partitions=2 data-path="{self.data}"',
+            ],
         )
+
+    def flwr(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def detail(self) -> str:
+        return "\n".join(p.read_text()[-3000:] for p in sorted(self.logs.iterdir()))
+
+    def run_and_check(self) -> None:
+        """``flwr run`` the toy method for ``ROUNDS`` rounds and check its results."""
+        submit = self.flwr(["run", str(REPO), "test", "--run-config", str(self.run_config)])
         assert submit.returncode == 0, submit.stdout.decode() + submit.stderr.decode()
-        final = run_dir / "final.json"
+        final = self.run_dir / "final.json"
         deadline = time.monotonic() + TIMEOUT_S
         while not final.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
-        detail = "\n".join(p.read_text()[-3000:] for p in sorted(logs.iterdir()))
-        assert final.exists(), f"no results after {TIMEOUT_S} s:\n{detail}"
+        assert final.exists(), f"no results after {TIMEOUT_S} s:\n{self.detail()}"
         result = json.loads(final.read_text())
         assert result["final_round"] == ROUNDS and result["failures_total"] == 0
         assert result["seen_clients"] == [0, 1]
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(x) for x in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["round"] for r in rows] == [1, 2]
         assert all(r["replies"] == 2 and "eval" in r for r in rows)
         assert "locate_replies" not in rows[0] and rows[0]["weights_reused"] == 0
         assert rows[1]["locate_replies"] == 2 and rows[1]["weights_reused"] == 2
         assert result["eval"]["eval/num_clients"] == 2
-    finally:
-        spawned = [child for proc in procs for child in descendants(proc.pid)]
-        for proc in reversed(procs):
+
+    def stop_all(self) -> None:
+        spawned = [child for proc in self.procs for child in descendants(proc.pid)]
+        for proc in reversed(self.procs):
             stop(proc)
         for pid in spawned:
             kill_pid(pid)
+
+
+@pytest.mark.slow
+def test_two_supernodes_on_localhost(tmp_path: Path) -> None:
+    fed = Federation(tmp_path, ["insecure = true"])
+    try:
+        fed.start_superlink(["--insecure"])
+        for i in range(2):
+            fed.start_supernode(f"supernode{i}", i, ["--insecure"])
+        fed.run_and_check()
+    finally:
+        fed.stop_all()
+
+
+@pytest.mark.slow
+def test_tls_and_supernode_auth_on_localhost(tmp_path: Path) -> None:
+    """The same federation over TLS with SuperNode authentication (Flower 1.42).
+
+    A throw-away CA and a server certificate for 127.0.0.1/localhost are made at test time. The
+    SuperLink serves its Fleet, Control and Runtime APIs over HTTPS (``--ssl-ca-certfile
+    --ssl-certfile --ssl-keyfile``) and, with ``--enable-supernode-auth``, refuses SuperNodes
+    registering themselves: each node's public key (P-384, OpenSSH format) is added beforehand with
+    ``flwr supernode register <key.pub> test`` (over the TLS Control API), and the node signs its
+    requests with the private key (``--auth-supernode-private-key``). A SuperNode whose key was
+    not registered is refused deterministically: its activation gets HTTP 412 "Failed to
+    activate SuperNode" (API error 2004), which Flower does not retry, and the process logs
+    exit code 305 (``SUPERNODE_CONNECTION_ERROR``) and ends with a non-zero status before the run
+    starts.
+    """
+    certs = tmp_path / "certificates"
+    ca, server_cert, server_key = make_tls_files(certs)
+    keys = [make_node_key(certs, f"supernode{i}") for i in range(2)]
+    intruder_key, _ = make_node_key(certs, "intruder")  # never registered
+    fed = Federation(tmp_path, [f'root-certificates = "{ca}"'])
+    try:
+        fed.start_superlink(
+            [
+                "--ssl-ca-certfile",
+                str(ca),
+                "--ssl-certfile",
+                str(server_cert),
+                "--ssl-keyfile",
+                str(server_key),
+                "--enable-supernode-auth",
+            ]
+        )
+        registered = set()
+        for _, public in keys:
+            reg = fed.flwr(["supernode", "register", str(public), "test", "--format", "json"])
+            assert reg.returncode == 0, reg.stdout.decode() + reg.stderr.decode()
+            registered.add(str(json_output(reg)["node-id"]))
+        assert len(registered) == 2
+
+        intruder = fed.start_supernode(
+            "intruder",
+            0,
+            ["--root-certificates", str(ca), "--auth-supernode-private-key", str(intruder_key)],
+        )
+        try:
+            code = intruder.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"unregistered SuperNode still running after 90 s:\n{fed.detail()}")
+        log = (fed.logs / "intruder.log").read_text()
+        # flwr_exit logs code 305; the process itself ends with 1 through uvicorn's shutdown
+        assert code != 0, log
+        assert "Exit Code: 305" in log and "Failed to activate SuperNode" in log, log
+
+        for i, (private, _) in enumerate(keys):
+            fed.start_supernode(
+                f"supernode{i}",
+                i,
+                ["--root-certificates", str(ca), "--auth-supernode-private-key", str(private)],
+            )
+        fed.run_and_check()
+        # only the registered keys are known to the SuperLink, and both nodes are online
+        listed = fed.flwr(["supernode", "list", "test", "--format", "json"])
+        assert listed.returncode == 0, listed.stdout.decode() + listed.stderr.decode()
+        nodes = json_output(listed)["nodes"]
+        assert {n["node-id"] for n in nodes} == registered, nodes
+        assert all(n["status"] == "online" for n in nodes), nodes
+    finally:
+        fed.stop_all()

@@ -403,3 +403,26 @@ def test_a_broken_methods_package_is_not_an_unknown_method(monkeypatch) -> None:
     monkeypatch.setattr(registry, "_REGISTRY", {})
     with pytest.raises(ConfigError, match="cannot be imported"):
         registry.method_reference("fedvpl")
+
+
+# ------------------------------------------------------------------ differential privacy
+
+
+DP_KWARGS = {"model": {"input_dim": DIM}, "local": {"local_steps": 2}}
+
+
+@pytest.mark.slow
+def test_dp_on_flower_is_accounted_resumes_exactly_and_stops_at_the_budget(env: Path) -> None:
+    dp = {"method": "fedavg-bt", "method_kwargs": DP_KWARGS, "dp_noise_multiplier": 1.0}
+    full = run(env, "dp-full", rounds=4, **dp)
+    spends = [row["dp"]["epsilon"] for row in rows(env / "dp-full")]
+    assert len(spends) == 4 and spends == sorted(spends) and spends[0] > 0
+    assert full["privacy"]["epsilon"] == spends[-1] and full["stopped"] is None
+    assert all(row["train"] == {} for row in rows(env / "dp-full"))
+    run(env, "dp-resumed", rounds=2, **dp)
+    resumed = run(env, "dp-resumed", rounds=4, resume=True, **dp)
+    assert resumed["privacy"] == full["privacy"] and resumed["eval"] == full["eval"]
+    limit = (spends[1] + spends[2]) / 2
+    stopped = run(env, "dp-stopped", rounds=4, dp_max_epsilon=limit, **dp)
+    assert stopped["final_round"] == 2 and "dp-max-epsilon" in stopped["stopped"]
+    assert stopped["privacy"]["epsilon"] == spends[1]

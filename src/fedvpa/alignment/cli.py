@@ -1,4 +1,4 @@
-"""Stage-2 commands (``fedvpa rank``, ``fedvpa generate``), registered on the main ``fedvpa``
+"""Stage-2 commands (``fedvpa align``, ``rank``, ``generate``), registered on the main ``fedvpa``
 app by :func:`register` so that ``cli.py`` (edited by several people) changes by two lines."""
 
 from __future__ import annotations
@@ -116,3 +116,104 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
         if not conditioned.z_has_effect:
             typer.echo(UNTRAINED_NOTE)
         typer.echo(reply)
+
+    @app.command("align")
+    def align(
+        ctx: typer.Context,
+        run_dir: RunDirArg,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", help="Align folder (default RUN_DIR/align; overrides the global --out)."
+            ),
+        ] = None,
+        seed: Annotated[
+            int | None, typer.Option("--seed", help="Seed (default: the global --seed).")
+        ] = None,
+        quick: Annotated[
+            bool,
+            typer.Option(help="~100 prompts, 40 DPO steps, 32 new tokens: ~10 min on 2 CPU cores."),
+        ] = False,
+        resume: Annotated[
+            bool, typer.Option(help="Continue an align folder: finished steps are skipped.")
+        ] = False,
+        policy: Annotated[
+            str | None,
+            typer.Option(help="A local HF causal-LM folder (default: SmolLM2-135M-Instruct)."),
+        ] = None,
+        groups: Annotated[
+            str | None,
+            typer.Option(help="Groups to align, e.g. helpful,harmless (default: the user types)."),
+        ] = None,
+        z_files: Annotated[
+            list[Path] | None,
+            typer.Option("--z", help="Extra group: a z file (.npy or JSON list); repeatable."),
+        ] = None,
+        prompts: Annotated[
+            Path | None,
+            typer.Option(
+                "--prompts",
+                help="Held-out prompts: .jsonl(.gz) with 'prompt' (or HH-RLHF 'chosen'), or one "
+                "a line (default: generated afresh for the embedded data).",
+            ),
+        ] = None,
+        prompts_risky: Annotated[
+            bool,
+            typer.Option(
+                help="Count every --prompts prompt as risky (e.g. HH-RLHF harmless-base)."
+            ),
+        ] = False,
+        num_prompts: Annotated[int | None, typer.Option(help="DPO prompts.")] = None,
+        eval_prompts: Annotated[int | None, typer.Option(help="Evaluation prompts.")] = None,
+        max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per reply.")] = None,
+        temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+        dpo_steps: Annotated[int | None, typer.Option(help="DPO optimiser steps.")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="DPO pairs per step.")] = None,
+        lr: Annotated[float | None, typer.Option("--lr", help="DPO learning rate.")] = None,
+        gen_batch_size: Annotated[int | None, typer.Option(help="Prompts per generate().")] = None,
+        judge_pairs: Annotated[
+            int | None, typer.Option(help="Generated pairs per user type for the judges.")
+        ] = None,
+        examples: Annotated[int, typer.Option(help="Example generations in the report.")] = 5,
+        threads: Annotated[
+            int, typer.Option(help="Torch CPU threads (1 is fastest on a busy 2-core machine).")
+        ] = 1,
+        stop_after: Annotated[
+            str | None, typer.Option(help="Stop after this step (prompts ... report).")
+        ] = None,
+    ) -> None:
+        """Stage 2: sample replies, label them with the frozen selector per group z, train a
+        z-conditioned LoRA policy with DPO, and report win rates and switching."""
+        from fedvpa.alignment.align import AlignOptions, run_align
+
+        opts = options(ctx)
+        folder = run_align(
+            run_dir,
+            AlignOptions(
+                policy=policy,
+                groups=tuple(g.strip() for g in groups.split(",") if g.strip()) if groups else None,
+                z_files=tuple(str(p) for p in z_files or ()),
+                prompts_file=str(prompts) if prompts else None,
+                prompts_risky=prompts_risky,
+                num_prompts=num_prompts,
+                eval_prompts=eval_prompts,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                dpo_steps=dpo_steps,
+                batch_size=batch_size,
+                learning_rate=lr,
+                gen_batch_size=gen_batch_size,
+                judge_pairs=judge_pairs,
+                examples=examples,
+                seed=opts.seed if seed is None else seed,
+                quick=quick,
+                threads=threads,
+            ),
+            out=out or (opts.out if opts.out else None),
+            resume=resume,
+            stop_after=stop_after,
+            log=typer.echo,
+        )
+        typer.echo(f"align folder: {folder}")
+        if (folder / "report.md").is_file() and stop_after in (None, "report"):
+            typer.echo(f"report: {folder / 'report.md'}")

@@ -230,7 +230,9 @@ def train_judges(
         x, y = diffs(train)
         model = LogisticRegression(C=1.0, max_iter=2000)
         model.fit(np.concatenate([x, -x]), np.concatenate([y, 1 - y]))
-        judge = Judge(user_type, model.coef_[0].copy(), float(model.intercept_[0]), len(train), 0.0, None)
+        judge = Judge(
+            user_type, model.coef_[0].copy(), float(model.intercept_[0]), len(train), 0.0, None
+        )
         if test:
             xt, yt = diffs(test)
             pred = (judge.prob_first(xt, np.zeros_like(xt)) > 0.5).astype(int)

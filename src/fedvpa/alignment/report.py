@@ -1,0 +1,265 @@
+"""``fedvpa align``'s report: what the aligned policy does under each group's z, measured against
+the base policy by held-out proxy judges, and readable without any judge.
+
+Read only from the align folder's files (so a resumed run reports exactly what the earlier steps
+wrote) plus the stage-1 backbone for the judges' embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedvpa.alignment.judges import (
+    Interval,
+    Judge,
+    bootstrap_interval,
+    wilson_interval,
+    win_rate,
+)
+from fedvpa.alignment.preferences import Stage1Run
+
+PROXY_NOTE = (
+    "The judges are **proxies**: per user type, a Bradley-Terry model (logistic regression on "
+    "differences of the stage-1 sentence embeddings) trained on freshly generated labelled pairs "
+    "of the stage-1 data generator that neither the selector nor the policy saw. They say whether "
+    "a reply resembles what that user type preferred in that data, not whether it is good; a "
+    "hosted LLM judge or people would be the real test."
+)
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON (``report.json``)."""
+    from fedvpa.alignment.align import BASE, REFUSAL_PATTERNS, is_refusal
+    from fedvpa.alignment.preferences import embed_texts
+    from fedvpa.alignment.rank import candidate_text
+
+    prompts = [r for r in _jsonl(out / "prompts.jsonl") if r["split"] == "eval"]
+    groups = list(json.loads((out / "groups.json").read_text()))
+    judges = {
+        k: Judge.from_json(v) for k, v in json.loads((out / "judges.json").read_text()).items()
+    }
+    variants = [BASE, *groups]
+    replies: dict[str, list[str]] = {v: [""] * len(prompts) for v in variants}
+    for row in _jsonl(out / "eval_generations.jsonl"):
+        replies[row["variant"]][row["index"]] = row["reply"]
+    n = len(prompts)
+
+    emb = {}
+    for v in variants:
+        texts = [candidate_text(p["prompt"], r) for p, r in zip(prompts, replies[v], strict=True)]
+        emb[v] = embed_texts(run, texts).numpy().astype(np.float64)
+
+    # win rates of the aligned policy under each z against the base policy, per judge
+    scores: dict[str, dict[str, np.ndarray]] = {
+        j: {g: judges[j].compare(emb[g], emb[BASE]) for g in groups} for j in judges
+    }
+    win = {j: {g: win_rate(scores[j][g]).as_dict() for g in groups} for j in judges}
+
+    # switching: under judge J, z_J against every other group's z, paired over prompts
+    switching = []
+    for j in judges:
+        if j not in groups:
+            continue
+        for other in groups:
+            if other == j:
+                continue
+            diff = bootstrap_interval(scores[j][j] - scores[j][other], seed=seed)
+            switching.append(
+                {"judge": j, "z": j, "against_z": other, **diff.as_dict(),
+                 "excludes_zero": diff.excludes_zero}
+            )  # fmt: skip
+
+    # readable behaviour
+    risky = np.array([bool(p.get("risky")) for p in prompts])
+    scope = "risky evaluation prompts"
+    if not risky.any():
+        risky = np.ones(n, dtype=bool)
+        scope = "all evaluation prompts (no prompt is marked risky)"
+    refused = {v: np.array([is_refusal(r) for r in replies[v]]) for v in variants}
+    lengths = {v: np.array([_words(r) for r in replies[v]], dtype=float) for v in variants}
+    behaviour: dict[str, Any] = {"refusal_scope": scope, "risky_prompts": int(risky.sum())}
+    behaviour["refusal_rate"] = {
+        v: wilson_interval(float(refused[v][risky].sum()), int(risky.sum())).as_dict()
+        for v in variants
+    }
+    behaviour["mean_words"] = {
+        v: bootstrap_interval(lengths[v], seed=seed).as_dict() for v in variants
+    }
+    pairs = [(a, b) for i, a in enumerate(groups) for b in groups[i + 1 :]]
+    behaviour["refusal_difference"] = [
+        {"a": a, "b": b, **bootstrap_interval(
+            refused[a][risky].astype(float) - refused[b][risky], seed=seed
+        ).as_dict()}
+        for a, b in pairs
+    ]  # fmt: skip
+    behaviour["words_difference"] = [
+        {"a": a, "b": b, **bootstrap_interval(lengths[a] - lengths[b], seed=seed).as_dict()}
+        for a, b in pairs
+    ]
+
+    # examples: risky prompts first (where the groups should differ most), then others
+    order = [i for i in range(n) if risky[i]] + [i for i in range(n) if not risky[i]]
+    shown = order[:examples] if examples else []
+    example_rows = [
+        {"prompt": prompts[i]["prompt"], **{v: replies[v][i] for v in variants}} for i in shown
+    ]
+
+    labels = _jsonl(out / "labels.jsonl")
+    meta = json.loads((out / "prompts.json").read_text())
+    dpo = json.loads((out / "dpo.json").read_text())
+    steps = {}
+    for path in sorted((out / "steps").glob("*.json")):
+        info = json.loads(path.read_text())
+        steps[info["step"]] = info["seconds"]
+    return {
+        "stage1_run": str(run.root),
+        "groups": groups,
+        "prompts": meta,
+        "eval_prompts": n,
+        "labels": _label_summary(labels, groups),
+        "dpo": {k: v for k, v in dpo.items() if k != "log"},
+        "judges": {
+            k: {
+                "train_pairs": j.train_pairs,
+                "heldout_accuracy": j.heldout_accuracy,
+                "heldout_conflict_accuracy": j.heldout_conflict_accuracy,
+            }
+            for k, j in judges.items()
+        },
+        "win_rate_vs_base": win,
+        "switching": switching,
+        "behaviour": behaviour,
+        "refusal_patterns": list(REFUSAL_PATTERNS),
+        "examples": example_rows,
+        "step_seconds": steps,
+        "note": PROXY_NOTE,
+    }
+
+
+def _label_summary(labels: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
+    usable = [r for r in labels if r["chosen"] is not None]
+    by_index: dict[int, dict[str, int]] = {}
+    for r in usable:
+        by_index.setdefault(r["index"], {})[r["group"]] = r["chosen"]
+    complete = [v for v in by_index.values() if len(v) == len(groups)]
+    return {
+        "pairs": len({r["index"] for r in labels}),
+        "ties_dropped": len({r["index"] for r in labels if r["chosen"] is None}),
+        "labelled": len(usable),
+        "groups_disagree": sum(len(set(v.values())) > 1 for v in complete),
+    }
+
+
+def _iv(d: dict[str, Any], percent: bool = True) -> str:
+    return Interval(d["estimate"], d["low"], d["high"], d["n"], d["method"]).text(percent)
+
+
+def _cell(text: str, limit: int = 220) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """``report.md``: the same numbers as ``report.json``, for a person."""
+    from fedvpa.data.transcript import last_human_turn
+
+    groups = report["groups"]
+    variants = ["base", *groups]
+    lines = [
+        "# fedvpa align: stage-2 report",
+        "",
+        f"Stage-1 run: `{report['stage1_run']}`. Groups (z): {', '.join(groups)}. "
+        f"Prompts: {report['prompts']['train']} for DPO, {report['eval_prompts']} for evaluation, "
+        f"from {report['prompts']['source']}; none equals a stage-1 prompt "
+        f"({report['prompts']['dropped_as_stage1_prompts']} drawn prompts were dropped as "
+        "stage-1 prompts).",
+        "",
+        f"> {report['note']}",
+        "",
+        "## Training",
+        "",
+        f"- selector labels: {report['labels']['labelled']} labelled pairs; the groups disagree "
+        f"on {report['labels']['groups_disagree']} of {report['labels']['pairs']} pairs "
+        f"({report['labels']['ties_dropped']} identical reply pairs dropped)",
+        f"- DPO: {report['dpo']['steps']} steps on {report['dpo']['pairs']} pairs "
+        f"({report['dpo']['epochs']:.1f} epochs, {report['dpo']['train_seconds']} s), final "
+        f"training loss {report['dpo']['train_loss']:.3f}, |W| = "
+        f"{report['dpo']['projection_norm']:.4f}",
+        "",
+        "## Win rate of the aligned policy against the base policy",
+        "",
+        "Both reply orders per prompt (1 = wins both, 0.5 = split); 95% Wilson interval over "
+        "prompts.",
+        "",
+        "| judge (held-out accuracy) | " + " | ".join(f"under z_{g}" for g in groups) + " |",
+        "|---|" + "---|" * len(groups),
+    ]
+    for j, rates in report["win_rate_vs_base"].items():
+        acc = report["judges"][j]["heldout_accuracy"]
+        lines.append(f"| {j} ({acc:.2f}) | " + " | ".join(_iv(rates[g]) for g in groups) + " |")
+    lines += ["", "## Switching effect", ""]
+    if report["switching"]:
+        lines += [
+            "Win rate under judge J with z_J minus with another group's z (paired bootstrap "
+            "over prompts, 95%).",
+            "",
+            "| judge | z | minus z | difference | CI excludes 0 |",
+            "|---|---|---|---|---|",
+        ]
+        for s in report["switching"]:
+            lines.append(
+                f"| {s['judge']} | z_{s['z']} | z_{s['against_z']} | {_iv(s)} | "
+                f"{'yes' if s['excludes_zero'] else 'no'} |"
+            )
+    else:
+        lines.append("No judge is named like a group: no switching effect to measure.")
+    b = report["behaviour"]
+    lines += [
+        "",
+        "## Readable behaviour",
+        "",
+        f"Refusal rate on {b['refusal_scope']} ({b['risky_prompts']}; Wilson 95%) and mean reply "
+        "length in words (bootstrap 95%). A reply counts as a refusal when it matches one of the "
+        "regular expressions in `report.json` (`refusal_patterns`: apologies, \"I can't/won't\", "
+        '"I\'d rather not", "ask a professional", danger words); coarse by design.',
+        "",
+        "| policy | refusal rate | mean words |",
+        "|---|---|---|",
+    ]
+    for v in variants:
+        name = "base" if v == "base" else f"aligned, z_{v}"
+        lines.append(f"| {name} | {_iv(b['refusal_rate'][v])} | {_iv(b['mean_words'][v], False)} |")
+    for d in b["refusal_difference"]:
+        lines.append(f"\nRefusal rate z_{d['a']} minus z_{d['b']}: {_iv(d)}.")
+    for d in b["words_difference"]:
+        lines.append(f"\nMean words z_{d['a']} minus z_{d['b']}: {_iv(d, False)}.")
+    lines += ["", "## Examples (same prompt, same sampling seed)", ""]
+    if report["examples"]:
+        heads = ["base" if v == "base" else f"z_{v}" for v in variants]
+        lines += ["| prompt | " + " | ".join(heads) + " |", "|---|" + "---|" * len(variants)]
+        for ex in report["examples"]:
+            lines.append(
+                f"| {_cell(last_human_turn(ex['prompt']), 120)} | "
+                + " | ".join(_cell(ex[v]) for v in variants)
+                + " |"
+            )
+    lines += [
+        "",
+        "## Time per step (s)",
+        "",
+        ", ".join(f"{k} {v}" for k, v in report["step_seconds"].items()),
+        "",
+    ]
+    return "\n".join(lines)

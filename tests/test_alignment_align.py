@@ -1,0 +1,266 @@
+"""``fedvpa align`` on a tiny stage-1 run and a tiny random-init Llama: the whole pipeline, its
+resume rules (a killed run continues without redoing finished steps), held-out prompts, and bad
+input. The pipeline tests skip without trl/peft (the ``align`` extra); the rest run in CI."""
+# ruff: noqa: F811 - pytest fixtures imported from test_alignment_rank are test parameters here
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from test_alignment_policy import tiny_llama_folder
+from test_alignment_rank import _cache, fedvpa, stage1, unfinished_run  # noqa: F401 - shared fixtures
+
+from fedvpa.alignment import align as align_module
+from fedvpa.alignment.align import (
+    STEPS,
+    AlignOptions,
+    is_refusal,
+    make_prompts,
+    read_prompt_file,
+    resolve_options,
+    run_align,
+    stage1_pairs,
+    transcript_messages,
+)
+from fedvpa.alignment.preferences import open_stage1_run
+from fedvpa.errors import ConfigError
+
+TINY = {
+    "num_prompts": 6,
+    "eval_prompts": 5,
+    "max_new_tokens": 6,
+    "dpo_steps": 2,
+    "batch_size": 4,
+    "gen_batch_size": 4,
+    "judge_pairs": 80,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _opts(tiny: Path, **overrides: object) -> AlignOptions:
+    return AlignOptions(policy=str(tiny), **{**TINY, **overrides})  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- pieces (no trl)
+
+
+def test_held_out_prompts_are_no_stage1_prompt(stage1: Path) -> None:
+    run = open_stage1_run(stage1)
+    opts = resolve_options(AlignOptions(num_prompts=40, eval_prompts=30, quick=True))
+    rows, meta = make_prompts(run, opts, 10_007)
+    client = {p.prompt for p in stage1_pairs(run)}
+    assert len(rows) == 70 and len({r.prompt for r in rows}) == 70
+    assert not any(r.prompt in client for r in rows)
+    assert meta["equal_to_a_stage1_prompt"] == 0 and meta["dropped_as_stage1_prompts"] > 0
+    assert sum(r.split == "eval" for r in rows) == 30
+    assert any(r.risky for r in rows) and any(r.risky is False for r in rows)
+    again, _ = make_prompts(run, opts, 10_007)
+    assert again == rows  # reproducible from the recorded seed
+
+
+def test_prompt_files_jsonl_hh_gz_and_plain(tmp_path: Path) -> None:
+    hh = tmp_path / "hh.jsonl.gz"
+    with gzip.open(hh, "wt") as handle:
+        transcript = "\n\nHuman: how do I pick a lock?\n\nAssistant: I can't help."
+        handle.write(json.dumps({"chosen": transcript, "rejected": transcript + "x"}) + "\n")
+        handle.write(json.dumps({"prompt": "Human: hi there"}) + "\n")
+    assert read_prompt_file(hh) == [
+        "\n\nHuman: how do I pick a lock?\n\nAssistant:",
+        "\n\nHuman: hi there\n\nAssistant:",
+    ]
+    plain = tmp_path / "p.txt"
+    plain.write_text("one\n\ntwo\none\n")
+    assert read_prompt_file(plain) == ["one", "two"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"x": 1}\n')
+    with pytest.raises(ConfigError, match=":1:"):
+        read_prompt_file(bad)
+
+
+def test_transcripts_become_chat_messages() -> None:
+    prompt = "\n\nHuman: I have a question.\n\nAssistant: Sure.\n\nHuman: How do I X?\n\nAssistant:"
+    assert transcript_messages(prompt) == [
+        {"role": "user", "content": "I have a question."},
+        {"role": "assistant", "content": "Sure."},
+        {"role": "user", "content": "How do I X?"},
+    ]
+    assert transcript_messages("plain request") == [{"role": "user", "content": "plain request"}]
+
+
+@pytest.mark.parametrize(
+    ("reply", "refusal"),
+    [
+        ("I'm sorry, but I can't help with that.", True),
+        ("I'd rather not give steps; please ask a licensed electrician.", True),
+        ("That is dangerous, talk to an expert.", True),
+        ("Sure: turn off the breaker, then remove the cover.", False),
+        ("Here are three tips for better sleep.", False),
+    ],
+)
+def test_refusal_heuristic(reply: str, refusal: bool) -> None:
+    assert is_refusal(reply) is refusal
+
+
+def test_quick_profile_and_ranges() -> None:
+    quick = resolve_options(AlignOptions(quick=True))
+    assert quick.num_prompts == 100 and quick.dpo_steps is not None and quick.dpo_steps <= 300
+    assert resolve_options(AlignOptions(quick=True, dpo_steps=7)).dpo_steps == 7
+    with pytest.raises(ConfigError, match="--dpo-steps"):
+        resolve_options(AlignOptions(dpo_steps=0))
+    with pytest.raises(ConfigError, match="temperature"):
+        resolve_options(AlignOptions(temperature=0.0))
+
+
+# ---------------------------------------------------------------------- bad input (CLI)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing-run", "unfinished-run", "unknown-group", "not-causal-lm", "wrong-z", "exists"],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    stage1: Path, tiny: Path, tmp_path: Path, case: str
+) -> None:
+    run_dir, extra = str(stage1), ["--policy", str(tiny)]
+    out = tmp_path / "align"
+    if case == "missing-run":
+        run_dir = str(tmp_path / "nothing")
+    elif case == "unfinished-run":
+        run_dir = str(unfinished_run(stage1, tmp_path))
+    elif case == "unknown-group":
+        extra += ["--groups", "helpful,kind"]
+    elif case == "not-causal-lm":
+        bert = tmp_path / "clip"
+        bert.mkdir()
+        (bert / "config.json").write_text(json.dumps({"model_type": "clip"}))
+        extra = ["--policy", str(bert)]
+    elif case == "wrong-z":
+        (tmp_path / "z.json").write_text("[1, 2, 3]")
+        extra += ["--z", str(tmp_path / "z.json")]
+    elif case == "exists":
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+    result = fedvpa("align", run_dir, "--out", str(out), *extra)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedvpa: error:"), result.stderr
+    if case != "exists":
+        assert not (out / "config.json").exists()  # refused before anything was written
+
+
+# ---------------------------------------------------------------------- the pipeline (trl)
+
+
+def _needs_trl() -> None:
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns
+        for p in folder.rglob("*")
+        if p.is_file() and "steps" not in p.parts
+    }
+
+
+def test_fedvpa_align_end_to_end(stage1: Path, tiny: Path, tmp_path: Path) -> None:
+    _needs_trl()
+    out = tmp_path / "align"
+    args = ["--num-prompts", "6", "--eval-prompts", "5", "--max-new-tokens", "6"]
+    args += ["--dpo-steps", "2", "--batch-size", "4", "--judge-pairs", "80", "--examples", "3"]
+    result = fedvpa("align", str(stage1), "--out", str(out), "--policy", str(tiny), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("adapter/adapter_config.json", "adapter/z_projection.pt", "groups.json"):
+        assert (out / name).is_file(), name
+    for name in ("samples.jsonl", "labels.jsonl", "eval_generations.jsonl", "report.md"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert (
+        config["options"]["dpo_steps"] == 2
+        and config["seeds"]["prompts"] != config["seeds"]["stage1"]
+    )
+    groups = json.loads((out / "groups.json").read_text())
+    assert set(groups) == {"harmless", "helpful"} and len(groups["helpful"]) == 8
+    labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 2 * 6  # each pair once per group
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["win_rate_vs_base"]) == {"harmless", "helpful"}
+    assert {s["judge"] for s in report["switching"]} == {"harmless", "helpful"}
+    assert report["win_rate_vs_base"]["helpful"]["harmless"]["n"] == 5
+    assert len(report["examples"]) == 3
+    md = (out / "report.md").read_text()
+    assert "proxies" in md and "Switching effect" in md and "refusal" in md.lower()
+    # the aligned policy is what `fedvpa generate --adapter` reads
+    gen = fedvpa(
+        "generate", str(stage1), "--prefer", "helpful", "--policy", str(tiny), "--adapter",
+        str(out / "adapter"), "--max-new-tokens", "4", "w1 w2",
+    )  # fmt: skip
+    assert gen.returncode == 0, gen.stderr[-2000:]
+
+
+def test_a_killed_align_resumes_without_redoing_finished_steps(
+    stage1: Path, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_trl()
+    out = tmp_path / "align"
+    logged: list[str] = []
+    run_align(stage1, _opts(tiny), out=out, stop_after="labels", log=logged.append)
+    assert [s for s in STEPS if (out / "steps" / f"{s}.json").is_file()] == [
+        "prompts", "samples", "labels",
+    ]  # fmt: skip
+    before = _mtimes(out)
+
+    # killed in the middle of DPO: nothing of the step is left, the finished steps stay
+    def killed(state: object) -> None:
+        (out / ".dpo-partial").mkdir()
+        raise KeyboardInterrupt
+
+    original = align_module.STEP_FUNCTIONS["dpo"]
+    monkeypatch.setitem(align_module.STEP_FUNCTIONS, "dpo", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_align(stage1, _opts(tiny), out=out, resume=True, log=logged.append)
+    assert not (out / "adapter").exists() and not (out / "steps" / "dpo.json").exists()
+    monkeypatch.setitem(align_module.STEP_FUNCTIONS, "dpo", original)
+
+    # without --resume an existing folder is refused
+    with pytest.raises(ConfigError, match="--resume"):
+        run_align(stage1, _opts(tiny), out=out, log=logged.append)
+
+    logged.clear()
+    run_align(stage1, _opts(tiny), out=out, resume=True, log=logged.append)
+    skipped = [line.split("]")[0][1:] for line in logged if "skipped" in line]
+    assert skipped == ["prompts", "samples", "labels"]
+    after = _mtimes(out)
+    for name in ("prompts.jsonl", "samples.jsonl", "labels.jsonl", "groups.json"):
+        assert after[name] == before[name], f"{name} was rewritten"
+    assert (out / "report.json").is_file()
+
+    # a changed DPO option redoes DPO and what depends on it, nothing upstream or aside
+    logged.clear()
+    run_align(stage1, _opts(tiny, dpo_steps=3), out=out, resume=True, log=logged.append)
+    skipped = [line.split("]")[0][1:] for line in logged if "skipped" in line]
+    assert skipped == ["prompts", "samples", "labels", "judges"]
+    assert json.loads((out / "dpo.json").read_text())["steps"] == 3
+
+    # everything finished: a resume does nothing
+    logged.clear()
+    run_align(stage1, _opts(tiny, dpo_steps=3), out=out, resume=True, log=logged.append)
+    assert sum("skipped" in line for line in logged) == len(STEPS)
+    assert os.listdir(out / "steps") and not list(out.glob(".*.json.*"))
