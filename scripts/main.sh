@@ -3,6 +3,6 @@
 # Usage: bash scripts/main.sh [extra `fedvpa run` options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh test
+bash scripts/install.sh test,align
 source scripts/env.sh
 .venv/bin/fedvpa run "$@"

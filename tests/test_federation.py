@@ -82,7 +82,7 @@ def toy_config(
         "clients_per_round": PER_ROUND,
         "eval_every": 2,
         "seed": SEED,
-        "client_timeout": 120.0,
+        "client_timeout": 600.0,  # a busy 2-core machine can take minutes to start Ray
     }
     values.update(settings)
     return FederationConfig(
@@ -426,3 +426,35 @@ def test_dp_on_flower_is_accounted_resumes_exactly_and_stops_at_the_budget(env: 
     stopped = run(env, "dp-stopped", rounds=4, dp_max_epsilon=limit, **dp)
     assert stopped["final_round"] == 2 and "dp-max-epsilon" in stopped["stopped"]
     assert stopped["privacy"]["epsilon"] == spends[1]
+
+
+class _SilentGrid:
+    """A Grid whose nodes are connected but never answer, recording the time-out it was given."""
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = nodes
+        self.timeouts: list[float] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(1, self.nodes + 1))
+
+    def send_and_receive(self, messages: list[Message], timeout: float) -> list[Message]:
+        self.timeouts.append(timeout)
+        return []
+
+
+def test_the_first_query_waits_a_rounds_time_not_only_the_connection_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bug: on a busy machine the 100 ClientApps could not load within node-wait-timeout (120 s)
+    # and the run ended with "metadata query: 0 of 100 nodes answered" and no hint.
+    from fedvpa.federation import transport
+    from fedvpa.federation.transport import FlowerTransport
+
+    monkeypatch.setattr(transport, "Message", lambda *args, **kwargs: (args, kwargs))  # no run
+    settings = FederationSettings(method="toy", client_timeout=900.0, node_wait_timeout=5.0)
+    config = FederationConfig(settings, {}, str(tmp_path), str(tmp_path / "run"), 3)
+    grid = _SilentGrid(3)
+    with pytest.raises(FederationError, match=r"0 of 3 nodes answered within 900 s.*timeout"):
+        FlowerTransport(grid, config).discover()  # type: ignore[arg-type]
+    assert grid.timeouts == [900.0]

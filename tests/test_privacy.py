@@ -4,6 +4,7 @@ own plain Gaussian, and the guard inside real in-process runs of every DP-capabl
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -85,6 +86,19 @@ def test_stats_are_clipped_towards_the_standard_normal_in_log_space() -> None:
     assert out["sigma2"].dtype == np.float32
     with pytest.raises(ValueError, match="positive"):
         privatise_stats({"sigma2": np.array([0.0])}, 1.0, 1.0, rng, log_scale={"sigma2"})
+
+
+def test_huge_noise_on_a_log_scale_stat_stays_finite() -> None:
+    # Bug: at epsilon = 1 the noise std on log sigma^2 reached tens and exp() overflowed float32
+    # to inf (RuntimeWarning: overflow encountered in cast) in the released sigma^2.
+    stats = {"mu": np.zeros(8, np.float32), "sigma2": np.ones(8, np.float32)}
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outs = [privatise_stats(stats, 60.0, 3.0, rng, log_scale={"sigma2"}) for _ in range(50)]
+    sigma2 = np.stack([o["sigma2"] for o in outs])
+    assert np.all(np.isfinite(sigma2)) and np.all(sigma2 > 0)
+    assert sigma2.max() == pytest.approx(np.exp(30.0), rel=1e-5)  # clamped, not inf
 
 
 def test_stats_noise_has_std_z_times_clip() -> None:

@@ -98,13 +98,17 @@ class FlowerTransport:
             Message(RecordDict({CONFIG_KEY: cfg}), dst_node_id=nid, message_type=MessageType.QUERY)
             for nid in node_ids
         ]
-        replies = list(self.grid.send_and_receive(messages, timeout=wait))
+        # The first reply of a node loads its ClientApp and data, as slow as a training round
+        # on a loaded machine, so it gets a round's time-out, not the connection wait.
+        timeout = max(wait, self.config.settings.client_timeout)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         failed = [m for m in replies if m.has_error()]
         if failed or len(replies) != len(node_ids):
             reasons = "; ".join(m.error.reason for m in failed[:3])
             raise FederationError(
                 f"metadata query: {len(replies) - len(failed)} of {len(node_ids)} nodes "
-                f"answered{': ' + reasons if reasons else ''}"
+                f"answered within {timeout:.0f} s{': ' + reasons if reasons else ''} "
+                "(raise client-timeout on a slow or busy machine)"
             )
         clients: dict[int, ClientRecord] = {}
         for msg in replies:
