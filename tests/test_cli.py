@@ -252,6 +252,22 @@ def test_run_records_every_key_and_the_installed_version(tmp_path):
     assert __version__ != "0" and _versions()["fedvpa"] == __version__
 
 
+def test_run_records_the_libraries_and_cpu_its_numbers_depend_on() -> None:
+    # Bug: the same code and seed gave another group count on another machine, and config.json
+    # could not say why (it held fedvpa, flwr, torch and Python only).
+    import numpy
+    import sklearn
+    import torch
+
+    from fedvpa.runner import _versions
+
+    versions = _versions()
+    assert versions["numpy"] == numpy.__version__
+    assert versions["scikit-learn"] == sklearn.__version__
+    assert versions["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(versions) >= {"fedvpa", "flwr", "torch", "scipy", "python"}
+
+
 def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """``fedvpa.cli.main`` in-process: (exit code, stderr)."""
     from fedvpa.cli import main

@@ -1,7 +1,8 @@
 """Flower's deployment engine on localhost: a SuperLink, two SuperNodes, ``flwr run``.
 
-Once with ``--insecure``, once over TLS with SuperNode authentication (throw-away certificates
-and keys from ``certificates.py``); docs/deployment.md shows the same commands.
+Once with ``--insecure``, once with one SuperNode killed mid-run, once over TLS with SuperNode
+authentication (throw-away certificates and keys from ``certificates.py``); docs/deployment.md
+shows the same commands.
 
 Every process this test starts is stopped by its PID (process group) in ``finally``, including
 the ServerApp/ClientApp subprocesses the SuperLink and SuperNodes spawn.
@@ -108,7 +109,13 @@ class Federation:
     (``insecure = true`` or ``root-certificates = "..."``).
     """
 
-    def __init__(self, tmp_path: Path, connection: list[str]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        connection: list[str],
+        rounds: int = ROUNDS,
+        client_timeout: float = 60.0,
+    ) -> None:
         from fedvpa.embeddings.pipeline import save_client_tensors
 
         self.tmp_path = tmp_path
@@ -132,11 +139,11 @@ class Federation:
                     f'data-path = "{self.data}"',
                     f'run-dir = "{self.run_dir}"',
                     "num-clients = 2",
-                    f"num-server-rounds = {ROUNDS}",
+                    f"num-server-rounds = {rounds}",
                     "clients-per-round = 2",
                     "eval-every = 1",
                     "node-wait-timeout = 60.0",
-                    "client-timeout = 60.0",
+                    f"client-timeout = {client_timeout}",
                 ]
             )
             + "\n"
@@ -210,19 +217,31 @@ class Federation:
     def detail(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.logs.iterdir()))
 
-    def run_and_check(self) -> None:
-        """``flwr run`` the toy method for ``ROUNDS`` rounds and check its results."""
-        submit = self.flwr(["run", str(REPO), "test", "--run-config", str(self.run_config)])
-        assert submit.returncode == 0, submit.stdout.decode() + submit.stderr.decode()
+    def submit(self) -> None:
+        done = self.flwr(["run", str(REPO), "test", "--run-config", str(self.run_config)])
+        assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+    def wait_final(self, timeout: float = TIMEOUT_S) -> dict[str, Any]:
         final = self.run_dir / "final.json"
-        deadline = time.monotonic() + TIMEOUT_S
+        deadline = time.monotonic() + timeout
         while not final.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert final.exists(), f"no results after {TIMEOUT_S} s:\n{self.detail()}"
-        result = json.loads(final.read_text())
+        assert final.exists(), f"no results after {timeout} s:\n{self.detail()}"
+        return dict(json.loads(final.read_text()))
+
+    def run_and_check(self) -> None:
+        """``flwr run`` the toy method for ``ROUNDS`` rounds and check its results."""
+        self.submit()
+        result = self.wait_final()
         assert result["final_round"] == ROUNDS and result["failures_total"] == 0
         assert result["seen_clients"] == [0, 1]
-        rows = [json.loads(x) for x in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = self.metrics()
         assert [r["round"] for r in rows] == [1, 2]
         assert all(r["replies"] == 2 and "eval" in r for r in rows)
         assert "locate_replies" not in rows[0] and rows[0]["weights_reused"] == 0
@@ -247,6 +266,42 @@ def test_two_supernodes_on_localhost(tmp_path: Path) -> None:
         fed.run_and_check()
     finally:
         fed.stop_all()
+
+
+@pytest.mark.slow
+def test_a_supernode_that_disappears_does_not_hang_the_server(tmp_path: Path) -> None:
+    """One of two SuperNodes is killed (SIGKILL, with its ClientApp) after round 1: the server
+    waits at most ``client-timeout`` per exchange for it, counts it as timed out, goes on with
+    the other client (``min-reply-fraction`` 0.5) and finishes every round."""
+    rounds, client_timeout = 3, 20.0
+    fed = Federation(tmp_path, ["insecure = true"], rounds=rounds, client_timeout=client_timeout)
+    try:
+        fed.start_superlink(["--insecure"])
+        nodes = [fed.start_supernode(f"supernode{i}", i, ["--insecure"]) for i in range(2)]
+        fed.submit()
+        deadline = time.monotonic() + TIMEOUT_S
+        while not fed.metrics() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert fed.metrics(), f"round 1 did not finish in {TIMEOUT_S} s:\n{fed.detail()}"
+        victim = nodes[1]
+        doomed = descendants(victim.pid)
+        os.killpg(victim.pid, signal.SIGKILL)
+        for pid in doomed:
+            kill_pid(pid)
+        victim.wait(timeout=10)
+        # each later round has at most three exchanges (locate, train, evaluate) to wait out
+        result = fed.wait_final(TIMEOUT_S + 3 * rounds * client_timeout)
+    finally:
+        fed.stop_all()
+    rows = fed.metrics()
+    assert [r["round"] for r in rows] == list(range(1, rounds + 1)), fed.detail()
+    assert result["final_round"] == rounds
+    assert rows[0]["replies"] == 2 and rows[0]["failures"] == 0
+    # The killed node may still have answered the round that was in flight; after that it is gone.
+    assert rows[-1]["replies"] == 1 and rows[-1]["failures"] == 1, rows[-1]
+    assert rows[-1]["eval_replies"] == 1 and rows[-1]["eval_failures"] == 1, rows[-1]
+    assert result["failures_total"] >= 1
+    assert result["eval"]["eval/num_clients"] == 1
 
 
 @pytest.mark.slow

@@ -42,7 +42,13 @@ def load_run_config(run_dir: Path) -> tuple[ExperimentConfig, dict[str, Any]]:
 
 
 def _versions() -> dict[str, str]:
+    """What the numbers of a run depend on besides its config: the libraries whose arithmetic it
+    uses and the CPU's vector instructions (torch picks kernels by them, and the rounding of
+    different kernels can move a 50-round run by a point, or flip a near-tied group count)."""
     import flwr
+    import numpy
+    import scipy
+    import sklearn
     import torch
 
     import fedvpa
@@ -51,7 +57,11 @@ def _versions() -> dict[str, str]:
         "fedvpa": fedvpa.__version__,
         "flwr": flwr.__version__,
         "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
         "python": platform.python_version(),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
     }
 
 
