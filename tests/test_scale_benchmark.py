@@ -1,0 +1,46 @@
+"""benchmarks/scale.py's floor and its measurements, without Ray (the benchmark itself runs on
+Flower; these check that its floor does no training and that its monitor reads rounds right)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "tests"))
+
+from method_loop import run_in_process  # noqa: E402
+from scale import Monitor, NoOpClients  # noqa: E402
+from toy_method import make_clients  # noqa: E402
+
+from fedvpa.methods.reward_heads import FedAvgBT  # noqa: E402
+
+
+def test_the_no_op_floor_sends_the_same_weights_and_never_moves_them() -> None:
+    clients = make_clients(6, 0, dim=8)
+    floor, trained = NoOpClients(model={"input_dim": 8}), FedAvgBT(model={"input_dim": 8})
+    start = floor.init_server_state(0).arrays
+    state, _, _ = run_in_process(floor, clients, rounds=3, per_round=3)
+    assert state.arrays.keys() == start.keys()
+    for key in start:
+        np.testing.assert_array_equal(state.arrays[key], start[key])
+    moved, _, _ = run_in_process(trained, clients, rounds=3, per_round=3)
+    assert any(not np.array_equal(moved.arrays[k], start[k]) for k in start)  # the real one does
+
+
+def test_the_monitor_times_each_new_row_and_sees_its_own_memory(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    with Monitor(metrics, interval=0.02) as mon:
+        time.sleep(0.1)
+        metrics.write_text("{}\n")
+        time.sleep(0.1)
+        metrics.write_text("{}\n{}\n{}\n")  # two rows at once: both get the same time
+        time.sleep(0.1)
+    assert len(mon.row_times) == 3
+    assert mon.row_times[0] - mon.start >= 0.09
+    assert mon.row_times[1] == mon.row_times[2] and mon.row_times[1] > mon.row_times[0]
+    assert mon.peak_rss > 10 * 2**20  # this Python process alone holds more than 10 MiB
