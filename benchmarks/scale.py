@@ -7,8 +7,10 @@ with **no-op clients** (they return the weights they received without a step: Fe
 messages, no compute), which is the floor the Flower and Ray machinery alone costs. Prints, per
 run: wall time, time per round (median of the rounds after the first, which also starts Ray
 and the ClientApps), time per client update, peak memory (RSS summed over this process and every
-descendant, Ray's included, sampled every 0.2 s) and bytes per client per round. Only the last
-round evaluates (``eval-every`` = rounds), so the figures are training rounds.
+descendant, Ray's included, sampled every 0.2 s, which is also the resolution of the round
+times) and bytes per client per round. Only the last round evaluates (``eval-every`` =
+rounds), so the figures are training rounds. A folder that already holds runs, an unknown
+method or a bad number is refused in one line (exit 2) before any work.
 
     .venv/bin/python benchmarks/scale.py --clients 1000 --pairs 8 --per-round 100 --rounds 100
     .venv/bin/python benchmarks/scale.py --rounds 10 --json scale.jsonl   # a shorter measurement
@@ -30,11 +32,14 @@ from typing import Any
 import psutil
 
 from fedvpa.embeddings.tensors import ClientTensors
+from fedvpa.errors import FedvpaInputError
 from fedvpa.experiment import ExperimentConfig, prepare_clients
+from fedvpa.federation.registry import method_reference
 from fedvpa.federation.run_config import FederationConfig
 from fedvpa.federation.runtime import run_federated
 from fedvpa.methods.base import Arrays, ClientUpdate
 from fedvpa.methods.reward_heads import FedAvgBT
+from fedvpa.protocol.round import FederationError
 
 BENCHMARKS = Path(__file__).resolve().parent
 NOOP = "scale:NoOpClients"  # importable by the Ray workers through PYTHONPATH (set in main)
@@ -65,6 +70,7 @@ class Monitor:
         self.interval = interval
         self.peak_rss = 0
         self.row_times: list[float] = []
+        self._read = 0  # bytes of metrics.jsonl already counted: only new rows are read
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -90,11 +96,15 @@ class Monitor:
 
     def _sample(self) -> None:
         self.peak_rss = max(self.peak_rss, self._rss())
-        if self.metrics.exists():
-            rows = self.metrics.read_bytes().count(b"\n")
-            now = time.perf_counter()
-            while len(self.row_times) < rows:
-                self.row_times.append(now)
+        if not self.metrics.exists():
+            return
+        with self.metrics.open("rb") as fh:
+            fh.seek(self._read)
+            new = fh.read()
+        complete = new.rfind(b"\n") + 1  # a row being written counts once it is whole
+        self._read += complete
+        now = time.perf_counter()
+        self.row_times.extend([now] * new[:complete].count(b"\n"))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -143,6 +153,17 @@ def run_one(
 
 
 def main() -> None:
+    try:
+        measure()
+    except FedvpaInputError as exc:  # bad input: one line, exit 2, as the fedvpa CLI does
+        print(f"scale.py: error: {exc.one_line()}", file=sys.stderr)
+        sys.exit(2)
+    except FederationError as exc:
+        print(f"scale.py: the run failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def measure() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=8, help="pairs per client")
@@ -157,6 +178,10 @@ def main() -> None:
     for name in ("clients", "pairs", "per_round", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for method in args.methods:
+        method_reference(method)  # an unknown method fails here, not after the data and floor
+    if args.out and any(Path(args.out).glob("*/metrics.jsonl")):
+        parser.error(f"--out {args.out} already holds runs: choose an empty folder")
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(BENCHMARKS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     )

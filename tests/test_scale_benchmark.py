@@ -32,15 +32,45 @@ def test_the_no_op_floor_sends_the_same_weights_and_never_moves_them() -> None:
     assert any(not np.array_equal(moved.arrays[k], start[k]) for k in start)  # the real one does
 
 
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the monitor never saw the row"
+        time.sleep(0.01)
+
+
 def test_the_monitor_times_each_new_row_and_sees_its_own_memory(tmp_path: Path) -> None:
     metrics = tmp_path / "metrics.jsonl"
     with Monitor(metrics, interval=0.02) as mon:
         time.sleep(0.1)
-        metrics.write_text("{}\n")
-        time.sleep(0.1)
-        metrics.write_text("{}\n{}\n{}\n")  # two rows at once: both get the same time
-        time.sleep(0.1)
+        with metrics.open("ab") as fh:
+            fh.write(b"{}\n{")  # a whole row and half of the next
+        _wait_for(lambda: len(mon.row_times) == 1)
+        time.sleep(0.05)
+        assert len(mon.row_times) == 1  # half a row is not a row
+        with metrics.open("ab") as fh:
+            fh.write(b"}\n{}\n")  # two rows complete at once: both get the same time
+        _wait_for(lambda: len(mon.row_times) == 3)
     assert len(mon.row_times) == 3
     assert mon.row_times[0] - mon.start >= 0.09
     assert mon.row_times[1] == mon.row_times[2] and mon.row_times[1] > mon.row_times[0]
     assert mon.peak_rss > 10 * 2**20  # this Python process alone holds more than 10 MiB
+
+
+def test_bad_arguments_end_in_one_line_before_any_work(tmp_path: Path) -> None:
+    import subprocess
+
+    def scale(*args: str) -> subprocess.CompletedProcess[str]:
+        script = str(REPO / "benchmarks" / "scale.py")
+        return subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+
+    unknown = scale("--methods", "no-such-method", "--out", str(tmp_path / "a"))
+    assert unknown.returncode == 2 and "no-such-method" in unknown.stderr
+    assert "Traceback" not in unknown.stderr and not (tmp_path / "a").exists()
+    used = tmp_path / "b" / "fedavg-bt"
+    used.mkdir(parents=True)
+    (used / "metrics.jsonl").write_text("{}\n")
+    again = scale("--out", str(tmp_path / "b"))
+    assert again.returncode == 2 and "already holds runs" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert scale("--rounds", "0").returncode == 2

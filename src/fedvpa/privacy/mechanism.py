@@ -87,14 +87,13 @@ def privatise_stats(
     clip_norm: float,
     rng: np.random.Generator,
     log_scale: Collection[str] = (),
-    log_bound: float = LOG_BOUND,
 ) -> Arrays:
     """One client's statistics release through the Gaussian mechanism: arrays in ``log_scale``
     go to log space, all arrays are clipped together to L2 norm ``clip_norm``, each coordinate
     gets noise of std ``noise_multiplier * clip_norm``, and log-space arrays come back with exp.
 
     At a small epsilon the noise std reaches tens, and ``exp`` of such a value overflows float32
-    to ``inf``; the noisy log is therefore clamped to ``[-log_bound, log_bound]`` first, which is
+    to ``inf``; the noisy log is therefore clamped to ``[-LOG_BOUND, LOG_BOUND]`` first, which is
     post-processing and costs no privacy."""
     keys = sorted(stats)
     values = []
@@ -114,7 +113,7 @@ def privatise_stats(
     for key, value in zip(keys, values, strict=True):
         noisy = value + rng.normal(0.0, noise_multiplier * clip_norm, value.shape)
         if key in log_scale:
-            noisy = np.exp(np.clip(noisy, -log_bound, log_bound))
+            noisy = np.exp(np.clip(noisy, -LOG_BOUND, LOG_BOUND))
         out[key] = noisy.astype(np.asarray(stats[key]).dtype)
     return out
 
