@@ -28,6 +28,7 @@ from fedvpa.config import load_toml
 from fedvpa.experiment import ExperimentConfig, prepare_clients
 from fedvpa.federation.registry import create_method
 from fedvpa.protocol.in_process import run_in_process
+from fedvpa.runner import check_methods
 
 
 def parse_value(text: str) -> Any:
@@ -67,6 +68,9 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
     without its messaging), evaluated every ``eval_every`` rounds."""
     flat = {**flat, "seed": seed, "eval-every": eval_every}
     exp = ExperimentConfig.from_flat(flat, source="sweep")
+    # A variant fixes some keys (fedvpa-gp: use-ortho, prior); a sweep setting one of them
+    # would otherwise measure the default under another name. Same check as `fedvpa run`.
+    check_methods(replace(exp, federation=replace(exp.federation, method=method_name)))
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=False)
     clients = prepared.clients
     method = create_method(method_name, exp.method_kwargs(clients[0].context.dim))

@@ -35,7 +35,6 @@ from fedvpa.embeddings.tensors import ClientTensors, PairTensors
 from fedvpa.federation.registry import create_method
 from fedvpa.methods.base import Arrays, ServerState
 from fedvpa.methods.variational import PRIOR_KEYS, VariationalMethod, compress_prior_rows
-from fedvpa.model.objective import local_objective, pad_contexts, pad_queries
 from fedvpa.model.priors import Prior
 from fedvpa.training.local import make_optimiser, split_context_query
 
@@ -83,10 +82,16 @@ def median_seconds(fn: Callable[[], Any], repeats: int, per_call: int = 1) -> fl
 def local_steps(
     method: VariationalMethod, global_arrays: Arrays, prior: Prior, client: ClientTensors
 ) -> Callable[[int], None]:
-    """``steps`` local steps exactly as ``train_local`` takes them (its loop body)."""
+    """``steps`` local steps exactly as ``train_local`` takes them after its latent-first steps
+    (its loop body with every weight trained)."""
+    # Imported here: benchmarks/local_step.py imports this module's helpers under older source
+    # trees (to time them), which may predate ClientViews.
+    from fedvpa.model.objective import ClientViews, local_objective
+
     model = method._model(global_arrays)
     cfg = replace(method.cfg, ortho_lambda=method.cfg.ortho_lambda_at(ROUND))
     labelled = client.labelled
+    views = ClientViews(labelled)
     batch = method.local.batch_size
     params = [p for p in model.parameters() if p.requires_grad]
     params += [p for p in prior.parameters() if p.requires_grad and p.numel() > 0]
@@ -98,8 +103,8 @@ def local_steps(
     def run(steps: int) -> None:
         for step in range(steps):
             splits = [split_context_query(len(labelled), gen) for _ in range(batch)]
-            context = pad_contexts([labelled.subset(c) for c, _ in splits])
-            queries = pad_queries([labelled.subset(q) for _, q in splits])
+            context = views.contexts([c for c, _ in splits])
+            queries = views.queries([q for _, q in splits])
             terms = local_objective(model, prior, context, queries, labels, cfg, gen, step, 2)
             optimiser.zero_grad(set_to_none=True)
             terms.total.backward()

@@ -164,6 +164,31 @@ def test_latent_first_steps_leave_the_base_untouched(clients):
     assert not torch.equal(
         before["feature.net.0.weight"], model.state_dict()["feature.net.0.weight"]
     )
+    # the freezing is undone: every weight trains again and the server's copy is unaffected
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_failing_local_round_leaves_no_weight_frozen(clients, monkeypatch):
+    """The latent-first steps switch gradients off; an error inside them must not leave a
+    reused model with frozen weights (the in-process protocol builds a model per client, but a
+    caller holding one across rounds would silently stop training the base)."""
+    from fedvpa.model.config import ModelConfig
+    from fedvpa.model.priors import StandardNormalPrior
+    from fedvpa.model.vpl import VariationalPreferenceModel
+    from fedvpa.training import local
+
+    cfg = ModelConfig(**SMALL, use_ortho=False)
+    model = VariationalPreferenceModel(cfg, seed=0)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("objective failed")
+
+    monkeypatch.setattr(local, "local_objective", boom)
+    with pytest.raises(RuntimeError, match="objective failed"):
+        local.train_local(
+            model, StandardNormalPrior(), clients[0], None, cfg, steps=4, latent_first_steps=3
+        )
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_latent_only_steps_keep_one_full_step():

@@ -15,7 +15,7 @@ from fedvpa.model.diagnostics import (
     latent_silhouette,
     moment_match,
 )
-from fedvpa.model.objective import local_objective, pad_contexts
+from fedvpa.model.objective import ClientViews, local_objective, pad_contexts, pad_queries
 from fedvpa.model.priors import FederatedMixturePrior, StandardNormalPrior, kl_standard_normal
 from fedvpa.model.vpl import VariationalPreferenceModel
 from fedvpa.training.local import (
@@ -194,3 +194,27 @@ def test_active_units_kl_per_dim_and_silhouette() -> None:
     assert latent_silhouette(separated, types) > 0.9
     assert abs(latent_silhouette(torch.randn(20, 2, generator=gen), types)) < 0.3
     assert latent_silhouette(separated, [0] * 20) != latent_silhouette(separated, [0] * 20)
+
+
+def test_client_views_gather_what_padding_the_subsets_gives() -> None:
+    """The local steps gather views by index; they must equal the padded subsets exactly."""
+    pairs = make_toy_clients(1, 16, 16, seed=3)[0].labelled
+    views = ClientViews(pairs)
+    gen = torch.Generator().manual_seed(0)
+    splits = [split_context_query(len(pairs), gen) for _ in range(5)]
+    expected_ctx = pad_contexts([pairs.subset(c) for c, _ in splits])
+    expected_qry = pad_queries([pairs.subset(q) for _, q in splits])
+    ctx = views.contexts([c for c, _ in splits])
+    qry = views.queries([q for _, q in splits])
+    for got, want in [
+        (ctx.chosen, expected_ctx.chosen),
+        (ctx.rejected, expected_ctx.rejected),
+        (ctx.mask, expected_ctx.mask),
+        (qry.emb_a, expected_qry.emb_a),
+        (qry.emb_b, expected_qry.emb_b),
+        (qry.label, expected_qry.label),
+        (qry.mask, expected_qry.mask),
+    ]:
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="at least one pair"):
+        views.contexts([torch.arange(2), torch.zeros(0, dtype=torch.long)])

@@ -7,6 +7,8 @@ to predict pairs whose labels ``z`` has never seen.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +16,7 @@ import torch
 from fedvpa.embeddings.tensors import ClientTensors, PairTensors
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.diagnostics import moment_match
-from fedvpa.model.objective import local_objective, pad_contexts, pad_queries
+from fedvpa.model.objective import ClientViews, local_objective, pad_contexts
 from fedvpa.model.priors import Prior
 from fedvpa.model.vpl import VariationalPreferenceModel
 
@@ -31,9 +33,11 @@ class LocalResult:
 
 def make_optimiser(kind: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """A client's optimiser for one round ("adam" or "sgd"); its state never outlives the round."""
+    # foreach: one multi-tensor kernel per Adam operation instead of one Python-level loop over
+    # the parameters (same arithmetic; a tenth of the optimiser's time on a model this small).
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, foreach=True)
+    return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 def split_context_query(
@@ -147,6 +151,27 @@ def is_latent_parameter(name: str) -> bool:
     return name.startswith(("encoder.", "selector.bias.", "selector.reward."))
 
 
+@contextmanager
+def _frozen(params: list[torch.nn.Parameter], active: bool) -> Iterator[Callable[[], None]]:
+    """Turn off gradients of ``params`` until the returned ``thaw`` is called (or the block
+    ends). A frozen weight then gets no gradient at all, so Adam skips it (no update, no moment),
+    and autograd does not compute the gradients nobody will use: during the latent-first steps
+    that is most of the backward pass (the pair feature ``g`` on every input embedding)."""
+    states = [p.requires_grad for p in params]
+
+    def thaw() -> None:
+        for p, state in zip(params, states, strict=True):
+            p.requires_grad_(state)
+
+    if active:
+        for p in params:
+            p.requires_grad_(False)
+    try:
+        yield thaw
+    finally:
+        thaw()
+
+
 def train_local(
     model: VariationalPreferenceModel,
     prior: Prior,
@@ -190,14 +215,17 @@ def train_local(
     labels = None
     if proto_label is not None:
         labels = torch.full((batch_size,), int(proto_label), dtype=torch.long)
+    views = ClientViews(labelled)
     sums: dict[str, float] = {}
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _frozen(frozen, latent_first_steps > 0) as thaw:
         torch.manual_seed(seed)  # dropout, if any
         for step in range(steps):
+            if step == latent_first_steps:
+                thaw()
             splits = [split_context_query(n, gen) for _ in range(batch_size)]
-            context = pad_contexts([labelled.subset(c) for c, _ in splits])
-            queries = pad_queries([labelled.subset(q) for _, q in splits])
+            context = views.contexts([c for c, _ in splits])
+            queries = views.queries([q for _, q in splits])
             terms = local_objective(
                 model, prior, context, queries, labels, cfg, gen, step, num_groups
             )
@@ -206,9 +234,6 @@ def train_local(
                 loss = loss + 0.5 * prox_mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            if step < latent_first_steps:
-                for p in frozen:
-                    p.grad = None  # Adam skips them: no update, no moment
             optimiser.step()
             for key, value in terms.as_metrics().items():
                 sums[key] = sums.get(key, 0.0) + value

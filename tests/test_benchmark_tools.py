@@ -1,0 +1,47 @@
+"""The measuring tools in benchmarks/: they must measure what they say (a sweep variant that
+silently runs the defaults, or a timing table that compares the wrong trees, would publish a
+wrong number)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedvpa.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import fed_sweep  # noqa: E402
+import local_step  # noqa: E402
+
+
+def test_a_sweep_variant_that_a_method_fixes_is_refused_not_measured_as_the_default() -> None:
+    # fedvpa-gp fixes use-ortho = true: this variant once ran the default under another name.
+    with pytest.raises(ConfigError, match="fedvpa-gp fixes use-ortho"):
+        fed_sweep.run_one({"data": "synthetic-2", "use-ortho": False}, "fedvpa-gp", 0, 5)
+
+
+def test_local_step_times_every_method_on_one_client() -> None:
+    args = local_step.argparse.Namespace(pairs=6, components=20, repeats=1)
+    for name in local_step.METHODS:
+        seconds = local_step.measure(name, args)
+        assert 0 < seconds < 60, name
+
+
+def test_local_step_compares_source_trees_in_one_invocation() -> None:
+    src = str(REPO / "src")
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "local_step.py"), "--src", src, "--src", src]
+        + ["--rounds", "1", "--repeats", "1", "--pairs", "6", "--methods", "fedavg-bt"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = [line for line in out.stdout.splitlines() if line.startswith(f"| {src} |")]
+    assert len(rows) == 2
+    assert "x)" in rows[1] and "x)" not in rows[0]  # ratios against the first tree
