@@ -155,8 +155,8 @@ def is_latent_parameter(name: str) -> bool:
 def _frozen(params: list[torch.nn.Parameter], active: bool) -> Iterator[Callable[[], None]]:
     """Turn off gradients of ``params`` until the returned ``thaw`` is called (or the block
     ends). A frozen weight then gets no gradient at all, so Adam skips it (no update, no moment),
-    and autograd does not compute the gradients nobody will use: during the latent-first steps
-    that is most of the backward pass (the pair feature ``g`` on every input embedding)."""
+    and autograd does not compute the gradients nobody would use (during the latent-first
+    steps: the pair feature ``g``'s weight gradient over every input embedding of the step)."""
     states = [p.requires_grad for p in params]
 
     def thaw() -> None:
