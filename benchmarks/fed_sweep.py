@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from fedvpa.config import load_toml
+from fedvpa.errors import ConfigError
 from fedvpa.experiment import ExperimentConfig, prepare_clients
 from fedvpa.federation.registry import create_method
 from fedvpa.protocol.in_process import run_in_process
@@ -222,4 +223,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as exc:  # a bad key or combination: one line, as `fedvpa run` gives it
+        print(f"fed_sweep: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

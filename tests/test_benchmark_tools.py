@@ -25,6 +25,22 @@ def test_a_sweep_variant_that_a_method_fixes_is_refused_not_measured_as_the_defa
         fed_sweep.run_one({"data": "synthetic-2", "use-ortho": False}, "fedvpa-gp", 0, 5)
 
 
+def test_a_refused_sweep_setting_is_one_line_and_exit_code_2() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "fed_sweep.py"), "--config"]
+        + [str(REPO / "conf" / "synthetic-4.toml"), "--method", "fedvpa-gp"]
+        + ["--variant", "x:use-ortho=false"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "fed_sweep: field 'use-ortho': fedvpa-gp fixes use-ortho = True (given: False); "
+        "choose the method that has it"
+    ]
+
+
 def test_local_step_times_every_method_on_one_client() -> None:
     args = local_step.argparse.Namespace(pairs=6, components=20, repeats=1)
     for name in local_step.METHODS:

@@ -130,8 +130,8 @@ class ClientViews:
     def _index(self, sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if not sets or any(len(s) == 0 for s in sets):
             raise ValueError("every view needs at least one pair")
-        sizes = torch.tensor([len(s) for s in sets])
-        mask = torch.arange(int(sizes.max())).unsqueeze(0) < sizes.unsqueeze(1)
+        sizes = [len(s) for s in sets]
+        mask = _mask(sizes, max(sizes))
         index = torch.full(mask.shape, self.size, dtype=torch.long)
         index[mask] = torch.cat(sets)
         return index, mask
