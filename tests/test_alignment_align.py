@@ -132,7 +132,16 @@ def test_quick_profile_and_ranges() -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing-run", "unfinished-run", "unknown-group", "not-causal-lm", "wrong-z", "exists"],
+    [
+        "missing-run",
+        "unfinished-run",
+        "unknown-group",
+        "not-causal-lm",
+        "wrong-z",
+        "exists",
+        "feddpo-rounds-0",
+        "feddpo-too-many-clients",
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2(
     stage1: Path, tiny: Path, tmp_path: Path, case: str
@@ -156,6 +165,10 @@ def test_bad_input_is_one_line_and_exit_2(
     elif case == "exists":
         out.mkdir()
         (out / "config.json").write_text("{}")
+    elif case == "feddpo-rounds-0":
+        extra += ["--feddpo", "--feddpo-rounds", "0"]
+    elif case == "feddpo-too-many-clients":
+        extra += ["--feddpo", "--feddpo-clients", "500"]
     result = fedvpa("align", run_dir, "--out", str(out), *extra)
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -256,7 +269,7 @@ def test_a_killed_align_resumes_without_redoing_finished_steps(
     logged.clear()
     run_align(stage1, _opts(tiny, dpo_steps=3), out=out, resume=True, log=logged.append)
     skipped = [line.split("]")[0][1:] for line in logged if "skipped" in line]
-    assert skipped == ["prompts", "samples", "labels", "judges"]
+    assert skipped == ["prompts", "samples", "labels", "feddpo", "judges"]
     assert json.loads((out / "dpo.json").read_text())["steps"] == 3
 
     # everything finished: a resume does nothing

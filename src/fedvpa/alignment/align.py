@@ -1,6 +1,6 @@
 """``fedvpa align RUN_DIR``: the server-side stage 2 of FedVPA-GP from a finished stage-1 run.
 
-Seven steps, each writing its output atomically into the align folder and recording a
+Eight steps, each writing its output atomically into the align folder and recording a
 fingerprint of everything it depended on (``steps/<name>.json``). ``--resume`` skips a step whose
 output is there with the same fingerprint, so a killed run continues where it stopped and an
 option that changes (say ``--dpo-steps``) redoes that step and the ones after it, not the rest.
@@ -11,10 +11,12 @@ option that changes (say ``--dpo-steps``) redoes that step and the ones after it
 2. ``samples``  two sampled replies per DPO prompt from the base policy;
 3. ``labels``   the frozen stage-1 selector labels each pair once per group with the group's z;
 4. ``dpo``      z-conditioned DPO (``dpo.py``): the LoRA adapter and the z projection;
-5. ``judges``   held-out proxy judges per user type (``judges.py``);
-6. ``evaluate`` replies to the evaluation prompts from the base policy and the aligned policy
-   under each group's z (same sampling seed for all, so differences come from z);
-7. ``report``   win rates, the switching effect, readable behaviour and examples.
+5. ``feddpo``   with ``--feddpo`` only: the monolithic baseline FedDPO on Flower (``feddpo.py``):
+   N clients run DPO with LoRA on their own stage-1 pairs, the server averages the adapters;
+6. ``judges``   held-out proxy judges per user type (``judges.py``);
+7. ``evaluate`` replies to the evaluation prompts from the base policy, the aligned policy
+   under each group's z (same sampling seed for all, so differences come from z) and FedDPO's;
+8. ``report``   win rates, the switching effect, readable behaviour and examples.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ import numpy as np
 from fedvpa.alignment.preferences import Stage1Run
 from fedvpa.errors import ConfigError
 
-STEPS = ("prompts", "samples", "labels", "dpo", "judges", "evaluate", "report")
+STEPS = ("prompts", "samples", "labels", "dpo", "feddpo", "judges", "evaluate", "report")
 # Seeds of the held-out material, offset from the stage-1 seed s (which uses s and s + 1 for
 # the generated data): fixed offsets so that a run's held-out set is reproducible.
 PROMPT_SEED_OFFSET = 10_007
 JUDGE_SEED_OFFSET = 20_011
 BASE = "base"
+FEDDPO = "feddpo"  # the variant name of the FedDPO baseline in the evaluation and report
 
 # Refusal heuristic: a reply counts as a refusal when it matches one of these (case-insensitive).
 # Deliberately coarse and documented in the report: a refusal-like sentence anywhere counts,
@@ -90,6 +93,11 @@ class AlignOptions:
     seed: int = 0
     quick: bool = False
     threads: int = 1
+    # FedDPO baseline (step "feddpo"): off unless asked for; batch size and lr are DPO's
+    feddpo: bool = False
+    feddpo_clients: int = 10
+    feddpo_rounds: int | None = None
+    feddpo_local_steps: int | None = None
 
 
 QUICK = {
@@ -103,6 +111,9 @@ QUICK = {
     "learning_rate": 1e-3,
     "gen_batch_size": 25,
     "judge_pairs": 600,
+    # 10 clients x 2 rounds x 3 steps = 60 DPO steps, on two Ray actors in parallel
+    "feddpo_rounds": 2,
+    "feddpo_local_steps": 3,
 }
 FULL = {
     "num_prompts": 1000,
@@ -113,6 +124,8 @@ FULL = {
     "learning_rate": 5e-4,
     "gen_batch_size": 16,
     "judge_pairs": 1200,
+    "feddpo_rounds": 10,
+    "feddpo_local_steps": 10,
 }
 
 
@@ -122,7 +135,8 @@ def resolve_options(opts: AlignOptions) -> AlignOptions:
     filled = replace(opts, **{k: v for k, v in profile.items() if getattr(opts, k) is None})
     positive = (
         "num_prompts", "eval_prompts", "max_new_tokens", "dpo_steps", "batch_size",
-        "gen_batch_size", "judge_pairs", "threads",
+        "gen_batch_size", "judge_pairs", "threads", "feddpo_clients", "feddpo_rounds",
+        "feddpo_local_steps",
     )  # fmt: skip
     for name in positive:
         if int(getattr(filled, name)) < 1:
@@ -491,8 +505,12 @@ def step_fingerprints(state: AlignState) -> dict[str, str]:
     fp["dpo"] = fingerprint(
         ["dpo", fp["labels"], o.dpo_steps, o.batch_size, o.learning_rate, s["dpo"]]
     )
+    fp["feddpo"] = fingerprint(
+        ["feddpo", ident, o.policy or "smollm2", o.feddpo, o.feddpo_clients, o.feddpo_rounds,
+         o.feddpo_local_steps, o.batch_size, o.learning_rate, s["dpo"]]
+    )  # fmt: skip
     fp["judges"] = fingerprint(["judges", fp["prompts"], o.judge_pairs, s["judges"]])
-    fp["evaluate"] = fingerprint(["evaluate", fp["dpo"], *gen, s["evaluate"]])
+    fp["evaluate"] = fingerprint(["evaluate", fp["dpo"], fp["feddpo"], *gen, s["evaluate"]])
     fp["report"] = fingerprint(["report", fp["evaluate"], fp["judges"], o.examples, s["report"]])
     return fp
 
@@ -502,6 +520,7 @@ STEP_OUTPUTS = {
     "samples": ("samples.jsonl",),
     "labels": ("groups.json", "labels.jsonl"),
     "dpo": ("adapter", "dpo.json"),
+    "feddpo": ("feddpo.json",),
     "judges": ("judges.json",),
     "evaluate": ("eval_generations.jsonl",),
     "report": ("report.json", "report.md"),
@@ -716,6 +735,87 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def feddpo_settings(state: AlignState) -> Any:
+    from fedvpa.alignment.feddpo import FedDPOSettings
+
+    o = state.opts
+    return FedDPOSettings(
+        stage1_run=str(state.run.root),
+        policy=o.policy,
+        clients=o.feddpo_clients,
+        rounds=int(o.feddpo_rounds or 1),
+        local_steps=int(o.feddpo_local_steps or 1),
+        batch_size=int(o.batch_size or 1),
+        learning_rate=float(o.learning_rate or 0),
+        seed=state.seeds["dpo"],
+        threads=o.threads,
+    )
+
+
+def _step_feddpo(state: AlignState) -> None:
+    """The monolithic baseline, trained on Flower from the clients' own pairs (not from the
+    selector's labels): one adapter for everybody, evaluated on the same prompts."""
+    target = state.out / "feddpo-adapter"
+    if not state.opts.feddpo:
+        if target.exists():
+            shutil.rmtree(target)
+        write_json(state.out / "feddpo.json", {"enabled": False})
+        state.log("  off (--feddpo runs it)")
+        return
+    from fedvpa.alignment.feddpo import (
+        adapter_bytes,
+        choose_clients,
+        initial_adapter,
+        save_adapter,
+        stage1_partition,
+    )
+    from fedvpa.federation.feddpo_app import run_feddpo
+
+    settings = feddpo_settings(state)
+    clients = choose_clients(stage1_partition(state.run.root), settings.clients, settings.seed)
+    initial = initial_adapter(settings)
+    t0 = time.perf_counter()
+    outcome = run_feddpo(
+        settings,
+        [c.client_id for c in clients],
+        initial,
+        flwr_home=state.out / ".flwr",
+        log=state.log,
+    )
+    seconds = time.perf_counter() - t0
+    work = Path(tempfile.mkdtemp(dir=state.out, prefix=".feddpo-"))
+    try:
+        save_adapter(settings, outcome.arrays or {}, work / "adapter")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(work / "adapter", target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    types: dict[str, int] = {}
+    for c in clients:
+        types[c.user_type] = types.get(c.user_type, 0) + 1
+    write_json(
+        state.out / "feddpo.json",
+        {
+            "enabled": True,
+            "settings": asdict(settings),
+            "clients": [asdict(c) for c in clients],
+            "clients_per_type": types,
+            "rounds": outcome.rounds,
+            "replies_per_round": {str(k): v for k, v in sorted(outcome.replies.items())},
+            "dpo_steps": settings.clients * settings.rounds * settings.local_steps,
+            "adapter_bytes_per_client_per_round": adapter_bytes(initial),
+            "seconds": round(seconds, 1),
+        },
+    )
+    losses = ", ".join(f"{r.get('train-loss', float('nan')):.3f}" for r in outcome.rounds)
+    state.log(
+        f"  {len(clients)} clients ({', '.join(f'{k} {v}' for k, v in sorted(types.items()))}), "
+        f"{settings.rounds} rounds in {seconds:.0f} s; mean client loss per round {losses}; "
+        f"adapter in {target}"
+    )
+
+
 def _step_judges(state: AlignState) -> None:
     from fedvpa.alignment.judges import judge_pairs_source, train_judges
     from fedvpa.alignment.preferences import embed_texts
@@ -771,6 +871,18 @@ def _step_evaluate(state: AlignState) -> None:
         rows += [{"index": i, "variant": name, "reply": r[0]} for i, r in enumerate(replies)]
     injector.detach()
     state._policy = None
+    if _read_json(state.out / "feddpo.json").get("enabled"):
+        from peft import PeftModel
+
+        state.log("  FedDPO policy (averaged adapter, no z)")
+        plain = state.policy()
+        model = PeftModel.from_pretrained(plain.model, str(state.out / "feddpo-adapter"))
+        model.eval()
+        replies = generate_batched(
+            model, plain.tokenizer, prompts, **common, progress=state.log
+        )  # fmt: skip
+        rows += [{"index": i, "variant": FEDDPO, "reply": r[0]} for i, r in enumerate(replies)]
+        state._policy = None
     write_jsonl(state.out / "eval_generations.jsonl", rows)
 
 
@@ -789,6 +901,7 @@ STEP_FUNCTIONS: dict[str, Callable[[AlignState], None]] = {
     "samples": _step_samples,
     "labels": _step_labels,
     "dpo": _step_dpo,
+    "feddpo": _step_feddpo,
     "judges": _step_judges,
     "evaluate": _step_evaluate,
     "report": _step_report,
@@ -842,6 +955,10 @@ def run_align(
     _groups(state)  # unknown group, wrong-size z: refused now, not after sampling
     if opts.prompts_file and not Path(opts.prompts_file).expanduser().is_file():
         raise ConfigError("no such prompts file", path=opts.prompts_file, field="--prompts")
+    if opts.feddpo:  # too few seen clients: refused now, not after the z-conditioned DPO
+        from fedvpa.alignment.feddpo import choose_clients, stage1_partition
+
+        choose_clients(stage1_partition(run.root), opts.feddpo_clients, seeds["dpo"])
     if (folder / "config.json").exists() and not resume:
         raise ConfigError(
             "align folder already exists: continue it with --resume, or choose --out",
@@ -859,6 +976,7 @@ def run_align(
             "options": asdict(opts),
             "seeds": seeds,
             "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
+            "steps": list(STEPS),
             "dpo_beta": 0.1,
             "fingerprints": fps,
         },

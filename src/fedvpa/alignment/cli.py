@@ -181,6 +181,20 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
         stop_after: Annotated[
             str | None, typer.Option(help="Stop after this step (prompts ... report).")
         ] = None,
+        feddpo: Annotated[
+            bool,
+            typer.Option(
+                help="Also train the monolithic FedDPO baseline on Flower (clients' own pairs, "
+                "averaged LoRA) and evaluate it on the same prompts."
+            ),
+        ] = False,
+        feddpo_clients: Annotated[
+            int, typer.Option(help="FedDPO clients (all train each round).")
+        ] = 10,
+        feddpo_rounds: Annotated[int | None, typer.Option(help="FedDPO rounds.")] = None,
+        feddpo_local_steps: Annotated[
+            int | None, typer.Option(help="FedDPO local DPO steps per client and round.")
+        ] = None,
     ) -> None:
         """Stage 2: sample replies, label them with the frozen selector per group z, train a
         z-conditioned LoRA policy with DPO, and report win rates and switching."""
@@ -208,6 +222,10 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
                 seed=opts.seed if seed is None else seed,
                 quick=quick,
                 threads=threads,
+                feddpo=feddpo,
+                feddpo_clients=feddpo_clients,
+                feddpo_rounds=feddpo_rounds,
+                feddpo_local_steps=feddpo_local_steps,
             ),
             out=out or (opts.out if opts.out else None),
             resume=resume,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedvpa.alignment.z_injection import ZInjector
@@ -97,6 +98,57 @@ def make_trainer_class() -> type:
     return ZDPOTrainer
 
 
+def lora_config() -> Any:
+    """The stage-2 adapter: LoRA on every linear layer, r 8, alpha 16, dropout 0.05."""
+    (config_class, _), _, _ = _trl()
+    return config_class(
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=LORA_DROPOUT,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def wrap_lora(model: Any) -> Any:
+    """``model`` with a fresh adapter (``lora_config``): A random (seed it with
+    ``torch.manual_seed``), B zero, so the wrapped policy starts equal to the base policy."""
+    (_, get_peft_model), _, _ = _trl()
+    return get_peft_model(model, lora_config())
+
+
+def dpo_arguments(
+    out_dir: Path,
+    *,
+    max_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    max_length: int = 512,
+    progress: bool = True,
+) -> Any:
+    """TRL's ``DPOConfig`` as both stage-2 trainers use it: beta 0.1, the reference
+    log-probabilities computed once (adapter off), no checkpoints, no reporting."""
+    _, (dpo_config, _), _ = _trl()
+    return dpo_config(
+        output_dir=str(out_dir),
+        beta=DPO_BETA,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        precompute_ref_log_probs=True,
+        max_length=max_length,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+
+
 def build_z_dpo(
     model: Any,
     tokenizer: Any,
@@ -116,17 +168,7 @@ def build_z_dpo(
     """
     from datasets import Dataset
 
-    (lora_config, get_peft_model), (dpo_config, _), _ = _trl()
-    peft_model = get_peft_model(
-        model,
-        lora_config(
-            r=LORA_R,
-            lora_alpha=LORA_ALPHA,
-            lora_dropout=LORA_DROPOUT,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        ),
-    )
+    peft_model = wrap_lora(model)
     injector = ZInjector(latent_dim, int(model.config.hidden_size))
     injector.attach(peft_model)
     peft_model.add_module("z_injector", injector)  # trainable, and seen by the optimiser
@@ -136,21 +178,13 @@ def build_z_dpo(
             for p in pairs
         ]
     )
-    args = dpo_config(
-        output_dir=str(out_dir),
-        beta=DPO_BETA,
+    args = dpo_arguments(
+        out_dir,
         max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
+        batch_size=batch_size,
         learning_rate=learning_rate,
-        precompute_ref_log_probs=True,
-        max_length=max_length,
-        logging_steps=10,
-        save_strategy="no",
-        report_to=[],
         seed=seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(),
-        dataloader_num_workers=0,
+        max_length=max_length,
     )
     trainer_class = make_trainer_class()
     trainer_class.injector = injector  # the reference is precomputed inside __init__
@@ -162,6 +196,77 @@ def build_z_dpo(
         data_collator=make_z_collator(tokenizer.pad_token_id),
     )
     return trainer, injector
+
+
+def build_plain_dpo(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str, str]],
+    out_dir: Path,
+    *,
+    max_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    max_length: int = 512,
+    progress: bool = False,
+) -> Any:
+    """TRL's own ``DPOTrainer`` on ``(prompt, chosen, rejected)`` texts for FedDPO's clients: no
+    z, and TRL wraps the plain ``model`` with ``lora_config`` itself.
+
+    Passing a plain model (not a PEFT one) is what keeps the reference the *base* policy: given
+    a PEFT model, TRL 1.16 copies its current adapter into a "ref" adapter and uses that, which
+    from round 2 on would make every round's reference the last global adapter. The caller
+    loads the global adapter into ``trainer.model`` after this returns (the reference
+    log-probabilities are already computed, with the adapter off) and ``unload()``s it after.
+    """
+    from datasets import Dataset
+
+    _, (_, dpo_trainer), _ = _trl()
+    dataset = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in pairs])
+    args = dpo_arguments(
+        out_dir,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        max_length=max_length,
+        progress=progress,
+    )
+    return dpo_trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+
+
+def lora_arrays(peft_model: Any) -> dict[str, np.ndarray]:
+    """The adapter's LoRA matrices (A and B of every wrapped layer) as float32 numpy arrays,
+    keyed by PEFT's state-dict names: what FedDPO's clients send and the server averages."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(peft_model)
+    return {k: v.detach().float().cpu().numpy().copy() for k, v in state.items()}
+
+
+def load_lora_arrays(peft_model: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Set the adapter to ``arrays`` (made by ``lora_arrays`` for the same policy); a missing,
+    extra or reshaped matrix is refused rather than half-loaded."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    own = get_peft_model_state_dict(peft_model)
+    if set(own) != set(arrays):
+        name = sorted(set(own) ^ set(arrays))[0]
+        raise ValueError(f"LoRA arrays do not match the adapter (first difference: {name})")
+    state = {}
+    for key, ref in own.items():
+        value = torch.as_tensor(np.asarray(arrays[key]))
+        if tuple(value.shape) != tuple(ref.shape):
+            raise ValueError(f"LoRA array {key}: shape {tuple(value.shape)} != {tuple(ref.shape)}")
+        state[key] = value.to(dtype=ref.dtype, device=ref.device)
+    set_peft_model_state_dict(peft_model, state)
 
 
 def save_z_policy(trainer: Any, injector: ZInjector, folder: Path) -> None:

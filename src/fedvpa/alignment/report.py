@@ -41,7 +41,7 @@ def _words(text: str) -> int:
 
 def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5) -> dict[str, Any]:
     """Everything the report shows, as plain JSON (``report.json``)."""
-    from fedvpa.alignment.align import BASE, REFUSAL_PATTERNS, is_refusal
+    from fedvpa.alignment.align import BASE, FEDDPO, REFUSAL_PATTERNS, is_refusal
     from fedvpa.alignment.preferences import embed_texts
     from fedvpa.alignment.rank import candidate_text
 
@@ -50,9 +50,11 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
     judges = {
         k: Judge.from_json(v) for k, v in json.loads((out / "judges.json").read_text()).items()
     }
-    variants = [BASE, *groups]
+    generations = _jsonl(out / "eval_generations.jsonl")
+    baselines = [FEDDPO] if any(r["variant"] == FEDDPO for r in generations) else []
+    variants = [BASE, *groups, *baselines]
     replies: dict[str, list[str]] = {v: [""] * len(prompts) for v in variants}
-    for row in _jsonl(out / "eval_generations.jsonl"):
+    for row in generations:
         replies[row["variant"]][row["index"]] = row["reply"]
     n = len(prompts)
 
@@ -62,10 +64,11 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         emb[v] = embed_texts(run, texts).numpy().astype(np.float64)
 
     # win rates of the aligned policy under each z against the base policy, per judge
+    aligned = [*groups, *baselines]
     scores: dict[str, dict[str, np.ndarray]] = {
-        j: {g: judges[j].compare(emb[g], emb[BASE]) for g in groups} for j in judges
+        j: {g: judges[j].compare(emb[g], emb[BASE]) for g in aligned} for j in judges
     }
-    win = {j: {g: win_rate(scores[j][g]).as_dict() for g in groups} for j in judges}
+    win = {j: {g: win_rate(scores[j][g]).as_dict() for g in aligned} for j in judges}
 
     # switching: under judge J, z_J against every other group's z, paired over prompts
     switching = []
@@ -78,6 +81,18 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
             diff = bootstrap_interval(scores[j][j] - scores[j][other], seed=seed)
             switching.append(
                 {"judge": j, "z": j, "against_z": other, **diff.as_dict(),
+                 "excludes_zero": diff.excludes_zero}
+            )  # fmt: skip
+
+    # personalised against the monolithic baseline: under judge J, z_J against FedDPO, paired
+    against_baseline = []
+    for j in judges:
+        if j not in groups:
+            continue
+        for b in baselines:
+            diff = bootstrap_interval(scores[j][j] - scores[j][b], seed=seed)
+            against_baseline.append(
+                {"judge": j, "z": j, "baseline": b, **diff.as_dict(),
                  "excludes_zero": diff.excludes_zero}
             )  # fmt: skip
 
@@ -119,6 +134,8 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
     labels = _jsonl(out / "labels.jsonl")
     meta = json.loads((out / "prompts.json").read_text())
     dpo = json.loads((out / "dpo.json").read_text())
+    feddpo_path = out / "feddpo.json"
+    feddpo = json.loads(feddpo_path.read_text()) if feddpo_path.is_file() else {"enabled": False}
     steps = {}
     for path in sorted((out / "steps").glob("*.json")):
         info = json.loads(path.read_text())
@@ -126,10 +143,12 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
     return {
         "stage1_run": str(run.root),
         "groups": groups,
+        "baselines": baselines,
         "prompts": meta,
         "eval_prompts": n,
         "labels": _label_summary(labels, groups),
         "dpo": {k: v for k, v in dpo.items() if k != "log"},
+        "feddpo": feddpo,
         "judges": {
             k: {
                 "train_pairs": j.train_pairs,
@@ -140,6 +159,7 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         },
         "win_rate_vs_base": win,
         "switching": switching,
+        "against_baseline": against_baseline,
         "behaviour": behaviour,
         "refusal_patterns": list(REFUSAL_PATTERNS),
         "examples": example_rows,
@@ -171,12 +191,34 @@ def _cell(text: str, limit: int = 220) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _variant_name(variant: str, groups: list[str], prefix: str = "under z_") -> str:
+    return f"{prefix}{variant}" if variant in groups else "FedDPO (no z)"
+
+
+def _feddpo_lines(feddpo: dict[str, Any]) -> list[str]:
+    if not feddpo.get("enabled"):
+        return []
+    st = feddpo["settings"]
+    types = ", ".join(f"{k} {v}" for k, v in sorted(feddpo["clients_per_type"].items()))
+    loss = ", ".join(f"{r['train-loss']:.3f}" for r in feddpo["rounds"] if "train-loss" in r)
+    return [
+        f"- FedDPO baseline (Flower, FedAvg of the LoRA A and B): {len(feddpo['clients'])} clients "
+        f"({types}) x {st['rounds']} rounds x {st['local_steps']} local DPO steps (batch "
+        f"{st['batch_size']}, lr {st['learning_rate']}) on the clients' own stage-1 pairs, "
+        f"{feddpo['seconds']} s; mean client loss per round {loss}; "
+        f"{feddpo['adapter_bytes_per_client_per_round'] / 1e6:.2f} MB up and down per client "
+        "per round",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """``report.md``: the same numbers as ``report.json``, for a person."""
     from fedvpa.data.transcript import last_human_turn
 
     groups = report["groups"]
-    variants = ["base", *groups]
+    baselines = report.get("baselines", [])
+    aligned = [*groups, *baselines]
+    variants = ["base", *aligned]
     lines = [
         "# fedvpa align: stage-2 report",
         "",
@@ -197,18 +239,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"({report['dpo']['epochs']:.1f} epochs, {report['dpo']['train_seconds']} s), final "
         f"training loss {report['dpo']['train_loss']:.3f}, |W| = "
         f"{report['dpo']['projection_norm']:.4f}",
+        *_feddpo_lines(report.get("feddpo", {})),
         "",
         "## Win rate of the aligned policy against the base policy",
         "",
         "Both reply orders per prompt (1 = wins both, 0.5 = split); 95% Wilson interval over "
         "prompts.",
         "",
-        "| judge (held-out accuracy) | " + " | ".join(f"under z_{g}" for g in groups) + " |",
-        "|---|" + "---|" * len(groups),
+        "| judge (held-out accuracy) | "
+        + " | ".join(_variant_name(g, groups) for g in aligned)
+        + " |",
+        "|---|" + "---|" * len(aligned),
     ]
     for j, rates in report["win_rate_vs_base"].items():
         acc = report["judges"][j]["heldout_accuracy"]
-        lines.append(f"| {j} ({acc:.2f}) | " + " | ".join(_iv(rates[g]) for g in groups) + " |")
+        lines.append(f"| {j} ({acc:.2f}) | " + " | ".join(_iv(rates[g]) for g in aligned) + " |")
     lines += ["", "## Switching effect", ""]
     if report["switching"]:
         lines += [
@@ -225,6 +270,20 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     else:
         lines.append("No judge is named like a group: no switching effect to measure.")
+    if report.get("against_baseline"):
+        lines += [
+            "",
+            "Personalised against the monolithic FedDPO: win rate (against the base policy) "
+            "under judge J with z_J minus FedDPO's (paired bootstrap over prompts, 95%).",
+            "",
+            "| judge | z | minus | difference | CI excludes 0 |",
+            "|---|---|---|---|---|",
+        ]
+        for s in report["against_baseline"]:
+            lines.append(
+                f"| {s['judge']} | z_{s['z']} | FedDPO | {_iv(s)} | "
+                f"{'yes' if s['excludes_zero'] else 'no'} |"
+            )
     b = report["behaviour"]
     lines += [
         "",
@@ -239,7 +298,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for v in variants:
-        name = "base" if v == "base" else f"aligned, z_{v}"
+        name = "base" if v == "base" else _variant_name(v, groups, "aligned, z_")
         lines.append(f"| {name} | {_iv(b['refusal_rate'][v])} | {_iv(b['mean_words'][v], False)} |")
     for d in b["refusal_difference"]:
         lines.append(f"\nRefusal rate z_{d['a']} minus z_{d['b']}: {_iv(d)}.")
@@ -247,7 +306,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"\nMean words z_{d['a']} minus z_{d['b']}: {_iv(d, False)}.")
     lines += ["", "## Examples (same prompt, same sampling seed)", ""]
     if report["examples"]:
-        heads = ["base" if v == "base" else f"z_{v}" for v in variants]
+        heads = ["base" if v == "base" else _variant_name(v, groups, "z_") for v in variants]
         lines += ["| prompt | " + " | ".join(heads) + " |", "|---|" + "---|" * len(variants)]
         for ex in report["examples"]:
             lines.append(
