@@ -13,7 +13,6 @@ client ids; a node takes the id at its ``partition-id`` and reads that client's 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -183,27 +182,17 @@ def run_feddpo(
 ) -> FedDPOOutcome:
     """``settings.rounds`` rounds of FedDPO in Flower's simulation engine (one SuperNode per
     client, two Ray actors on the 2-core machine); the averaged adapter is ``outcome.arrays``."""
-    from fedvpa.federation.runtime import backend_config, flower_environment
-
-    os.environ.update(flower_environment(flwr_home))
-    from flwr.simulation import run_simulation
+    from fedvpa.federation.runtime import simulate_apps
 
     outcome = FedDPOOutcome()
     log(
         f"  FedDPO on Flower: {len(client_ids)} clients x {settings.rounds} rounds x "
         f"{settings.local_steps} local DPO steps (batch {settings.batch_size})"
     )
-    try:
-        run_simulation(
-            server_app=make_server_app(settings, client_ids, initial, outcome),
-            client_app=app,
-            num_supernodes=len(client_ids),
-            backend_name="ray",
-            backend_config=backend_config(None),  # type: ignore[arg-type]
-        )
-    except Exception as exc:
-        if outcome.error is None:
-            raise FedDPOError(f"FedDPO simulation failed: {exc}") from exc
+    server_app = make_server_app(settings, client_ids, initial, outcome)
+    failed = simulate_apps(server_app, app, len(client_ids), flwr_home=flwr_home)
+    if failed is not None and outcome.error is None:
+        raise FedDPOError(f"FedDPO simulation failed: {failed}") from failed
     if outcome.error is not None:
         if isinstance(outcome.error, (FedDPOError, ConfigError)):
             raise outcome.error

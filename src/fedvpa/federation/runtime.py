@@ -56,6 +56,37 @@ def backend_config(backend: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def simulate_apps(
+    server_app: Any,
+    client_app: Any,
+    num_supernodes: int,
+    *,
+    flwr_home: Path,
+    backend: Mapping[str, Any] | None = None,
+    verbose: bool = False,
+) -> Exception | None:
+    """Run a ServerApp and a ClientApp in Flower's simulation engine (Ray); returns what
+    ``run_simulation`` raised, if anything. The apps record their own outcome: Flower exits
+    quietly when the server or every client failed, so the caller decides what "finished" means.
+    """
+    os.environ.update(flower_environment(flwr_home))
+    # Imported late: flwr.simulation pulls in Ray, and the env above must be set first.
+    from flwr.simulation import run_simulation
+
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_supernodes,
+            backend_name="ray",
+            backend_config=backend_config(backend),  # type: ignore[arg-type]
+            verbose_logging=verbose,
+        )
+    except Exception as exc:
+        return exc
+    return None
+
+
 def run_federated(
     config: FederationConfig,
     backend: Mapping[str, Any] | None = None,
@@ -78,26 +109,19 @@ def run_federated(
     # The same checks the server makes, before Ray starts: a refused resume costs nothing.
     RunFolder(run_dir, config.identity(), config.num_rounds).check(config.settings.resume)
     run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.update(flower_environment(flwr_home or run_dir / ".flwr"))
-
-    # Imported late: flwr.simulation pulls in Ray, and the env above must be set first.
-    from flwr.simulation import run_simulation
-
     from fedvpa.federation.client_app import app as client_app
 
     outcome = ServerOutcome()
-    try:
-        run_simulation(
-            server_app=make_server_app(config, outcome),
-            client_app=client_app,
-            num_supernodes=config.num_clients,
-            backend_name="ray",
-            backend_config=backend_config(backend),  # type: ignore[arg-type]
-            verbose_logging=verbose,
-        )
-    except Exception as exc:
-        if outcome.error is None:
-            raise FederationError(f"simulation failed: {exc}") from exc
+    failed = simulate_apps(
+        make_server_app(config, outcome),
+        client_app,
+        config.num_clients,
+        flwr_home=flwr_home or run_dir / ".flwr",
+        backend=backend,
+        verbose=verbose,
+    )
+    if failed is not None and outcome.error is None:
+        raise FederationError(f"simulation failed: {failed}") from failed
     if outcome.error is not None:
         if isinstance(outcome.error, (FederationError, ConfigError)):
             raise outcome.error

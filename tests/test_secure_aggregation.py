@@ -1,0 +1,86 @@
+"""SecAgg+ (Flower's secaggplus_mod + SecAggPlusWorkflow) over FedAvg-BT's shared weights: the
+server is handed only the aggregate, which equals the exact weighted mean of the same clients'
+updates up to SecAgg+'s quantisation; methods that send more than weights are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_toy_clients
+
+from fedvpa.embeddings.pipeline import save_client_tensors
+from fedvpa.errors import ConfigError
+from fedvpa.experiment import ExperimentConfig
+from fedvpa.federation.registry import create_method
+from fedvpa.federation.secure_aggregation import SecureSettings, run_secure_aggregation
+from fedvpa.methods.aggregation import weighted_average
+from fedvpa.protocol import seeds
+from fedvpa.protocol.client import train_step
+
+DIM = 16
+
+
+def _kwargs() -> dict:
+    return ExperimentConfig.from_flat({}, source="test").method_kwargs(DIM)
+
+
+def test_methods_that_send_more_than_weights_are_refused() -> None:
+    with pytest.raises(ConfigError, match="client-level DP"):
+        SecureSettings("fedvpa-gp", _kwargs(), "x", num_rounds=1, clients_per_round=3)
+    with pytest.raises(ConfigError, match="num-shares"):
+        SecureSettings("fedavg-bt", _kwargs(), "x", num_rounds=1, clients_per_round=3, num_shares=4)
+
+
+def test_secagg_gives_the_weighted_mean_and_hides_every_update(tmp_path: Path) -> None:
+    clients = make_toy_clients(num_clients=4, pairs=16, dim=DIM, seed=3)
+    path = tmp_path / "clients.pt"
+    save_client_tensors(clients, path)
+    settings = SecureSettings(
+        "fedavg-bt", _kwargs(), str(path), num_rounds=2, clients_per_round=4, seed=5
+    )
+    outcome = run_secure_aggregation(settings, flwr_home=tmp_path / "flwr", log=lambda _: None)
+    # every round: all four clients, and the server was handed one vector, the aggregate
+    assert [r["clients"] for r in outcome.rounds] == [4, 4]
+    assert [r["distinct_updates_seen"] for r in outcome.rounds] == [1, 1]
+
+    # the same rounds without SecAgg+: the exact weighted mean of the clients' updates
+    method = create_method("fedavg-bt", _kwargs())
+    arrays = method.init_server_state(5).arrays
+    for server_round in (1, 2):
+        updates = [
+            train_step(
+                method, arrays, {}, c, {}, server_round,
+                seeds.derive_seed(5, server_round, c.client_id, seeds.STREAM_TRAIN),
+            )[0]
+            for c in clients
+        ]  # fmt: skip
+        arrays = weighted_average([(u.arrays, float(u.num_examples)) for u in updates])
+    assert outcome.arrays is not None and set(outcome.arrays) == set(arrays)
+    worst = max(float(np.abs(outcome.arrays[k] - arrays[k]).max()) for k in arrays)
+    assert worst < 2e-5, worst  # quantisation: 2 * 8 / 2**22 = 3.8e-6 a step
+    assert any(float(np.abs(arrays[k]).max()) > 1e-2 for k in arrays)  # weights did move
+
+
+def test_a_weight_outside_the_clipping_range_is_refused_not_clipped(tmp_path: Path) -> None:
+    import json
+
+    from fedvpa.federation.messages import encode_kwargs
+    from fedvpa.federation.secure_aggregation import SecureClient
+
+    clients = make_toy_clients(num_clients=2, pairs=16, dim=DIM, seed=3)
+    path = tmp_path / "clients.pt"
+    save_client_tensors(clients, path)
+    arrays = create_method("fedavg-bt", _kwargs()).init_server_state(0).arrays
+    keys = sorted(arrays)
+    config = {
+        "method": "fedavg-bt", "method-kwargs": encode_kwargs(_kwargs()), "data-path": str(path),
+        "array-keys": json.dumps(keys), "server-round": 1, "seed": 0, "clipping-range": 1e-3,
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="clipping range"):
+        SecureClient(0).fit([arrays[k] for k in keys], config)
+    out, n, metrics = SecureClient(0).fit(
+        [arrays[k] for k in keys], {**config, "clipping-range": 8.0}
+    )
+    assert len(out) == len(keys) and n == clients[0].num_examples and metrics == {}
