@@ -84,3 +84,52 @@ def test_a_weight_outside_the_clipping_range_is_refused_not_clipped(tmp_path: Pa
         [arrays[k] for k in keys], {**config, "clipping-range": 8.0}
     )
     assert len(out) == len(keys) and n == clients[0].num_examples and metrics == {}
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ([], "method"),  # the default method, fedvpa-gp, sends its posteriors too
+        (["--set", "method=fedavg-bt", "--set", "baseline=fedbiscuit"], "baseline"),
+        (["--set", "method=fedavg-bt", "--set", "dp-epsilon=4"], "secure-aggregation"),
+    ],
+)
+def test_fedvpa_run_refuses_what_secagg_cannot_cover(
+    tmp_path: Path, extra: list[str], named: str
+) -> None:
+    from test_cli import fedvpa
+
+    out = tmp_path / "run"
+    result = fedvpa("--out", str(out), "run", "--set", "secure-aggregation=true", *extra)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_fedvpa_run_with_secure_aggregation_end_to_end(tmp_path: Path) -> None:
+    """`fedvpa run --set secure-aggregation=true`: real data, MiniLM, SecAgg+ on Flower."""
+    import json
+
+    from test_cli import fedvpa
+
+    out = tmp_path / "run"
+    result = fedvpa(
+        "--out", str(out), "run", "--num-clients", "6", "--rounds", "2",
+        "--clients-per-round", "3", "--set", "method=fedavg-bt", "--set", "baseline=",
+        "--set", "secure-aggregation=true", "--set", "synthetic-pairs-per-type=40",
+        "--set", "pairs-per-client=6", "--set", "local-steps=2",
+        "--set", "fraction-unseen=0.34",
+        env={"FEDVPA_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((out / "fedavg-bt" / "final.json").read_text())
+    secagg = final["secure_aggregation"]
+    assert secagg["server_saw_only_aggregates"] and len(secagg["rounds"]) == 2
+    assert all(r["clients"] == 3 for r in secagg["rounds"])
+    summary = json.loads((out / "summary.json").read_text())
+    res = summary["methods"]["fedavg-bt"]
+    assert res["seen"]["macro"] is not None and res["unseen"]["macro"] is not None
+    resumed = fedvpa("run", "--resume", str(out))
+    assert resumed.returncode == 2 and "resume" in resumed.stderr

@@ -279,6 +279,9 @@ class FederationSettings:
     dp_delta: float = 1e-5  # the delta of the (epsilon, delta) guarantee
     dp_max_epsilon: float = 0.0  # > 0: stop cleanly before a round would spend more
     dp_noise_source: str = "seed"  # "seed": reproducible from the run seed; "os": OS entropy
+    # fedvpa run only: aggregate the shared weights with Flower's SecAgg+ (the server unmasks
+    # only the round's weighted sum; weights-only methods: fedavg-bt; no DP, no resume)
+    secure_aggregation: bool = False
 
     @property
     def dp_enabled(self) -> bool:
@@ -299,6 +302,11 @@ class FederationSettings:
             raise ConfigError("must be 'seed' or 'os'", field="dp-noise-source")
         if self.dp_noise_multiplier > 0 and self.dp_epsilon > 0:
             raise ConfigError("set dp-noise-multiplier or dp-epsilon, not both", field="dp-epsilon")
+        if self.secure_aggregation and self.dp_enabled:
+            raise ConfigError(
+                "SecAgg+ and client-level DP are not combined yet: choose one",
+                field="secure-aggregation",
+            )
         for name in ("num_server_rounds", "clients_per_round", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError("must be >= 1", field=_key(name))

@@ -117,6 +117,28 @@ def check_methods(exp: ExperimentConfig) -> None:
                 )
 
 
+def secure_settings(exp: ExperimentConfig, method: str, data_path: Path, input_dim: int) -> Any:
+    """The SecAgg+ run of ``method`` (``secure-aggregation = true``); refuses a method that
+    sends more than its weights (one line naming the key)."""
+    from fedvpa.federation.secure_aggregation import SecureSettings
+
+    fed = exp.federation
+    try:
+        return SecureSettings(
+            method,
+            exp.method_kwargs(input_dim),
+            str(data_path),
+            num_rounds=fed.num_server_rounds,
+            clients_per_round=fed.clients_per_round,
+            seed=fed.seed,
+        )
+    except ConfigError as exc:
+        raise ConfigError(
+            f"secure-aggregation: {exc.reason}",
+            field="method" if method == fed.method else "baseline",
+        ) from exc
+
+
 def run_experiment(
     exp: ExperimentConfig, out: Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -137,6 +159,13 @@ def run_experiment(
         )
     if not resume:
         check_methods(exp)
+    fed = exp.federation
+    if fed.secure_aggregation:
+        if resume:
+            raise ConfigError("a secure-aggregation run cannot be resumed", field="--resume")
+        for name in (fed.method, fed.baseline):
+            if name:
+                secure_settings(exp, name, Path("."), exp.model.input_dim)  # refused up front
     seed = exp.federation.seed
     t0 = time.perf_counter()
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
@@ -166,7 +195,18 @@ def run_experiment(
     }
     for name in methods:
         run_dir = out / name
-        if final_if_complete(run_dir, fed.num_server_rounds) is None:
+        if fed.secure_aggregation:
+            from fedvpa.federation.secure_aggregation import run_secure_method
+
+            t = time.perf_counter()
+            run_secure_method(
+                secure_settings(exp, name, prepared.path, prepared.clients[0].context.dim),
+                prepared.clients,
+                run_dir,
+                log=print if progress else lambda _: None,
+            )
+            seconds = time.perf_counter() - t
+        elif final_if_complete(run_dir, fed.num_server_rounds) is None:
             t = time.perf_counter()
             run_federated(
                 FederationConfig.from_experiment(

@@ -101,6 +101,11 @@ def run_federated(
     node each, seen and unseen (unseen ones only evaluate). Raises ``ConfigError`` for bad
     arguments and ``FederationError`` when the run did not produce results.
     """
+    if config.settings.secure_aggregation:
+        raise ConfigError(
+            "SecAgg+ runs through `fedvpa run` (Flower's legacy SecAgg+ apps), not here",
+            field="secure-aggregation",
+        )
     run_dir = Path(config.run_dir)
     if not Path(config.data_path).exists():
         raise ConfigError("client tensor file not found", path=config.data_path, field="data-path")

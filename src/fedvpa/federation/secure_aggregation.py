@@ -283,6 +283,43 @@ def run_secure_aggregation(
     return outcome
 
 
-def clients_in(path: str | Path) -> Sequence[ClientTensors]:
-    """Every client of a tensor file (seen and unseen), for scoring the final weights."""
-    return load_client_tensors(Path(path))
+def run_secure_method(
+    settings: SecureSettings,
+    clients: Sequence[ClientTensors],
+    run_dir: Path,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``fedvpa run --set secure-aggregation=true``: one method with SecAgg+, its final weights
+    scored on every client (seen and unseen, as their devices would score them), written to
+    ``run_dir/final.json`` in the shape of a Flower run's (``runner.method_results`` reads it)."""
+    import time
+
+    from fedvpa.evaluation.accuracy import evaluate, flatten_report
+    from fedvpa.protocol import run_folder
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    outcome = run_secure_aggregation(settings, flwr_home=run_dir / ".flwr", log=log)
+    seconds = time.perf_counter() - t0
+    method = create_method(settings.method, settings.method_kwargs)
+    report = evaluate(method.predictor(outcome.arrays or {}), clients)
+    final = {
+        "method": settings.method,
+        "final_round": settings.num_rounds,
+        "eval": flatten_report(report),
+        "secure_aggregation": {
+            "protocol": "SecAgg+ (Flower secaggplus_mod + SecAggPlusWorkflow)",
+            "num_shares": settings.num_shares,
+            "reconstruction_threshold": settings.reconstruction_threshold,
+            "clipping_range": settings.clipping_range,
+            "quantization_range": settings.quantization_range,
+            "rounds": outcome.rounds,
+            "server_saw_only_aggregates": all(
+                r["distinct_updates_seen"] == 1 for r in outcome.rounds
+            ),
+            "seconds": round(seconds, 1),
+        },
+    }
+    run_folder.write_json(run_dir / "final.json", final)
+    return final

@@ -54,6 +54,12 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:
 
     exp = ExperimentConfig.from_flat(dict(run_config), source="run config")
     fed = exp.federation
+    if fed.secure_aggregation:
+        raise ConfigError(
+            "SecAgg+ runs through `fedvpa run` in simulation (Flower's legacy layout), not "
+            "`flwr run`",
+            field="secure-aggregation",
+        )
     if fed.data_path:
         path = Path(fed.data_path).expanduser()
         if not path.is_file():
