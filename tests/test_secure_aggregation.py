@@ -133,3 +133,12 @@ def test_fedvpa_run_with_secure_aggregation_end_to_end(tmp_path: Path) -> None:
     assert res["seen"]["macro"] is not None and res["unseen"]["macro"] is not None
     resumed = fedvpa("run", "--resume", str(out))
     assert resumed.returncode == 2 and "resume" in resumed.stderr
+
+
+def test_compare_refuses_secure_aggregation_before_any_work(tmp_path: Path) -> None:
+    from fedvpa.compare import run_compare
+
+    exp = ExperimentConfig.from_flat({"secure-aggregation": True}, source="test")
+    with pytest.raises(ConfigError, match="compare"):
+        run_compare(exp, ["fedavg-bt"], [0], tmp_path / "cmp", progress=False)
+    assert not (tmp_path / "cmp").exists()

@@ -550,6 +550,11 @@ def run_compare(
     from fedvpa.experiment import prepare_clients
 
     names = check_methods(methods)
+    if exp.federation.secure_aggregation:
+        raise ConfigError(
+            "SecAgg+ runs through `fedvpa run` (one weights-only method), not compare",
+            field="secure-aggregation",
+        )
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError("need one or more distinct seeds", field="seeds")
     if not k_values or any(int(k) < 1 for k in k_values):
