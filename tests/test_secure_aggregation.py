@@ -29,7 +29,7 @@ def _kwargs() -> dict:
 def test_methods_that_send_more_than_weights_are_refused() -> None:
     with pytest.raises(ConfigError, match="client-level DP"):
         SecureSettings("fedvpa-gp", _kwargs(), "x", num_rounds=1, clients_per_round=3)
-    with pytest.raises(ConfigError, match="num-shares"):
+    with pytest.raises(ConfigError, match="clients-per-round"):
         SecureSettings("fedavg-bt", _kwargs(), "x", num_rounds=1, clients_per_round=3, num_shares=4)
 
 
@@ -92,6 +92,7 @@ def test_a_weight_outside_the_clipping_range_is_refused_not_clipped(tmp_path: Pa
         ([], "method"),  # the default method, fedvpa-gp, sends its posteriors too
         (["--set", "method=fedavg-bt", "--set", "baseline=fedbiscuit"], "baseline"),
         (["--set", "method=fedavg-bt", "--set", "dp-epsilon=4"], "secure-aggregation"),
+        (["--set", "method=fedavg-bt", "--clients-per-round", "2"], "clients-per-round"),
     ],
 )
 def test_fedvpa_run_refuses_what_secagg_cannot_cover(
@@ -131,8 +132,15 @@ def test_fedvpa_run_with_secure_aggregation_end_to_end(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     res = summary["methods"]["fedavg-bt"]
     assert res["seen"]["macro"] is not None and res["unseen"]["macro"] is not None
+    # no dead end: --resume of a finished run redoes nothing; of a killed one, the method
     resumed = fedvpa("run", "--resume", str(out))
-    assert resumed.returncode == 2 and "resume" in resumed.stderr
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "fedavg-bt" / "final.json").read_text()) == final
+    (out / "fedavg-bt" / "final.json").unlink()  # as if killed before the end
+    redone = fedvpa("run", "--resume", str(out))
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    again = json.loads((out / "fedavg-bt" / "final.json").read_text())
+    assert len(again["secure_aggregation"]["rounds"]) == 2
 
 
 def test_compare_refuses_secure_aggregation_before_any_work(tmp_path: Path) -> None:

@@ -280,7 +280,7 @@ class FederationSettings:
     dp_max_epsilon: float = 0.0  # > 0: stop cleanly before a round would spend more
     dp_noise_source: str = "seed"  # "seed": reproducible from the run seed; "os": OS entropy
     # fedvpa run only: aggregate the shared weights with Flower's SecAgg+ (the server unmasks
-    # only the round's weighted sum; weights-only methods: fedavg-bt; no DP, no resume)
+    # only the round's weighted sum; weights-only methods: fedavg-bt; no DP; no checkpoint)
     secure_aggregation: bool = False
 
     @property

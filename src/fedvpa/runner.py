@@ -133,9 +133,10 @@ def secure_settings(exp: ExperimentConfig, method: str, data_path: Path, input_d
             seed=fed.seed,
         )
     except ConfigError as exc:
+        role = "method" if method == fed.method else "baseline"
         raise ConfigError(
             f"secure-aggregation: {exc.reason}",
-            field="method" if method == fed.method else "baseline",
+            field=role if exc.field == "method" else exc.field,  # the key to change
         ) from exc
 
 
@@ -161,8 +162,6 @@ def run_experiment(
         check_methods(exp)
     fed = exp.federation
     if fed.secure_aggregation:
-        if resume:
-            raise ConfigError("a secure-aggregation run cannot be resumed", field="--resume")
         for name in (fed.method, fed.baseline):
             if name:
                 secure_settings(exp, name, Path("."), exp.model.input_dim)  # refused up front
@@ -195,7 +194,8 @@ def run_experiment(
     }
     for name in methods:
         run_dir = out / name
-        if fed.secure_aggregation:
+        if fed.secure_aggregation and final_if_complete(run_dir, fed.num_server_rounds) is None:
+            # SecAgg+ keeps no checkpoint: a resumed run redoes an unfinished method from round 1
             from fedvpa.federation.secure_aggregation import run_secure_method
 
             t = time.perf_counter()

@@ -204,14 +204,20 @@ def _risky_questions() -> set[str]:
     return {q.format(task=t) for q in RISKY_QUESTIONS for topic in TOPICS for t in topic.risky}
 
 
-def stage1_pairs(run: Stage1Run) -> list[Any]:
-    """The stage-1 data set exactly as the run read it (all clients, all splits)."""
-    from fedvpa.experiment import ExperimentConfig, key_groups, load_pairs
+def stage1_data_config(run: Stage1Run) -> Any:
+    """The stage-1 run's data keys (``DataConfig``), ignoring keys of older folders."""
+    from fedvpa.experiment import ExperimentConfig, key_groups
 
     known = set().union(*key_groups().values())
     flat = {k: v for k, v in run.flat.items() if k in known}  # keys of older folders
-    exp = ExperimentConfig.from_flat(flat, source=str(run.root / "config.json"))
-    pairs, _ = load_pairs(exp.data, stage1_seed(run))
+    return ExperimentConfig.from_flat(flat, source=str(run.root / "config.json")).data
+
+
+def stage1_pairs(run: Stage1Run) -> list[Any]:
+    """The stage-1 data set exactly as the run read it (all clients, all splits)."""
+    from fedvpa.experiment import load_pairs
+
+    pairs, _ = load_pairs(stage1_data_config(run), stage1_seed(run))
     return pairs
 
 

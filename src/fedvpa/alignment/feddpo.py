@@ -74,17 +74,23 @@ class ClientInfo:
     pairs: int
 
 
-def stage1_partition(stage1_run: str | Path) -> Any:
-    """The stage-1 run's federated partition, rebuilt from its recorded data keys and seed."""
-    from fedvpa.alignment.align import stage1_seed
-    from fedvpa.alignment.preferences import open_stage1_run
-    from fedvpa.experiment import ExperimentConfig, key_groups, make_partition
+_PARTITIONS: dict[str, Any] = {}
+_LOCK = threading.Lock()
 
-    run = open_stage1_run(stage1_run)
-    known = set().union(*key_groups().values())
-    flat = {k: v for k, v in run.flat.items() if k in known}
-    exp = ExperimentConfig.from_flat(flat, source=str(run.root / "config.json"))
-    return make_partition(exp.data, stage1_seed(run))
+
+def stage1_partition(stage1_run: str | Path) -> Any:
+    """The stage-1 run's federated partition, rebuilt from its recorded data keys and seed
+    (once per process: the align step and every client of a Ray actor share it)."""
+    from fedvpa.alignment.align import stage1_data_config, stage1_seed
+    from fedvpa.alignment.preferences import open_stage1_run
+    from fedvpa.experiment import make_partition
+
+    key = str(Path(stage1_run).expanduser().resolve())
+    with _LOCK:
+        if key not in _PARTITIONS:
+            run = open_stage1_run(key)
+            _PARTITIONS[key] = make_partition(stage1_data_config(run), stage1_seed(run))
+        return _PARTITIONS[key]
 
 
 def choose_clients(partition: Any, count: int, seed: int) -> list[ClientInfo]:
@@ -102,18 +108,10 @@ def choose_clients(partition: Any, count: int, seed: int) -> list[ClientInfo]:
     return [ClientInfo(c.client_id, c.user_type, len(c.context) + len(c.train)) for c in chosen]
 
 
-_PARTITIONS: dict[str, Any] = {}
-_LOCK = threading.Lock()
-
-
 def client_texts(stage1_run: str, client_id: int) -> list[tuple[str, str, str]]:
     """A node's own labelled pairs as ``(prompt, chosen, rejected)`` (context + train, never its
-    test pairs); the partition is built once per process."""
-    with _LOCK:
-        if stage1_run not in _PARTITIONS:
-            _PARTITIONS[stage1_run] = stage1_partition(stage1_run)
-        partition = _PARTITIONS[stage1_run]
-    by_id = {c.client_id: c for c in partition.clients}
+    test pairs)."""
+    by_id = {c.client_id: c for c in stage1_partition(stage1_run).clients}
     if client_id not in by_id:
         raise ConfigError(f"no stage-1 client {client_id}", path=stage1_run, field="client-id")
     client = by_id[client_id]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,19 +46,17 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from fedvpa.embeddings.pipeline import load_client_tensors
 from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import ConfigError
-from fedvpa.federation.messages import decode_kwargs, encode_kwargs
+from fedvpa.federation.client_app import cached_clients, cached_method
+from fedvpa.federation.messages import encode_kwargs
 from fedvpa.federation.registry import create_method
 from fedvpa.methods.base import Arrays
 from fedvpa.protocol import seeds
 from fedvpa.protocol.client import train_step
+from fedvpa.protocol.round import FederationError
 
 SECURE_METHODS = ("fedavg-bt",)  # weights-only rounds, plain weighted-mean aggregation
-
-_DATA: dict[str, list[ClientTensors]] = {}
-_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -88,19 +85,25 @@ class SecureSettings:
                 f"{', '.join(SECURE_METHODS)} (use client-level DP for the others)",
                 field="method",
             )
-        if not 2 <= self.reconstruction_threshold <= self.num_shares <= self.clients_per_round:
+        if not 2 <= self.reconstruction_threshold <= self.num_shares:
             raise ConfigError(
-                "need 2 <= reconstruction-threshold <= num-shares <= clients-per-round, got "
-                f"{self.reconstruction_threshold}, {self.num_shares}, {self.clients_per_round}",
+                f"need 2 <= reconstruction threshold <= shares, got "
+                f"{self.reconstruction_threshold} and {self.num_shares}",
                 field="num-shares",
+            )
+        if self.clients_per_round < self.num_shares:
+            raise ConfigError(
+                f"SecAgg+ splits each client's key into {self.num_shares} shares among the "
+                f"round's clients: needs at least {self.num_shares} a round, got "
+                f"{self.clients_per_round}",
+                field="clients-per-round",
             )
 
 
 def _seen_clients(path: str) -> list[ClientTensors]:
-    with _LOCK:
-        if path not in _DATA:
-            _DATA[path] = [c for c in load_client_tensors(Path(path)) if not c.unseen]
-        return _DATA[path]
+    """The seen clients of a tensor file, in file order (node ``partition-id`` i is the i-th),
+    read once per process through the main ClientApp's cache."""
+    return [c for c in cached_clients(path) if not c.unseen]
 
 
 class SecureClient(NumPyClient):
@@ -115,7 +118,7 @@ class SecureClient(NumPyClient):
         keys = json.loads(str(config["array-keys"]))
         clients = _seen_clients(str(config["data-path"]))
         client = clients[self.partition_id]
-        method = create_method(str(config["method"]), decode_kwargs(str(config["method-kwargs"])))
+        method = cached_method(str(config["method"]), str(config["method-kwargs"]))
         server_round = int(config["server-round"])
         update, _ = train_step(
             method,
@@ -136,7 +139,8 @@ class SecureClient(NumPyClient):
         if worst > limit:
             raise ConfigError(
                 f"a shared weight of magnitude {worst:.3g} is outside the SecAgg+ clipping "
-                f"range {limit:g} (it would be clipped silently): raise clipping-range",
+                f"range {limit:g} (it would be clipped silently): raise "
+                "SecureSettings.clipping_range",
                 field="clipping-range",
             )
         return out, int(update.num_examples), {}
@@ -273,11 +277,13 @@ def run_secure_aggregation(
     server_app = make_server_app(settings, initial, len(seen), max_weight, outcome)
     failed = simulate_apps(server_app, client_app, len(seen), flwr_home=flwr_home)
     if failed is not None and outcome.error is None:
-        raise RuntimeError(f"SecAgg+ simulation failed: {failed}") from failed
+        raise FederationError(f"SecAgg+ simulation failed: {failed}") from failed
     if outcome.error is not None:
-        raise outcome.error
+        if isinstance(outcome.error, (FederationError, ConfigError)):
+            raise outcome.error
+        raise FederationError(f"SecAgg+ server failed: {outcome.error!r}") from outcome.error
     if outcome.arrays is None or len(outcome.rounds) != settings.num_rounds:
-        raise RuntimeError(
+        raise FederationError(
             f"SecAgg+ ended after {len(outcome.rounds)} of {settings.num_rounds} rounds"
         )
     return outcome
