@@ -38,6 +38,7 @@ TINY = {
     "batch_size": 4,
     "gen_batch_size": 4,
     "judge_pairs": 80,
+    "best_of_n": 3,
 }
 
 
@@ -125,6 +126,10 @@ def test_quick_profile_and_ranges() -> None:
         resolve_options(AlignOptions(dpo_steps=0))
     with pytest.raises(ConfigError, match="temperature"):
         resolve_options(AlignOptions(temperature=0.0))
+    assert quick.best_of_n == 4 and resolve_options(AlignOptions(best_of_n=0)).best_of_n == 0
+    for bad in (1, -2):  # one candidate is no choice
+        with pytest.raises(ConfigError, match="--best-of-n"):
+            resolve_options(AlignOptions(best_of_n=bad))
 
 
 # ---------------------------------------------------------------------- bad input (CLI)
@@ -198,6 +203,7 @@ def test_fedvpa_align_end_to_end(stage1: Path, tiny: Path, tmp_path: Path) -> No
     out = tmp_path / "align"
     args = ["--num-prompts", "6", "--eval-prompts", "5", "--max-new-tokens", "6"]
     args += ["--dpo-steps", "2", "--batch-size", "4", "--judge-pairs", "80", "--examples", "3"]
+    args += ["--best-of-n", "3"]
     result = fedvpa("align", str(stage1), "--out", str(out), "--policy", str(tiny), *args)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("adapter/adapter_config.json", "adapter/z_projection.pt", "groups.json"):
@@ -220,6 +226,16 @@ def test_fedvpa_align_end_to_end(stage1: Path, tiny: Path, tmp_path: Path) -> No
     assert len(report["examples"]) == 3
     md = (out / "report.md").read_text()
     assert "proxies" in md and "Switching effect" in md and "refusal" in md.lower()
+    # best-of-n: each group's pick is one of its prompt's 3 base candidates, the argmax of
+    # the selector's scores under that group's z, evaluated like every other variant
+    bon = [json.loads(x) for x in (out / "best_of_n.jsonl").read_text().splitlines()]
+    assert len(bon) == 5 and all(len(r["candidates"]) == 3 for r in bon)
+    for row in bon:
+        for group, pick in row["choice"].items():
+            assert row["scores"][group][pick] == max(row["scores"][group])
+    assert all("bon:helpful" in rates for rates in report["win_rate_vs_base"].values())
+    assert {s["judge"] for s in report["switching_best_of_n"]} == {"harmless", "helpful"}
+    assert report["best_of_n"]["n"] == 3 and "best-of-n, z_helpful" in md
     # the aligned policy is what `fedvpa generate --adapter` reads
     gen = fedvpa(
         "generate", str(stage1), "--prefer", "helpful", "--policy", str(tiny), "--adapter",
@@ -269,7 +285,7 @@ def test_a_killed_align_resumes_without_redoing_finished_steps(
     logged.clear()
     run_align(stage1, _opts(tiny, dpo_steps=3), out=out, resume=True, log=logged.append)
     skipped = [line.split("]")[0][1:] for line in logged if "skipped" in line]
-    assert skipped == ["prompts", "samples", "labels", "feddpo", "judges"]
+    assert skipped == ["prompts", "samples", "labels", "feddpo", "judges", "best-of-n"]
     assert json.loads((out / "dpo.json").read_text())["steps"] == 3
 
     # everything finished: a resume does nothing

@@ -25,7 +25,7 @@ from fedvpa.alignment.preferences import (
     preference_groups,
     z_from_file,
 )
-from fedvpa.alignment.rank import candidate_text, rank_candidates, read_candidates
+from fedvpa.alignment.rank import best_of_n, candidate_text, rank_candidates, read_candidates
 from fedvpa.data.readers import read_pairs
 from fedvpa.data.schema import PreferencePair
 from fedvpa.embeddings.pipeline import pair_texts
@@ -289,3 +289,20 @@ def test_bad_input_is_one_line_and_exit_2(stage1: Path, tmp_path: Path, case: st
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fedvpa: error:"), result.stderr
+
+
+def test_best_of_n_picks_what_rank_puts_first_for_every_prompt(stage1: Path) -> None:
+    run = open_stage1_run(stage1)
+    groups = {name: g.z for name, g in preference_groups(run).items() if g.kind == "user-type"}
+    pairs = conflict_pairs(4)
+    prompts = [p.prompt for p in pairs]
+    candidates = [[p.response_a, p.response_b, p.response_a + " Thanks."] for p in pairs]
+    scores = best_of_n(run, prompts, candidates, groups)
+    for name, z in groups.items():
+        assert scores[name].shape == (4, 3)
+        for i, prompt in enumerate(prompts):
+            ranked = rank_candidates(run, z, prompt, candidates[i])
+            assert int(np.argmax(scores[name][i])) == ranked[0].index
+            assert scores[name][i][ranked[0].index] == pytest.approx(ranked[0].score, abs=1e-5)
+    with pytest.raises(ValueError, match="same number"):
+        best_of_n(run, prompts[:2], [candidates[0], candidates[1][:2]], groups)

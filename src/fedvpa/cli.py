@@ -386,8 +386,35 @@ def compare(
         typer.Option(help="Also measure the data's personalisation headroom (seconds per seed)."),
     ] = True,
     overrides: SetOpt = None,
+    stage2: Annotated[
+        bool,
+        typer.Option(
+            "--stage2",
+            help="Then run stage 2 (`fedvpa align` with FedDPO and best-of-n) on every seed's "
+            "run of --stage2-methods and add its tables to the report.",
+        ),
+    ] = False,
+    stage2_methods: Annotated[
+        str, typer.Option(help="Comma list of latent methods to align (--stage2).")
+    ] = "fedvpa-gp",
+    stage2_full: Annotated[
+        bool, typer.Option(help="Stage 2's full profile instead of --quick (a GPU's work).")
+    ] = False,
+    stage2_policy: Annotated[
+        str | None,
+        typer.Option(help="Stage 2's policy: a local HF causal-LM folder (default: SmolLM2-135M)."),
+    ] = None,
+    stage2_prompts: Annotated[
+        Path | None,
+        typer.Option(help="Stage 2's held-out prompts file (default: generated afresh)."),
+    ] = None,
+    stage2_feddpo: Annotated[
+        bool, typer.Option(help="Stage 2 with the FedDPO baseline (the paper's, on Flower).")
+    ] = True,
+    stage2_threads: Annotated[int, typer.Option(help="Stage 2's torch CPU threads.")] = 1,
 ) -> None:
-    """Every method on the same clients, backbone, rounds and seeds; writes report.md."""
+    """Every method on the same clients, backbone, rounds and seeds; writes report.md. With
+    --stage2, then stage 2 on each seed's run of the latent methods (one table over seeds)."""
     from fedvpa.compare import DEFAULT_METHODS, default_out, render_summary, run_compare
 
     opts = _opts(ctx)
@@ -404,9 +431,37 @@ def compare(
     names = [m.strip() for m in methods.split(",")] if methods else list(DEFAULT_METHODS)
     seed_list = _int_list(seeds, "seeds") if seeds else [opts.seed]
     out = opts.out or default_out(exp.data.data)
+    align_opts = None
+    if stage2:  # every stage-2 option is checked before hours of stage 1
+        from fedvpa.alignment.align import AlignOptions
+        from fedvpa.alignment.stage2_compare import check_stage2
+
+        align_opts = AlignOptions(
+            policy=stage2_policy,
+            prompts_file=str(stage2_prompts) if stage2_prompts else None,
+            quick=not stage2_full,
+            feddpo=stage2_feddpo,
+            threads=stage2_threads,
+            seed=opts.seed,
+        )
+        method_list = [m.strip() for m in stage2_methods.split(",") if m.strip()]
+        check_stage2(method_list, names, align_opts)
     results = run_compare(
         exp, names, seed_list, out, reference_steps=reference_steps, headroom=headroom
     )
+    if align_opts is not None:
+        from fedvpa.alignment.stage2_compare import describe, run_stage2
+        from fedvpa.compare import save_results
+
+        run_stage2(
+            results,
+            align_opts,
+            method_list,
+            save=lambda r: save_results(r, out),
+            say=lambda line: typer.echo(line),
+        )
+        for entry in results.get("stage2", {}).get("runs", []):
+            typer.echo(f"stage 2 | {entry['method']} seed {entry['seed']} | {describe(entry)}")
     typer.echo(render_summary(results, out))
     if results["failures"]:
         raise typer.Exit(1)

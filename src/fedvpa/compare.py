@@ -390,6 +390,8 @@ def carry_over(results: dict[str, Any], out: Path) -> None:
         redone = {str(s) for s in results["config"]["seeds"]}
         earlier = {s: v for s, v in old_headroom.items() if s not in redone}
         results["headroom"] = {**earlier, **results.get("headroom", {})}
+    if isinstance(old.get("stage2"), Mapping):  # align folders stay; --stage2 refreshes them
+        results["stage2"] = old["stage2"]
     config = results["config"]
     for key in ("methods", "seeds"):
         earlier = [v for v in old_config.get(key, []) if v not in config[key]]

@@ -39,13 +39,16 @@ import numpy as np
 from fedvpa.alignment.preferences import Stage1Run
 from fedvpa.errors import ConfigError
 
-STEPS = ("prompts", "samples", "labels", "dpo", "feddpo", "judges", "evaluate", "report")
+STEPS = (
+    "prompts", "samples", "labels", "dpo", "feddpo", "judges", "evaluate", "best-of-n", "report",
+)  # fmt: skip
 # Seeds of the held-out material, offset from the stage-1 seed s (which uses s and s + 1 for
 # the generated data): fixed offsets so that a run's held-out set is reproducible.
 PROMPT_SEED_OFFSET = 10_007
 JUDGE_SEED_OFFSET = 20_011
 BASE = "base"
 FEDDPO = "feddpo"  # the variant name of the FedDPO baseline in the evaluation and report
+BEST_OF_N = "bon:"  # variant prefix of best-of-n under a group's z ("bon:harmless")
 
 # Refusal heuristic: a reply counts as a refusal when it matches one of these (case-insensitive).
 # Deliberately coarse and documented in the report: a refusal-like sentence anywhere counts,
@@ -98,6 +101,9 @@ class AlignOptions:
     feddpo_clients: int = 10
     feddpo_rounds: int | None = None
     feddpo_local_steps: int | None = None
+    # best-of-n (step "best-of-n"): n base-policy candidates per evaluation prompt, the
+    # z-conditioned selector picks one per group; 0 = off
+    best_of_n: int | None = None
 
 
 QUICK = {
@@ -114,6 +120,7 @@ QUICK = {
     # 10 clients x 2 rounds x 3 steps = 60 DPO steps, on two Ray actors in parallel
     "feddpo_rounds": 2,
     "feddpo_local_steps": 3,
+    "best_of_n": 4,
 }
 FULL = {
     "num_prompts": 1000,
@@ -126,6 +133,7 @@ FULL = {
     "judge_pairs": 1200,
     "feddpo_rounds": 10,
     "feddpo_local_steps": 10,
+    "best_of_n": 8,
 }
 
 
@@ -147,6 +155,10 @@ def resolve_options(opts: AlignOptions) -> AlignOptions:
         raise ConfigError("must be > 0", field="--lr")
     if filled.examples < 0:
         raise ConfigError("must be >= 0", field="--examples")
+    if int(filled.best_of_n or 0) == 1 or int(filled.best_of_n or 0) < 0:
+        raise ConfigError(
+            f"must be 0 (off) or at least 2, got {filled.best_of_n}", field="--best-of-n"
+        )
     return filled
 
 
@@ -517,7 +529,13 @@ def step_fingerprints(state: AlignState) -> dict[str, str]:
     )  # fmt: skip
     fp["judges"] = fingerprint(["judges", fp["prompts"], o.judge_pairs, s["judges"]])
     fp["evaluate"] = fingerprint(["evaluate", fp["dpo"], fp["feddpo"], *gen, s["evaluate"]])
-    fp["report"] = fingerprint(["report", fp["evaluate"], fp["judges"], o.examples, s["report"]])
+    fp["best-of-n"] = fingerprint(
+        ["best-of-n", fp["prompts"], ident, o.groups, o.z_files, *gen, o.best_of_n,
+         s["best_of_n"]]
+    )  # fmt: skip
+    fp["report"] = fingerprint(
+        ["report", fp["evaluate"], fp["judges"], fp["best-of-n"], o.examples, s["report"]]
+    )
     return fp
 
 
@@ -529,6 +547,7 @@ STEP_OUTPUTS = {
     "feddpo": ("feddpo.json",),
     "judges": ("judges.json",),
     "evaluate": ("eval_generations.jsonl",),
+    "best-of-n": ("best_of_n.json",),
     "report": ("report.json", "report.md"),
 }
 
@@ -892,6 +911,52 @@ def _step_evaluate(state: AlignState) -> None:
     write_jsonl(state.out / "eval_generations.jsonl", rows)
 
 
+def _step_best_of_n(state: AlignState) -> None:
+    """Best-of-n without training: n replies of the base policy per evaluation prompt, and per
+    group the one the frozen selector scores highest under that group's ``z``. The report
+    compares it with the base policy's reply like every other variant."""
+    from fedvpa.alignment.rank import best_of_n
+
+    n = int(state.opts.best_of_n or 0)
+    if n == 0:
+        write_json(state.out / "best_of_n.json", {"enabled": False})
+        return
+    groups = _groups(state)
+    prompts = [r["prompt"] for r in _prompts(state, "eval")]
+    policy = state.policy()
+    state.log(f"  {n} base-policy candidates per prompt")
+    candidates = generate_batched(
+        policy.model,
+        policy.tokenizer,
+        prompts,
+        n_per_prompt=n,
+        max_new_tokens=int(state.opts.max_new_tokens or 0),
+        temperature=state.opts.temperature,
+        seed=state.seeds["best_of_n"],
+        batch_size=max(1, int(state.opts.gen_batch_size or 1) // n),
+        progress=state.log,
+    )
+    scores = best_of_n(state.run, prompts, candidates, groups)
+    choice = {name: np.argmax(s, axis=1) for name, s in scores.items()}
+    rows = [
+        {
+            "index": i,
+            "candidates": candidates[i],
+            "choice": {name: int(c[i]) for name, c in choice.items()},
+            "scores": {name: [round(float(v), 4) for v in s[i]] for name, s in scores.items()},
+        }
+        for i in range(len(prompts))
+    ]
+    write_jsonl(state.out / "best_of_n.jsonl", rows)
+    names = list(groups)
+    agree = sum(len({int(choice[g][i]) for g in names}) == 1 for i in range(len(prompts)))
+    write_json(
+        state.out / "best_of_n.json",
+        {"enabled": True, "n": n, "groups": names, "same_choice": agree, "prompts": len(prompts)},
+    )
+    state.log(f"  best-of-{n}: the groups pick the same reply on {agree} of {len(prompts)} prompts")
+
+
 def _step_report(state: AlignState) -> None:
     from fedvpa.alignment.report import build_report, render_markdown
 
@@ -910,6 +975,7 @@ STEP_FUNCTIONS: dict[str, Callable[[AlignState], None]] = {
     "feddpo": _step_feddpo,
     "judges": _step_judges,
     "evaluate": _step_evaluate,
+    "best-of-n": _step_best_of_n,
     "report": _step_report,
 }
 
@@ -925,6 +991,7 @@ def align_seeds(stage1_seed: int, seed: int) -> dict[str, int]:
         "samples": seed,
         "dpo": seed,
         "evaluate": seed + 1,
+        "best_of_n": seed + 2,
         "report": seed,
     }
 

@@ -195,6 +195,13 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
         feddpo_local_steps: Annotated[
             int | None, typer.Option(help="FedDPO local DPO steps per client and round.")
         ] = None,
+        best_of_n: Annotated[
+            int | None,
+            typer.Option(
+                help="Best-of-n candidates per evaluation prompt, picked by the selector under "
+                "each group's z (quick 4, full 8; 0 = off)."
+            ),
+        ] = None,
     ) -> None:
         """Stage 2: sample replies, label them with the frozen selector per group z, train a
         z-conditioned LoRA policy with DPO, and report win rates and switching."""
@@ -226,6 +233,7 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
                 feddpo_clients=feddpo_clients,
                 feddpo_rounds=feddpo_rounds,
                 feddpo_local_steps=feddpo_local_steps,
+                best_of_n=best_of_n,
             ),
             out=out or (opts.out if opts.out else None),
             resume=resume,

@@ -30,6 +30,7 @@ from fedvpa.model.config import ModelConfig
 from fedvpa.model.vpl import VariationalPreferenceModel
 
 EXPERIMENT_CONFIG = "config.json"
+COMPARE_RESULTS = "results.json"  # fedvpa compare's (compare.RESULTS_FILE)
 FINAL_FILE = "final.json"
 PROTOTYPE_PREFIX = "proto-"
 
@@ -38,7 +39,7 @@ PROTOTYPE_PREFIX = "proto-"
 class Stage1Run:
     """A finished stage-1 run of a latent method: what stage 2 reads from it."""
 
-    root: Path  # the experiment folder (config.json with the flat keys)
+    root: Path  # experiment folder (config.json with the flat keys); a comparison's run: itself
     method_dir: Path  # the latent method's run folder
     method: str
     flat: dict[str, Any]  # the experiment's flat configuration
@@ -71,9 +72,37 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def is_compare_run(method_dir: Path) -> bool:
+    """A federated run of ``fedvpa compare`` (``OUT/runs/<method>-seed<s>``): its experiment keys
+    are in the comparison's ``results.json`` two folders up, not in a ``fedvpa run`` folder."""
+    return (
+        not (method_dir.parent / EXPERIMENT_CONFIG).is_file()
+        and (method_dir.parent.parent / COMPARE_RESULTS).is_file()
+    )
+
+
+def compare_run_keys(method_dir: Path) -> tuple[dict[str, Any], str]:
+    """The flat keys and method of one run of a comparison: the comparison's keys with the
+    run's own method and seed (which its run folder's ``config.json`` records)."""
+    from fedvpa.experiment import key_groups
+
+    record = _read_json(method_dir / EXPERIMENT_CONFIG, "run config")
+    results = _read_json(method_dir.parent.parent / COMPARE_RESULTS, "comparison results")
+    config = results.get("config")
+    method, seed = record.get("method"), record.get("seed")
+    if not isinstance(config, dict) or not isinstance(method, str) or not isinstance(seed, int):
+        raise ConfigError(
+            "comparison run without its method and seed, or results without 'config'",
+            path=str(method_dir),
+        )
+    known = set().union(*key_groups().values())
+    flat = {k: v for k, v in config.items() if k in known}
+    return {**flat, "method": method, "seed": seed}, method
+
+
 def open_stage1_run(run_dir: str | Path) -> Stage1Run:
-    """The experiment folder ``fedvpa run`` wrote (or one of its method folders), checked to be
-    a finished run of a latent method."""
+    """The experiment folder ``fedvpa run`` wrote (or one of its method folders), or one run
+    folder of ``fedvpa compare``, checked to be a finished run of a latent method."""
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise ConfigError("no such stage-1 run folder", path=str(path))
@@ -81,15 +110,20 @@ def open_stage1_run(run_dir: str | Path) -> Stage1Run:
         root, method_dir = path.parent, path
     else:
         root, method_dir = path, None
-    if not (root / EXPERIMENT_CONFIG).is_file():
-        raise ConfigError(
-            "not a stage-1 run folder (no config.json of `fedvpa run`)", path=str(path)
-        )
-    recorded = _read_json(root / EXPERIMENT_CONFIG, "experiment config")
-    flat = recorded.get("config")
-    if not isinstance(flat, dict):
-        raise ConfigError("experiment config without its 'config' keys", path=str(root))
-    method = str(flat.get("method", "")) if method_dir is None else method_dir.name
+    if method_dir is not None and is_compare_run(method_dir):
+        root, flat, method = method_dir, *compare_run_keys(method_dir)
+    else:
+        if not (root / EXPERIMENT_CONFIG).is_file():
+            raise ConfigError(
+                "not a stage-1 run folder (no config.json of `fedvpa run` or results.json of "
+                "`fedvpa compare` above it)",
+                path=str(path),
+            )
+        recorded = _read_json(root / EXPERIMENT_CONFIG, "experiment config")
+        flat = recorded.get("config")
+        if not isinstance(flat, dict):
+            raise ConfigError("experiment config without its 'config' keys", path=str(root))
+        method = str(flat.get("method", "")) if method_dir is None else method_dir.name
     method_dir = method_dir or root / method
     rounds = flat.get("num-server-rounds")
     final_path = method_dir / FINAL_FILE

@@ -90,6 +90,29 @@ def rank_candidates(
     return [Ranked(i, candidates[i], float(score[i]), float(win[i])) for i in order]
 
 
+def best_of_n(
+    run: Stage1Run,
+    prompts: list[str],
+    candidates: list[list[str]],
+    groups: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Per group, each prompt's candidate scores ``r(candidate, z)`` (``[prompts, n]``, up to a
+    constant per prompt), every candidate embedded once for all groups; the best-of-n reply is
+    the argmax of its row (``rank_candidates`` for many prompts at once)."""
+    if len(prompts) != len(candidates) or any(len(c) != len(candidates[0]) for c in candidates):
+        raise ValueError("best_of_n needs the same number of candidates for every prompt")
+    texts = [candidate_text(p, c) for p, cs in zip(prompts, candidates, strict=True) for c in cs]
+    emb = embed_texts(run, texts)
+    model = run.selector()
+    out: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for name, z in groups.items():
+            zt = torch.as_tensor(z, dtype=torch.float32)
+            score = model.logit(emb, torch.zeros_like(emb), zt)
+            out[name] = score.numpy().astype(np.float64).reshape(len(prompts), -1)
+    return out
+
+
 def render_ranking(ranked: list[Ranked], label: str, top: int | None = None) -> str:
     """The ranking as a small table (rank, file line, score, win probability, reply)."""
     shown = ranked if not top else ranked[:top]

@@ -41,7 +41,7 @@ def _words(text: str) -> int:
 
 def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5) -> dict[str, Any]:
     """Everything the report shows, as plain JSON (``report.json``)."""
-    from fedvpa.alignment.align import BASE, FEDDPO, REFUSAL_PATTERNS, is_refusal
+    from fedvpa.alignment.align import BASE, BEST_OF_N, FEDDPO, REFUSAL_PATTERNS, is_refusal
     from fedvpa.alignment.preferences import embed_texts
     from fedvpa.alignment.rank import candidate_text
 
@@ -52,10 +52,17 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
     }
     generations = _jsonl(out / "eval_generations.jsonl")
     baselines = [FEDDPO] if any(r["variant"] == FEDDPO for r in generations) else []
-    variants = [BASE, *groups, *baselines]
+    bon_path = out / "best_of_n.json"
+    bon_info = json.loads(bon_path.read_text()) if bon_path.is_file() else {"enabled": False}
+    bon = [BEST_OF_N + g for g in groups] if bon_info.get("enabled") else []
+    variants = [BASE, *groups, *baselines, *bon]
     replies: dict[str, list[str]] = {v: [""] * len(prompts) for v in variants}
     for row in generations:
         replies[row["variant"]][row["index"]] = row["reply"]
+    if bon:
+        for row in _jsonl(out / "best_of_n.jsonl"):
+            for g in groups:
+                replies[BEST_OF_N + g][row["index"]] = row["candidates"][row["choice"][g]]
     n = len(prompts)
 
     emb = {}
@@ -64,25 +71,32 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         emb[v] = embed_texts(run, texts).numpy().astype(np.float64)
 
     # win rates of the aligned policy under each z against the base policy, per judge
-    aligned = [*groups, *baselines]
+    aligned = [*groups, *baselines, *bon]
     scores: dict[str, dict[str, np.ndarray]] = {
         j: {g: judges[j].compare(emb[g], emb[BASE]) for g in aligned} for j in judges
     }
     win = {j: {g: win_rate(scores[j][g]).as_dict() for g in aligned} for j in judges}
 
     # switching: under judge J, z_J against every other group's z, paired over prompts
-    switching = []
-    for j in judges:
-        if j not in groups:
-            continue
-        for other in groups:
-            if other == j:
+    def switching_of(prefix: str) -> list[dict[str, Any]]:
+        found = []
+        for j in judges:
+            if j not in groups:
                 continue
-            diff = bootstrap_interval(scores[j][j] - scores[j][other], seed=seed)
-            switching.append(
-                {"judge": j, "z": j, "against_z": other, **diff.as_dict(),
-                 "excludes_zero": diff.excludes_zero}
-            )  # fmt: skip
+            for other in groups:
+                if other == j:
+                    continue
+                diff = bootstrap_interval(
+                    scores[j][prefix + j] - scores[j][prefix + other], seed=seed
+                )
+                found.append(
+                    {"judge": j, "z": j, "against_z": other, **diff.as_dict(),
+                     "excludes_zero": diff.excludes_zero}
+                )  # fmt: skip
+        return found
+
+    switching = switching_of("")
+    switching_best_of_n = switching_of(BEST_OF_N) if bon else []
 
     # personalised against the monolithic baseline: under judge J, z_J against FedDPO, paired
     against_baseline = []
@@ -113,6 +127,7 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         v: bootstrap_interval(lengths[v], seed=seed).as_dict() for v in variants
     }
     pairs = [(a, b) for i, a in enumerate(groups) for b in groups[i + 1 :]]
+    pairs += [(BEST_OF_N + a, BEST_OF_N + b) for a, b in pairs] if bon else []
     behaviour["refusal_difference"] = [
         {"a": a, "b": b, **bootstrap_interval(
             refused[a][risky].astype(float) - refused[b][risky], seed=seed
@@ -159,6 +174,8 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         },
         "win_rate_vs_base": win,
         "switching": switching,
+        "switching_best_of_n": switching_best_of_n,
+        "best_of_n": bon_info,
         "against_baseline": against_baseline,
         "behaviour": behaviour,
         "refusal_patterns": list(REFUSAL_PATTERNS),
@@ -192,7 +209,22 @@ def _cell(text: str, limit: int = 220) -> str:
 
 
 def _variant_name(variant: str, groups: list[str], prefix: str = "under z_") -> str:
-    return f"{prefix}{variant}" if variant in groups else "FedDPO (no z)"
+    from fedvpa.alignment.align import BEST_OF_N
+
+    if variant in groups:
+        return f"{prefix}{variant}"
+    if variant.startswith(BEST_OF_N):
+        return f"best-of-n, z_{variant[len(BEST_OF_N) :]}"
+    return "FedDPO (no z)"
+
+
+def _z_label(variant: str) -> str:
+    """``z_harmless`` for the aligned policy, ``best-of-n z_harmless`` for a best-of-n variant."""
+    from fedvpa.alignment.align import BEST_OF_N
+
+    if variant.startswith(BEST_OF_N):
+        return f"best-of-n z_{variant[len(BEST_OF_N) :]}"
+    return f"z_{variant}"
 
 
 def _feddpo_lines(feddpo: dict[str, Any]) -> list[str]:
@@ -213,11 +245,14 @@ def _feddpo_lines(feddpo: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """``report.md``: the same numbers as ``report.json``, for a person."""
+    from fedvpa.alignment.align import BEST_OF_N
     from fedvpa.data.transcript import last_human_turn
 
     groups = report["groups"]
     baselines = report.get("baselines", [])
-    aligned = [*groups, *baselines]
+    bon_info = report.get("best_of_n", {})
+    bon = [BEST_OF_N + g for g in groups] if bon_info.get("enabled") else []
+    aligned = [*groups, *baselines, *bon]
     variants = ["base", *aligned]
     lines = [
         "# fedvpa align: stage-2 report",
@@ -240,6 +275,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"training loss {report['dpo']['train_loss']:.3f}, |W| = "
         f"{report['dpo']['projection_norm']:.4f}",
         *_feddpo_lines(report.get("feddpo", {})),
+        *(
+            [
+                f"- best-of-n (no training): {bon_info['n']} base-policy replies per evaluation "
+                "prompt, the one the frozen selector scores highest under each group's z; the "
+                f"groups pick the same reply for {bon_info['same_choice']} of "
+                f"{bon_info['prompts']} prompts"
+            ]
+            if bon
+            else []
+        ),
         "",
         "## Win rate of the aligned policy against the base policy",
         "",
@@ -270,6 +315,20 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     else:
         lines.append("No judge is named like a group: no switching effect to measure.")
+    if report.get("switching_best_of_n"):
+        lines += [
+            "",
+            "The same for best-of-n: under judge J, the reply the selector picks with z_J "
+            "minus the one it picks with another group's z (both against the base reply).",
+            "",
+            "| judge | z | minus z | difference | CI excludes 0 |",
+            "|---|---|---|---|---|",
+        ]
+        for s in report["switching_best_of_n"]:
+            lines.append(
+                f"| {s['judge']} | best-of-n z_{s['z']} | best-of-n z_{s['against_z']} | "
+                f"{_iv(s)} | {'yes' if s['excludes_zero'] else 'no'} |"
+            )
     if report.get("against_baseline"):
         lines += [
             "",
@@ -301,9 +360,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         name = "base" if v == "base" else _variant_name(v, groups, "aligned, z_")
         lines.append(f"| {name} | {_iv(b['refusal_rate'][v])} | {_iv(b['mean_words'][v], False)} |")
     for d in b["refusal_difference"]:
-        lines.append(f"\nRefusal rate z_{d['a']} minus z_{d['b']}: {_iv(d)}.")
+        lines.append(f"\nRefusal rate {_z_label(d['a'])} minus {_z_label(d['b'])}: {_iv(d)}.")
     for d in b["words_difference"]:
-        lines.append(f"\nMean words z_{d['a']} minus z_{d['b']}: {_iv(d, False)}.")
+        lines.append(f"\nMean words {_z_label(d['a'])} minus {_z_label(d['b'])}: {_iv(d, False)}.")
     lines += ["", "## Examples (same prompt, same sampling seed)", ""]
     if report["examples"]:
         heads = ["base" if v == "base" else _variant_name(v, groups, "z_") for v in variants]

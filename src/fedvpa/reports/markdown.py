@@ -24,6 +24,7 @@ from fedvpa.reports.aggregate import (
     validate_results,
 )
 from fedvpa.reports.plots import plot_accuracy_per_round, plot_k_curve, plot_latents
+from fedvpa.reports.stage2 import render_stage2_section
 
 DASH = "–"
 TIE_POINTS = 0.05  # a gap that rounds to 0.0 points is reported as a tie
@@ -410,6 +411,9 @@ def render_report(
     if results.get("headroom"):
         parts += ["\n## Personalisation headroom (what the data allows)\n"]
         parts.append(render_headroom_section(results["headroom"]))
+    stage2 = render_stage2_section(results.get("stage2") or {})
+    if stage2:
+        parts += ["\n## Stage 2: the aligned policy, best-of-n and FedDPO\n", stage2]
     parts += ["\n## Metric definitions\n", DEFINITIONS, "\n## Figures\n"]
     for name, caption in FIGURES:
         if figures.get(name) is not None:
