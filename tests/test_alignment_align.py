@@ -293,3 +293,61 @@ def test_a_killed_align_resumes_without_redoing_finished_steps(
     run_align(stage1, _opts(tiny, dpo_steps=3), out=out, resume=True, log=logged.append)
     assert sum("skipped" in line for line in logged) == len(STEPS)
     assert os.listdir(out / "steps") and not list(out.glob(".*.json.*"))
+
+
+def test_a_file_data_sets_judges_learn_from_the_pairs_no_client_holds(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relabeled HH-RLHF cannot be generated afresh: its judges use the file's pairs that no
+    stage-1 client holds, which the selector and the policy never saw."""
+    _needs_trl()
+    from test_alignment_rank import make_stage1_run
+
+    from fedvpa.alignment.feddpo import stage1_partition
+    from fedvpa.alignment.judges import pair_key
+    from fedvpa.data.readers import read_pairs
+    from fedvpa.data.schema import PreferencePair
+
+    data = tmp_path / "pairs.jsonl"
+    # the embedded data labels every pair under both types; relabeled HH-RLHF holds each pair
+    # once, under one type: keep the first 400 pairs as harmless users label them, the next 400
+    # as helpful users do
+    by_key: dict[tuple[str, str, str], dict[str, PreferencePair]] = {}
+    for p in read_pairs("synthetic-2", seed=5):
+        by_key.setdefault(pair_key(p), {})[str(p.user_type)] = p
+    keys = list(by_key)[:800]
+    picked = [by_key[k]["harmless"] for k in keys[:400]] + [
+        by_key[k]["helpful"] for k in keys[400:]
+    ]
+    rows = [
+        {"prompt": p.prompt, "chosen": p.response_a if p.preferred == 0 else p.response_b,
+         "rejected": p.response_b if p.preferred == 0 else p.response_a, "type": p.user_type}
+        for p in picked
+    ]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_dir = make_stage1_run(
+            tmp_path / "run", monkeypatch, data=str(data), **{"data-format": "generic"}
+        )
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("".join(f"Question {i}: how do I fix a door?\n" for i in range(11)))
+        out = tmp_path / "align"
+        run_align(
+            run_dir, _opts(tiny, prompts_file=str(prompts)), out=out, stop_after="judges",
+            log=lambda _: None,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    judges = json.loads((out / "judges.json").read_text())
+    assert set(judges) == {"harmless", "helpful"}
+    assert {j["source"] for j in judges.values()} == {"held-out file pairs"}
+    held = {
+        pair_key(p)
+        for c in stage1_partition(run_dir).clients
+        for p in (*c.context, *c.train, *c.test)
+    }
+    left = 800 - len(held)  # the file's pairs in no client: the judges' whole pool
+    trained = sum(j["train_pairs"] for j in judges.values())
+    assert 0 < left < 800 and round(0.8 * left) - 2 <= trained <= round(0.8 * left) + 2

@@ -98,3 +98,14 @@ def test_judges_learn_each_type_and_skip_the_pairs_the_selector_saw() -> None:
     assert judges["helpful"].compare(refuse, steps).tolist() == [0.0]
     again = Judge.from_json(judges["helpful"].to_json())
     assert np.allclose(again.prob_first(refuse, steps), judges["helpful"].prob_first(refuse, steps))
+
+
+def test_held_out_file_pairs_drop_every_pair_a_client_holds_in_either_order() -> None:
+    from fedvpa.alignment.judges import held_out_file_pairs, is_generated
+    from fedvpa.data.schema import PreferencePair
+
+    pairs = [PreferencePair(f"p{i}", f"a{i}", f"b{i}", preferred=i % 2) for i in range(6)]
+    held = [pairs[0], PreferencePair("p1", "b1", "a1", preferred=0)]  # pair 1, swapped
+    assert held_out_file_pairs(pairs, held) == pairs[2:]
+    assert is_generated("synthetic-4") and is_generated("plural-3")
+    assert not is_generated("../shared/data/relabeled-hh-rlhf/dev.jsonl.gz")

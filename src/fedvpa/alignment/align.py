@@ -683,26 +683,34 @@ def _disagreements(rows: list[dict[str, Any]]) -> int:
     return sum(len(v) > 1 for v in by_index.values())
 
 
-def _step_dpo(state: AlignState) -> None:
-    import torch
+def z_preferences(out: Path, tokenizer: Any) -> list[Any]:
+    """The DPO data of an align folder: each labelled pair once per group, chosen and rejected
+    as that group's ``z`` labelled them, the prompt in the policy's chat template."""
+    from fedvpa.alignment.dpo import ZPreference
 
-    from fedvpa.alignment.dpo import ZPreference, build_z_dpo, save_z_policy
-
-    policy = state.policy()
-    groups = {
-        k: np.asarray(v, dtype=np.float32) for k, v in _read_json(state.out / "groups.json").items()
-    }
-    samples = read_jsonl(state.out / "samples.jsonl")
+    recorded = _read_json(out / "groups.json")
+    groups = {k: np.asarray(v, dtype=np.float32) for k, v in recorded.items()}
+    samples = read_jsonl(out / "samples.jsonl")
     pairs: list[ZPreference] = []
-    for row in read_jsonl(state.out / "labels.jsonl"):
+    for row in read_jsonl(out / "labels.jsonl"):
         if row["chosen"] is None:
             continue
         sample = samples[row["index"]]
         chosen, rejected = sample["replies"][row["chosen"]], sample["replies"][1 - row["chosen"]]
-        prompt = render_prompt(policy.tokenizer, sample["prompt"])
+        prompt = render_prompt(tokenizer, sample["prompt"])
         pairs.append(
             ZPreference(prompt, chosen, rejected, [float(v) for v in groups[row["group"]]])
         )
+    return pairs
+
+
+def _step_dpo(state: AlignState) -> None:
+    import torch
+
+    from fedvpa.alignment.dpo import build_z_dpo, save_z_policy
+
+    policy = state.policy()
+    pairs = z_preferences(state.out, policy.tokenizer)
     if not pairs:
         raise ConfigError("no labelled pair with two different replies to train on", field="dpo")
     order = np.random.default_rng(state.seeds["dpo"]).permutation(len(pairs))
@@ -842,13 +850,34 @@ def _step_feddpo(state: AlignState) -> None:
 
 
 def _step_judges(state: AlignState) -> None:
-    from fedvpa.alignment.judges import judge_pairs_source, train_judges
+    from fedvpa.alignment.judges import (
+        GENERATED,
+        HELD_OUT_FILE_PAIRS,
+        held_out_file_pairs,
+        is_generated,
+        judge_pairs_source,
+        train_judges,
+    )
     from fedvpa.alignment.preferences import embed_texts
 
-    pairs = judge_pairs_source(
-        state.run.flat, int(state.opts.judge_pairs or 1), state.seeds["judges"]
-    )
-    seen = {(p.prompt, p.response_a, p.response_b) for p in stage1_pairs(state.run)}
+    if is_generated(str(state.run.flat.get("data", ""))):
+        source = GENERATED
+        pairs = judge_pairs_source(
+            state.run.flat, int(state.opts.judge_pairs or 1), state.seeds["judges"]
+        )
+        held = stage1_pairs(state.run)  # the whole generated stage-1 data set
+    else:  # a file: its pairs that no stage-1 client holds (none can be generated afresh)
+        from fedvpa.alignment.feddpo import stage1_partition
+
+        source = HELD_OUT_FILE_PAIRS
+        held = [
+            p
+            for c in stage1_partition(state.run.root).clients
+            for p in (*c.context, *c.train, *c.test)
+        ]
+        pairs = held_out_file_pairs(stage1_pairs(state.run), held)
+        state.log(f"  {len(pairs)} pairs of the data file are in no stage-1 client")
+    seen = {(p.prompt, p.response_a, p.response_b) for p in held}
     align_prompts = {r["prompt"] for r in read_jsonl(state.out / "prompts.jsonl")}
     pairs = [p for p in pairs if p.prompt not in align_prompts]  # the policy's prompts too
     judges = train_judges(
@@ -856,6 +885,7 @@ def _step_judges(state: AlignState) -> None:
         lambda texts: embed_texts(state.run, texts).numpy(),
         exclude=seen,
         seed=state.seeds["judges"],
+        source=source,
     )
     write_json(state.out / "judges.json", {k: j.to_json() for k, j in judges.items()})
     for j in judges.values():

@@ -126,9 +126,15 @@ def dpo_arguments(
     seed: int,
     max_length: int = 512,
     progress: bool = True,
+    gradient_checkpointing: bool | None = None,
 ) -> Any:
     """TRL's ``DPOConfig`` as both stage-2 trainers use it: beta 0.1, the reference
-    log-probabilities computed once (adapter off), no checkpoints, no reporting."""
+    log-probabilities computed once (adapter off), no checkpoints, no reporting.
+
+    Gradient checkpointing (TRL 1.16 turns it on by default) recomputes every layer's forward
+    pass in the backward one to save activation memory. A 135M policy on short replies needs no
+    saving on the CPU, where the recomputation is pure cost (``benchmarks/dpo_step.py``), so it
+    is off there unless asked for; on CUDA TRL's default stays, for large policies."""
     _, (dpo_config, _), _ = _trl()
     return dpo_config(
         output_dir=str(out_dir),
@@ -146,6 +152,9 @@ def dpo_arguments(
         bf16=torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=not progress,
+        gradient_checkpointing=(
+            torch.cuda.is_available() if gradient_checkpointing is None else gradient_checkpointing
+        ),
     )
 
 
@@ -161,6 +170,7 @@ def build_z_dpo(
     learning_rate: float = 5e-5,
     seed: int = 0,
     max_length: int = 512,
+    gradient_checkpointing: bool | None = None,
 ) -> tuple[Any, ZInjector]:
     """A ready ``ZDPOTrainer`` (LoRA r 8 / alpha 16 / dropout 0.05, beta 0.1) and its injector.
 
@@ -185,6 +195,7 @@ def build_z_dpo(
         learning_rate=learning_rate,
         seed=seed,
         max_length=max_length,
+        gradient_checkpointing=gradient_checkpointing,
     )
     trainer_class = make_trainer_class()
     trainer_class.injector = injector  # the reference is precomputed inside __init__

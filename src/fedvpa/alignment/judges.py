@@ -26,6 +26,8 @@ import numpy as np
 from fedvpa.errors import ConfigError
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+GENERATED = "generated"  # a judge's pairs: fresh draws of the stage-1 data generator
+HELD_OUT_FILE_PAIRS = "held-out file pairs"  # ... or the data file's pairs no client held
 
 
 # ---------------------------------------------------------------------- statistics
@@ -119,6 +121,7 @@ class Judge:
     train_pairs: int
     heldout_accuracy: float
     heldout_conflict_accuracy: float | None
+    source: str = GENERATED  # where its pairs came from (GENERATED or HELD_OUT_FILE_PAIRS)
 
     def prob_first(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         logit = (np.asarray(emb_a) - np.asarray(emb_b)) @ self.weight + self.bias
@@ -136,6 +139,7 @@ class Judge:
             "train_pairs": self.train_pairs,
             "heldout_accuracy": self.heldout_accuracy,
             "heldout_conflict_accuracy": self.heldout_conflict_accuracy,
+            "source": self.source,
         }
 
     @classmethod
@@ -149,14 +153,35 @@ class Judge:
             None
             if data.get("heldout_conflict_accuracy") is None
             else float(data["heldout_conflict_accuracy"]),
+            str(data.get("source", GENERATED)),
         )
+
+
+def is_generated(data: str) -> bool:
+    """Whether the stage-1 data set is one fedvpa generates (and can draw fresh pairs of)."""
+    from fedvpa.data.family import FAMILY
+
+    return data in ("synthetic-2", "synthetic-4") or data in FAMILY
+
+
+def pair_key(pair: Any) -> tuple[str, str, str]:
+    """A pair's identity whatever the order of its replies."""
+    a, b = sorted((pair.response_a, pair.response_b))
+    return (pair.prompt, a, b)
+
+
+def held_out_file_pairs(pairs: Sequence[Any], held: Sequence[Any]) -> list[Any]:
+    """The pairs of a data file that no stage-1 client holds (``held``: every client's context,
+    train and test pairs, seen or unseen): labelled pairs neither the selector nor the policy
+    saw, which is what a held-out judge of a file data set (relabeled HH-RLHF) can learn from."""
+    taken = {pair_key(p) for p in held}
+    return [p for p in pairs if pair_key(p) not in taken]
 
 
 def judge_pairs_source(flat: dict[str, Any], pairs_per_type: int, seed: int) -> list[Any]:
     """Fresh labelled pairs of the stage-1 data's generator, drawn with ``seed``.
 
-    Only the generated data sets can make new pairs; for a file (HH-RLHF) there is nothing that
-    the selector did not already see or that is not the test split, so it is refused.
+    Only the generated data sets can make new pairs; for a file see ``held_out_file_pairs``.
     """
     from fedvpa.data.family import FAMILY, generate_family
     from fedvpa.data.synthetic import generate_synthetic
@@ -184,6 +209,7 @@ def train_judges(
     exclude: set[tuple[str, str, str]] | None = None,
     heldout_share: float = 0.2,
     seed: int = 0,
+    source: str = GENERATED,
 ) -> dict[str, Judge]:
     """One judge per user type, fitted on ``pairs`` (``PreferencePair``s) minus ``exclude``
     (``(prompt, reply, reply)`` keys the selector saw, in either order).
@@ -231,8 +257,9 @@ def train_judges(
         model = LogisticRegression(C=1.0, max_iter=2000)
         model.fit(np.concatenate([x, -x]), np.concatenate([y, 1 - y]))
         judge = Judge(
-            user_type, model.coef_[0].copy(), float(model.intercept_[0]), len(train), 0.0, None
-        )
+            user_type, model.coef_[0].copy(), float(model.intercept_[0]), len(train), 0.0, None,
+            source,
+        )  # fmt: skip
         if test:
             xt, yt = diffs(test)
             pred = (judge.prob_first(xt, np.zeros_like(xt)) > 0.5).astype(int)

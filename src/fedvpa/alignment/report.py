@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from fedvpa.alignment.judges import (
+    GENERATED,
+    HELD_OUT_FILE_PAIRS,
     Interval,
     Judge,
     bootstrap_interval,
@@ -24,11 +26,15 @@ from fedvpa.alignment.preferences import Stage1Run
 
 PROXY_NOTE = (
     "The judges are **proxies**: per user type, a Bradley-Terry model (logistic regression on "
-    "differences of the stage-1 sentence embeddings) trained on freshly generated labelled pairs "
-    "of the stage-1 data generator that neither the selector nor the policy saw. They say whether "
-    "a reply resembles what that user type preferred in that data, not whether it is good; a "
-    "hosted LLM judge or people would be the real test."
+    "differences of the stage-1 sentence embeddings) trained on {pairs} that neither the "
+    "selector nor the policy saw. They say whether a reply resembles what that user type "
+    "preferred in that data, not whether it is good; a hosted LLM judge or people would be the "
+    "real test."
 )
+PAIRS_OF = {
+    GENERATED: "freshly generated labelled pairs of the stage-1 data generator",
+    HELD_OUT_FILE_PAIRS: "the labelled pairs of the stage-1 data file that no stage-1 client held",
+}
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -181,7 +187,9 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         "refusal_patterns": list(REFUSAL_PATTERNS),
         "examples": example_rows,
         "step_seconds": steps,
-        "note": PROXY_NOTE,
+        "note": PROXY_NOTE.format(
+            pairs=" and ".join(sorted({PAIRS_OF[j.source] for j in judges.values()}))
+        ),
     }
 
 
