@@ -408,10 +408,15 @@ def compare(
         Path | None,
         typer.Option(help="Stage 2's held-out prompts file (default: generated afresh)."),
     ] = None,
+    stage2_prompts_risky: Annotated[
+        bool, typer.Option(help="Count every --stage2-prompts prompt as risky (HH harmless-base).")
+    ] = False,
     stage2_feddpo: Annotated[
         bool, typer.Option(help="Stage 2 with the FedDPO baseline (the paper's, on Flower).")
     ] = True,
-    stage2_threads: Annotated[int, typer.Option(help="Stage 2's torch CPU threads.")] = 1,
+    stage2_threads: Annotated[
+        int, typer.Option(help="Stage 2's torch CPU threads (0 = every usable core).")
+    ] = 0,
 ) -> None:
     """Every method on the same clients, backbone, rounds and seeds; writes report.md. With
     --stage2, then stage 2 on each seed's run of the latent methods (one table over seeds)."""
@@ -439,6 +444,7 @@ def compare(
         align_opts = AlignOptions(
             policy=stage2_policy,
             prompts_file=str(stage2_prompts) if stage2_prompts else None,
+            prompts_risky=stage2_prompts_risky,
             quick=not stage2_full,
             feddpo=stage2_feddpo,
             threads=stage2_threads,

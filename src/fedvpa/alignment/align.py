@@ -95,7 +95,7 @@ class AlignOptions:
     examples: int = 5
     seed: int = 0
     quick: bool = False
-    threads: int = 1
+    threads: int = 0  # torch CPU threads of the main process; 0 = every usable core
     # FedDPO baseline (step "feddpo"): off unless asked for; batch size and lr are DPO's
     feddpo: bool = False
     feddpo_clients: int = 10
@@ -141,6 +141,8 @@ def resolve_options(opts: AlignOptions) -> AlignOptions:
     """Fill the unset options from the profile and check ranges (one-line errors)."""
     profile = QUICK if opts.quick else FULL
     filled = replace(opts, **{k: v for k, v in profile.items() if getattr(opts, k) is None})
+    if filled.threads == 0:  # align runs alone: every core it may use (2 on the dev machine)
+        filled = replace(filled, threads=len(os.sched_getaffinity(0)))
     positive = (
         "num_prompts", "eval_prompts", "max_new_tokens", "dpo_steps", "batch_size",
         "gen_batch_size", "judge_pairs", "threads", "feddpo_clients", "feddpo_rounds",
@@ -781,7 +783,7 @@ def feddpo_settings(state: AlignState) -> Any:
         batch_size=int(o.batch_size or 1),
         learning_rate=float(o.learning_rate or 0),
         seed=state.seeds["dpo"],
-        threads=o.threads,
+        threads=1,  # per client process: Ray gives each actor one CPU (runtime.DEFAULT_BACKEND)
     )
 
 

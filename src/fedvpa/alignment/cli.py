@@ -176,8 +176,12 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
         ] = None,
         examples: Annotated[int, typer.Option(help="Example generations in the report.")] = 5,
         threads: Annotated[
-            int, typer.Option(help="Torch CPU threads (1 is fastest on a busy 2-core machine).")
-        ] = 1,
+            int,
+            typer.Option(
+                help="Torch CPU threads (0 = every usable core; 1 is fastest beside other heavy "
+                "work on a 2-core machine)."
+            ),
+        ] = 0,
         stop_after: Annotated[
             str | None, typer.Option(help="Stop after this step (prompts ... report).")
         ] = None,
