@@ -127,6 +127,7 @@ def test_stage2_runs_per_seed_resumes_and_reaches_the_report(compared: Path, tin
     assert entry["switching"] and entry["switching_best_of_n"]
     md = (compared / "report.md").read_text()
     assert "## Stage 2" in md and "best-of-n, z_harmless" in md and "proxies" in md
+    assert "freshly generated labelled pairs" in md  # each run's own note: where its judges learnt
     assert json.loads((compared / "results.json").read_text())["stage2"]["runs"][0]["seed"] == 0
 
     # again: every step of the seed's align is resumed, none redone; a later comparison

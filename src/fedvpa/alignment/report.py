@@ -26,7 +26,7 @@ from fedvpa.alignment.preferences import Stage1Run
 
 PROXY_NOTE = (
     "The judges are **proxies**: per user type, a Bradley-Terry model (logistic regression on "
-    "differences of the stage-1 sentence embeddings) trained on {pairs} that neither the "
+    "differences of the stage-1 sentence embeddings) trained on {pairs}, which neither the "
     "selector nor the policy saw. They say whether a reply resembles what that user type "
     "preferred in that data, not whether it is good; a hosted LLM judge or people would be the "
     "real test."

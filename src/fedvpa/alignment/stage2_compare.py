@@ -31,6 +31,7 @@ SUMMARY_KEYS = (
     "switching_best_of_n",
     "against_baseline",
     "best_of_n",
+    "note",  # the proxy note, naming where the judges' pairs came from
 )
 
 

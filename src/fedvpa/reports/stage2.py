@@ -13,10 +13,10 @@ from typing import Any
 from fedvpa.reports.aggregate import mean_std
 
 BEST_OF_N = "bon:"  # the variant prefix of fedvpa.alignment.align.BEST_OF_N
-PROXY_NOTE = (
+PROXY_NOTE = (  # when a summary predates the per-run note
     "The judges are **proxies**: per user type, a Bradley-Terry model on sentence embeddings, "
-    "trained on freshly generated pairs that neither the selector nor the policy saw. They say "
-    "whether a reply resembles what that user type preferred, not whether it is good."
+    "trained on labelled pairs that neither the selector nor the policy saw. They say whether a "
+    "reply resembles what that user type preferred, not whether it is good."
 )
 
 
@@ -72,10 +72,11 @@ def render_stage2_section(stage2: Mapping[str, Any]) -> str:
         by_method.setdefault(e["method"], []).append(e)
     opts = stage2.get("options", {})
     profile = "quick" if opts.get("quick") else "full"
+    notes = sorted({str(e["note"]) for e in entries if e.get("note")}) or [PROXY_NOTE]
     lines = [
         f"Stage 2 (`fedvpa align`, {profile} profile, policy "
         f"`{opts.get('policy') or 'SmolLM2-135M-Instruct'}`) on each seed's run; each seed's "
-        "align folder holds its own report. " + PROXY_NOTE,
+        "align folder holds its own report. " + " ".join(notes),
         "",
         "Win rate against the base policy (%, both reply orders), mean ± std over seeds:",
         "",
