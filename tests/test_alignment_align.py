@@ -118,6 +118,14 @@ def test_refusal_heuristic(reply: str, refusal: bool) -> None:
     assert is_refusal(reply) is refusal
 
 
+def test_usable_cores_without_an_affinity_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows have no ``os.sched_getaffinity``: every core, not an AttributeError."""
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert align_module.usable_cores() == 6
+    assert resolve_options(AlignOptions()).threads == 6
+
+
 def test_quick_profile_and_ranges() -> None:
     quick = resolve_options(AlignOptions(quick=True))
     assert quick.num_prompts == 100 and quick.dpo_steps is not None and quick.dpo_steps <= 300
@@ -127,6 +135,7 @@ def test_quick_profile_and_ranges() -> None:
     with pytest.raises(ConfigError, match="temperature"):
         resolve_options(AlignOptions(temperature=0.0))
     assert quick.best_of_n == 4 and resolve_options(AlignOptions(best_of_n=0)).best_of_n == 0
+    assert quick.threads >= 1 and resolve_options(AlignOptions(threads=3)).threads == 3
     for bad in (1, -2):  # one candidate is no choice
         with pytest.raises(ConfigError, match="--best-of-n"):
             resolve_options(AlignOptions(best_of_n=bad))

@@ -137,12 +137,19 @@ FULL = {
 }
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity on Linux; macOS and Windows have no
+    affinity call, so every core there)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else max(1, os.cpu_count() or 1)
+
+
 def resolve_options(opts: AlignOptions) -> AlignOptions:
     """Fill the unset options from the profile and check ranges (one-line errors)."""
     profile = QUICK if opts.quick else FULL
     filled = replace(opts, **{k: v for k, v in profile.items() if getattr(opts, k) is None})
     if filled.threads == 0:  # align runs alone: every core it may use (2 on the dev machine)
-        filled = replace(filled, threads=len(os.sched_getaffinity(0)))
+        filled = replace(filled, threads=usable_cores())
     positive = (
         "num_prompts", "eval_prompts", "max_new_tokens", "dpo_steps", "batch_size",
         "gen_batch_size", "judge_pairs", "threads", "feddpo_clients", "feddpo_rounds",
