@@ -88,6 +88,9 @@ def test_stage2_options_are_checked_before_any_stage1_work(tiny: Path) -> None:
         check_stage2(["fedvpa-gp"], ["fedvpa-gp"], AlignOptions(policy=str(tiny), dpo_steps=0))
     with pytest.raises(ConfigError):
         check_stage2(["fedvpa-gp"], ["fedvpa-gp"], AlignOptions(policy=str(tiny.parent / "no")))
+    with pytest.raises(ConfigError, match="--stage2-prompts"):
+        no_file = AlignOptions(policy=str(tiny), prompts_file="/no")
+        check_stage2(["fedvpa-gp"], ["fedvpa-gp"], no_file)
 
 
 def test_the_cli_refuses_a_bad_stage2_option_before_training(tmp_path: Path) -> None:

@@ -395,8 +395,9 @@ def compare(
         ),
     ] = False,
     stage2_methods: Annotated[
-        str, typer.Option(help="Comma list of latent methods to align (--stage2).")
-    ] = "fedvpa-gp",
+        str | None,
+        typer.Option(help="Comma list of latent methods to align (--stage2; default fedvpa-gp)."),
+    ] = None,
     stage2_full: Annotated[
         bool, typer.Option(help="Stage 2's full profile instead of --quick (a GPU's work).")
     ] = False,
@@ -439,7 +440,7 @@ def compare(
     align_opts = None
     if stage2:  # every stage-2 option is checked before hours of stage 1
         from fedvpa.alignment.align import AlignOptions
-        from fedvpa.alignment.stage2_compare import check_stage2
+        from fedvpa.alignment.stage2_compare import DEFAULT_STAGE2_METHODS, check_stage2
 
         align_opts = AlignOptions(
             policy=stage2_policy,
@@ -450,7 +451,11 @@ def compare(
             threads=stage2_threads,
             seed=opts.seed,
         )
-        method_list = [m.strip() for m in stage2_methods.split(",") if m.strip()]
+        method_list = (
+            [m.strip() for m in stage2_methods.split(",") if m.strip()]
+            if stage2_methods
+            else list(DEFAULT_STAGE2_METHODS)
+        )
         check_stage2(method_list, names, align_opts)
     results = run_compare(
         exp, names, seed_list, out, reference_steps=reference_steps, headroom=headroom

@@ -1035,6 +1035,19 @@ def align_seeds(stage1_seed: int, seed: int) -> dict[str, int]:
     }
 
 
+def check_policy_and_prompts(opts: AlignOptions, prefix: str = "--") -> None:
+    """The inputs that need no stage-1 run: the policy is a causal LM (the packaged SmolLM2 is
+    there) and the prompts file exists. ``prefix`` names the flag (``--stage2-`` in compare)."""
+    from fedvpa.alignment.policy import DEFAULT_POLICY, check_causal_lm, smollm2_gguf
+
+    if opts.policy is None or opts.policy == DEFAULT_POLICY:
+        smollm2_gguf()  # the package is there (converted on first load)
+    else:
+        check_causal_lm(Path(opts.policy).expanduser())
+    if opts.prompts_file and not Path(opts.prompts_file).expanduser().is_file():
+        raise ConfigError("no such prompts file", path=opts.prompts_file, field=f"{prefix}prompts")
+
+
 def run_align(
     run_dir: str | Path,
     opts: AlignOptions,
@@ -1048,7 +1061,6 @@ def run_align(
     refused (one-line ``ConfigError``) before the first step writes anything."""
     import torch
 
-    from fedvpa.alignment.policy import DEFAULT_POLICY, check_causal_lm, smollm2_gguf
     from fedvpa.alignment.preferences import open_stage1_run
 
     opts = resolve_options(opts)
@@ -1058,15 +1070,10 @@ def run_align(
         )
     run = open_stage1_run(run_dir)
     folder = Path(out).expanduser() if out else run.root / "align"
-    if opts.policy is None or opts.policy == DEFAULT_POLICY:
-        smollm2_gguf()  # the package is there (converted on first load)
-    else:
-        check_causal_lm(Path(opts.policy).expanduser())
+    check_policy_and_prompts(opts)
     seeds = align_seeds(stage1_seed(run), opts.seed)
     state = AlignState(run, opts, folder, seeds, log)
     _groups(state)  # unknown group, wrong-size z: refused now, not after sampling
-    if opts.prompts_file and not Path(opts.prompts_file).expanduser().is_file():
-        raise ConfigError("no such prompts file", path=opts.prompts_file, field="--prompts")
     if opts.feddpo:  # too few seen clients: refused now, not after the z-conditioned DPO
         from fedvpa.alignment.feddpo import choose_clients, stage1_partition
 

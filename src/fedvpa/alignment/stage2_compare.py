@@ -17,7 +17,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from fedvpa.alignment.align import AlignOptions, resolve_options, run_align
+from fedvpa.alignment.align import (
+    AlignOptions,
+    check_policy_and_prompts,
+    resolve_options,
+    run_align,
+)
 from fedvpa.errors import ConfigError
 
 DEFAULT_STAGE2_METHODS = ("fedvpa-gp",)
@@ -40,8 +45,6 @@ def check_stage2(
 ) -> AlignOptions:
     """Refuse what would only fail after the stage-1 runs (hours): a method without ``z``, one
     the comparison does not run, a bad align option or policy path. Returns the resolved options."""
-    from fedvpa.alignment.policy import DEFAULT_POLICY, check_causal_lm, smollm2_gguf
-
     if not methods:
         raise ConfigError("name at least one method", field="--stage2-methods")
     for name in methods:
@@ -56,12 +59,7 @@ def check_stage2(
                 field="--stage2-methods",
             )
     resolved = resolve_options(opts)
-    if opts.policy is None or opts.policy == DEFAULT_POLICY:
-        smollm2_gguf()
-    else:
-        check_causal_lm(Path(opts.policy).expanduser())
-    if opts.prompts_file and not Path(opts.prompts_file).expanduser().is_file():
-        raise ConfigError("no such prompts file", path=opts.prompts_file, field="--stage2-prompts")
+    check_policy_and_prompts(opts, prefix="--stage2-")
     return resolved
 
 
