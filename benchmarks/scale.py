@@ -14,6 +14,12 @@ method or a bad number is refused in one line (exit 2) before any work.
 
     .venv/bin/python benchmarks/scale.py --clients 1000 --pairs 8 --per-round 100 --rounds 100
     .venv/bin/python benchmarks/scale.py --rounds 10 --json scale.jsonl   # a shorter measurement
+
+``--clients-per-node 1 100`` measures every run once per value in the same invocation: with
+k > 1 each virtual SuperNode holds k clients and gets one message per phase for all of them
+(the ``clients-per-node`` key). ``--deployment N`` runs on Flower's deployment engine instead:
+a SuperLink and N SuperNodes on localhost (``--insecure``), each holding ``clients / N``
+clients, the run submitted with ``flwr run``; every process is stopped afterwards.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +50,7 @@ from fedvpa.methods.reward_heads import FedAvgBT
 from fedvpa.protocol.round import FederationError
 
 BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
 NOOP = "scale:NoOpClients"  # importable by the Ray workers through PYTHONPATH (set in main)
 
 
@@ -111,16 +120,118 @@ class Monitor:
             self._sample()
 
 
-def run_one(
-    exp: ExperimentConfig, method: str, data_path: Path, dim: int, n: int, out: Path
+def _run_config_value(value: Any) -> Any:
+    """Flower's run config holds scalars only: a list key goes as its comma-separated text."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def run_deployed(
+    flat: dict[str, Any], run_dir: Path, nodes: int, home: Path, timeout: float
 ) -> dict[str, Any]:
-    run_dir = out / method.replace(":", "-")
+    """One run on a localhost deployment: SuperLink, ``nodes`` SuperNodes, ``flwr run``."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_deployment import descendants, free_port, kill_pid, stop, wait_port
+
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    run_config = home / "run.toml"
+    run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in flat.items()))
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
+        # N SuperNodes share this machine's cores: one thread per ClientApp process, as Ray
+        # gives each simulation actor
+        "OMP_NUM_THREADS": "1",
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = (logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            args, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        procs.append(proc)
+        return proc
+
+    final_path = run_dir / "final.json"
+    try:
+        link = start(
+            "superlink",
+            [str(bin_dir / "flower-superlink"), "--insecure",
+             "--disable-runtime-dependency-installation", "--port", str(port)],
+        )  # fmt: skip
+        wait_port(port, link)
+        for i in range(nodes):
+            start(
+                f"supernode{i}",
+                [str(bin_dir / "flower-supernode"), "--insecure", "--superlink",
+                 f"127.0.0.1:{port}", "--port", str(free_port()), "--node-config",
+                 f'partition-id={i} num-partitions={nodes} data-path="{flat["data-path"]}"'],
+            )  # fmt: skip
+        done = subprocess.run(
+            [str(bin_dir / "flwr"), "run", str(REPO), "bench", "--run-config", str(run_config)],
+            cwd=REPO, env=env, capture_output=True, timeout=120,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise FederationError(f"flwr run failed: {done.stderr.decode()[-500:]}")
+        deadline = time.monotonic() + timeout
+        while not final_path.exists():
+            if time.monotonic() > deadline or link.poll() is not None:
+                tail = (logs / "superlink.log").read_text()[-1500:]
+                raise FederationError(f"no results after {timeout:.0f} s; SuperLink log: {tail}")
+            time.sleep(0.5)
+    finally:
+        spawned = [child for proc in procs for child in descendants(proc.pid)]
+        for proc in reversed(procs):
+            stop(proc)
+        for pid in spawned:
+            kill_pid(pid)
+    return dict(json.loads(final_path.read_text()))
+
+
+def run_one(
+    exp: ExperimentConfig,
+    method: str,
+    data_path: Path,
+    dim: int,
+    n: int,
+    out: Path,
+    per_node: int = 1,
+    deployment: int = 0,
+) -> dict[str, Any]:
+    name = method.replace(":", "-") + (f"-k{per_node}" if per_node > 1 else "")
+    run_dir = out / (name + (f"-deployed{deployment}" if deployment else ""))
+    fed = replace(exp.federation, clients_per_node=per_node)
+    exp = replace(exp, federation=fed)
     config = FederationConfig.from_experiment(
         exp, method=method, input_dim=dim, data_path=data_path, run_dir=run_dir, num_clients=n
     )
     with Monitor(run_dir / "metrics.jsonl") as mon:
         t0 = time.perf_counter()
-        final = run_federated(config, flwr_home=out / ".flwr")
+        if deployment:
+            flat = {
+                **{k: _run_config_value(v) for k, v in exp.to_flat().items() if v is not None},
+                "method": method,
+                "data-path": str(data_path),
+                "run-dir": str(run_dir),
+                "clients-per-node": per_node,
+            }
+            final = run_deployed(flat, run_dir, deployment, out / f".deploy-{name}", 3600.0)
+        else:
+            final = run_federated(config, flwr_home=out / ".flwr")
         wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     gaps = [b - a for a, b in zip(mon.row_times, mon.row_times[1:], strict=False)]
@@ -137,6 +248,8 @@ def run_one(
     )
     return {
         "method": "no-op floor" if method == NOOP else method,
+        "runtime": f"deployment, {deployment} SuperNodes" if deployment else "simulation",
+        "clients_per_node": per_node,
         "clients": n,
         "per_round": exp.federation.clients_per_round,
         "rounds": len(rows),
@@ -174,10 +287,20 @@ def measure() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="append one JSON line per run here")
+    parser.add_argument(
+        "--clients-per-node", type=int, nargs="+", default=[1], help="each value is measured"
+    )
+    parser.add_argument(
+        "--deployment", type=int, default=0, help="N > 0: a localhost deployment, N SuperNodes"
+    )
     args = parser.parse_args()
     for name in ("clients", "pairs", "per_round", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if any(k < 1 for k in args.clients_per_node) or args.deployment < 0:
+        parser.error("--clients-per-node must be at least 1 and --deployment at least 0")
+    if args.deployment:  # N nodes share the clients
+        args.clients_per_node = [-(-args.clients // args.deployment)]
     for method in args.methods:
         method_reference(method)  # an unknown method fails here, not after the data and floor
     if args.out and any(Path(args.out).glob("*/metrics.jsonl")):
@@ -204,28 +327,41 @@ def measure() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="fedvpa-scale-"))
     runs = ([] if args.no_floor else [NOOP]) + list(args.methods)
     header = (
-        "| run | clients (per round) | rounds | wall | first round | per round | per client "
-        "update | second half, per round | peak RSS | bytes per client per round | seen acc |"
+        "| run | runtime | clients per node | clients (per round) | rounds | wall | first round "
+        "| per round | per client update | second half, per round | peak RSS "
+        "| bytes per client per round | seen acc |"
     )
     results = []
-    for method in runs:
-        res = run_one(
-            exp, method, prepared.path, prepared.clients[0].context.dim, len(prepared.clients), out
-        )
-        results.append(res)
-        if args.json:
-            with open(args.json, "a") as fh:
-                fh.write(json.dumps({**res, "args": vars(args)}) + "\n")
-        print(f"{res['method']}: {res['wall_s']:.0f} s, {res['round_s']:.2f} s a round", flush=True)
+    dim, n = prepared.clients[0].context.dim, len(prepared.clients)
+    for per_node in args.clients_per_node:
+        for method in runs:
+            res = run_one(exp, method, prepared.path, dim, n, out, per_node, args.deployment)
+            results.append(res)
+            if args.json:
+                with open(args.json, "a") as fh:
+                    fh.write(json.dumps({**res, "args": vars(args)}) + "\n")
+            print(
+                f"{res['method']} ({res['runtime']}, {per_node} clients per node): "
+                f"{res['wall_s']:.0f} s, {res['round_s']:.2f} s a round",
+                flush=True,
+            )
     print(header)
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    floor = next((r for r in results if r["method"] == "no-op floor"), None)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        floor = next(
+            (
+                f
+                for f in results
+                if f["method"] == "no-op floor" and f["clients_per_node"] == r["clients_per_node"]
+            ),
+            None,
+        )
         ratio = f" ({r['round_s'] / floor['round_s']:.1f}x floor)" if floor else ""
         late = f" ({r['late_round_s'] / floor['late_round_s']:.1f}x)" if floor else ""
         acc = "–" if r["seen_accuracy"] is None else f"{100 * r['seen_accuracy']:.1f}"
         print(
-            f"| {r['method']} | {r['clients']} ({r['per_round']}) | {r['rounds']} "
+            f"| {r['method']} | {r['runtime']} | {r['clients_per_node']} "
+            f"| {r['clients']} ({r['per_round']}) | {r['rounds']} "
             f"| {r['wall_s']:.0f} s | {r['first_round_s']:.1f} s | {r['round_s']:.2f} s{ratio} "
             f"| {1000 * r['client_update_s']:.0f} ms | {r['late_round_s']:.2f} s{late} "
             f"| {r['peak_rss_gb']:.2f} GB "

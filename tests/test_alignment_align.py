@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_alignment_policy import tiny_llama_folder
@@ -20,7 +21,9 @@ from fedvpa.alignment.align import (
     STEPS,
     AlignOptions,
     is_refusal,
+    label_disagreements,
     make_prompts,
+    pair_labels,
     read_prompt_file,
     resolve_options,
     run_align,
@@ -139,6 +142,50 @@ def test_quick_profile_and_ranges() -> None:
     for bad in (1, -2):  # one candidate is no choice
         with pytest.raises(ConfigError, match="--best-of-n"):
             resolve_options(AlignOptions(best_of_n=bad))
+    assert (quick.samples_per_prompt, quick.pair_rule, quick.dpo_steps) == (4, "contested", 80)
+    assert resolve_options(AlignOptions(samples_per_prompt=2)).samples_per_prompt == 2
+    for bad in (1, 0):
+        with pytest.raises(ConfigError, match="--samples-per-prompt"):
+            resolve_options(AlignOptions(samples_per_prompt=bad))
+    with pytest.raises(ConfigError, match="--pair-rule"):
+        resolve_options(AlignOptions(pair_rule="random"))
+
+
+def test_best_and_worst_of_n_form_the_pair() -> None:
+    scores = np.array([[0.1, 2.0, -1.0, 0.5], [3.0, 1.0, 1.0, 2.0], [0.0, 1.0, 5.0, -2.0]])
+    replies = [["a", "b", "c", "d"], ["x", "y", "z", "w"], ["p", "q", "r", " p "]]
+    # the last prompt's best (r) and worst (" p ") differ; its first and worst are one text
+    assert pair_labels({"g": scores}, replies) == {"g": [(1, 2), (0, 1), (2, 3)]}
+    same = [["a", "b", "c", "d"], ["x", "y", "z", "w"], ["p", "q", "p", "p"]]
+    assert pair_labels({"g": scores}, same)["g"][2] is None  # best and worst: the same text
+    with pytest.raises(ConfigError, match="pair rule"):
+        pair_labels({"g": scores}, replies, "random")
+
+
+def test_the_contested_pair_is_the_one_the_groups_disagree_on_most() -> None:
+    # group h: reply 0 > 1 > 2; group s: 2 > 1 > 0, but 1 is far ahead of 0 for h only
+    h = np.array([[3.0, 2.5, 0.0]])
+    s = np.array([[0.0, 0.2, 0.4]])
+    replies = [["a", "b", "c"]]
+    # d_h - d_s is largest for (0, 2): 3.0 - (-0.4) = 3.4; the pair is reversed between groups
+    assert pair_labels({"h": h, "s": s}, replies, "contested") == {"h": [(0, 2)], "s": [(2, 0)]}
+    # groups that agree everywhere still get one shared pair, in the same roles
+    agree = pair_labels({"h": h, "s": 2 * h}, replies, "contested")
+    assert agree["h"] == agree["s"] and agree["h"][0] is not None
+    # one group: no spread anywhere, so the first pair of equal spread (a degenerate choice)
+    single = pair_labels({"h": h}, replies, "contested")["h"][0]
+    assert single is None or single[0] != single[1]
+    # two groups with the same pair in opposite roles disagree; the same pair agrees
+    rows = [
+        {"index": 0, "group": "h", "chosen": 1, "rejected": 2},
+        {"index": 0, "group": "s", "chosen": 2, "rejected": 1},
+        {"index": 1, "group": "h", "chosen": 0, "rejected": 3},
+        {"index": 1, "group": "s", "chosen": 0, "rejected": 3},
+        {"index": 2, "group": "h", "chosen": None, "rejected": None},
+        {"index": 3, "group": "h", "chosen": 0},  # a folder written before "rejected"
+        {"index": 3, "group": "s", "chosen": 1},
+    ]
+    assert label_disagreements(rows) == 2
 
 
 # ---------------------------------------------------------------------- bad input (CLI)
@@ -227,7 +274,12 @@ def test_fedvpa_align_end_to_end(stage1: Path, tiny: Path, tmp_path: Path) -> No
     groups = json.loads((out / "groups.json").read_text())
     assert set(groups) == {"harmless", "helpful"} and len(groups["helpful"]) == 8
     labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
-    assert len(labels) == 2 * 6  # each pair once per group
+    assert len(labels) == 2 * 6  # one pair per prompt and group
+    # the default: 4 samples, the contested pair, which both groups label (same two replies)
+    for index in range(6):
+        pairs = [{r["chosen"], r["rejected"]} for r in labels if r["index"] == index]
+        assert len(pairs) == 2 and (pairs[0] == pairs[1] or None in pairs[0] | pairs[1])
+    assert all(len(r["scores"]) == 4 for r in labels)
     report = json.loads((out / "report.json").read_text())
     assert set(report["win_rate_vs_base"]) == {"harmless", "helpful"}
     assert {s["judge"] for s in report["switching"]} == {"harmless", "helpful"}
@@ -302,6 +354,40 @@ def test_a_killed_align_resumes_without_redoing_finished_steps(
     run_align(stage1, _opts(tiny, dpo_steps=3), out=out, resume=True, log=logged.append)
     assert sum("skipped" in line for line in logged) == len(STEPS)
     assert os.listdir(out / "steps") and not list(out.glob(".*.json.*"))
+
+
+def test_best_and_worst_of_n_samples_train_dpo(stage1: Path, tiny: Path, tmp_path: Path) -> None:
+    """--samples-per-prompt 3: three replies per DPO prompt, per group the selector's best and
+    worst under that group's z become DPO's chosen and rejected, and the report says so."""
+    _needs_trl()
+    out = tmp_path / "align"
+    opts = _opts(tiny, samples_per_prompt=3, pair_rule="best-worst", best_of_n=0)
+    run_align(stage1, opts, out=out, log=lambda _: None)
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(len(s["replies"]) == 3 for s in samples)
+    labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 2 * 6
+    for row in labels:
+        if row["chosen"] is not None:
+            assert row["scores"][row["chosen"]] == max(row["scores"])
+            assert row["scores"][row["rejected"]] == min(row["scores"])
+    from transformers import AutoTokenizer
+
+    pairs = align_module.z_preferences(out, AutoTokenizer.from_pretrained(tiny))
+    usable = [r for r in labels if r["chosen"] is not None]
+    assert len(pairs) == len(usable)
+    for pair, row in zip(pairs, usable, strict=True):
+        replies = samples[row["index"]]["replies"]
+        assert (pair.chosen, pair.rejected) == (replies[row["chosen"]], replies[row["rejected"]])
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"]["samples_per_prompt"] == 3
+    assert "best and worst of 3 samples" in (out / "report.md").read_text()
+    # the option is part of the samples' fingerprint: the paper's pair resamples
+    logged: list[str] = []
+    opts = _opts(tiny, samples_per_prompt=2, best_of_n=0)
+    run_align(stage1, opts, out=out, resume=True, log=logged.append)
+    skipped = [line.split("]")[0][1:] for line in logged if "skipped" in line]
+    assert skipped == ["prompts", "feddpo", "judges", "best-of-n"]
 
 
 def test_a_file_data_sets_judges_learn_from_the_pairs_no_client_holds(

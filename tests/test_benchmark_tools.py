@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import fed_sweep  # noqa: E402
+import gpu_backbone  # noqa: E402
 import local_step  # noqa: E402
 
 
@@ -61,3 +62,43 @@ def test_local_step_compares_source_trees_in_one_invocation() -> None:
     rows = [line for line in out.stdout.splitlines() if line.startswith(f"| {src} |")]
     assert len(rows) == 2
     assert "x)" in rows[1] and "x)" not in rows[0]  # ratios against the first tree
+
+
+def test_the_unmasked_embedding_pass_gives_the_masked_ones_vectors() -> None:
+    """gpu_backbone's no-mask variants time a faster kernel path, not other embeddings: on a
+    batch without padding, the backbone's forward gives the same last-token states."""
+    import torch
+
+    model = gpu_backbone.build_model(gpu_backbone.TINY, torch.float32, "cpu", causal_lm=False)
+    ids = torch.randint(4, gpu_backbone.TINY["vocab"], (3, 12), generator=torch.Generator())
+    masked = gpu_backbone.embed_call(model, ids, use_mask=True)()
+    unmasked = gpu_backbone.embed_call(model, ids, use_mask=False)()
+    assert masked.shape == (3, gpu_backbone.TINY["hidden"])
+    torch.testing.assert_close(unmasked, masked, rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_benchmark_smoke_run_on_the_cpu(tmp_path: Path) -> None:
+    """The prepared GPU script runs end to end (tiny model, CPU) and writes every section."""
+    import json
+
+    out = tmp_path / "gpu.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_backbone.py"), "--tiny"]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {r["variant"] for r in result["embed"]} == {"eager", "eager-nomask"}
+    assert all(r["tokens_per_s"] > 0 for r in result["embed"])
+    assert result["selector"]["seconds_per_client_round"] > 0
+    assert "embedding pass:" in run.stdout and "selector update:" in run.stdout
+    try:
+        import peft  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError:
+        assert "skipped" in result["dpo"]
+    else:
+        assert result["dpo"]["seconds_per_step"] > 0

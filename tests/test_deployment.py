@@ -115,6 +115,7 @@ class Federation:
         connection: list[str],
         rounds: int = ROUNDS,
         client_timeout: float = 60.0,
+        clients_per_node: int = 1,
     ) -> None:
         from fedvpa.embeddings.pipeline import save_client_tensors
 
@@ -144,6 +145,7 @@ class Federation:
                     "eval-every = 1",
                     "node-wait-timeout = 60.0",
                     f"client-timeout = {client_timeout}",
+                    f"clients-per-node = {clients_per_node}",
                 ]
             )
             + "\n"
@@ -263,6 +265,20 @@ def test_two_supernodes_on_localhost(tmp_path: Path) -> None:
         fed.start_superlink(["--insecure"])
         for i in range(2):
             fed.start_supernode(f"supernode{i}", i, ["--insecure"])
+        fed.run_and_check()
+    finally:
+        fed.stop_all()
+
+
+@pytest.mark.slow
+def test_one_supernode_holding_both_clients(tmp_path: Path) -> None:
+    """clients-per-node = 2: one SuperNode holds both clients and gets one message per phase
+    for the two (each ClientApp process of the deployment engine serves the whole batch); the
+    locate-then-train round still finds each client's kept weights and private state."""
+    fed = Federation(tmp_path, ["insecure = true"], clients_per_node=2)
+    try:
+        fed.start_superlink(["--insecure"])
+        fed.start_supernode("supernode0", 0, ["--insecure"])
         fed.run_and_check()
     finally:
         fed.stop_all()

@@ -458,3 +458,21 @@ def test_the_first_query_waits_a_rounds_time_not_only_the_connection_wait(
     with pytest.raises(FederationError, match=r"0 of 3 nodes answered within 900 s.*timeout"):
         FlowerTransport(grid, config).discover()  # type: ignore[arg-type]
     assert grid.timeouts == [900.0]
+
+
+@pytest.mark.slow
+def test_nodes_holding_several_clients_give_the_one_client_per_node_run(
+    env: Path, full: dict[str, Any]
+) -> None:
+    """clients-per-node = 3: two nodes of three clients, one message per node and phase. The
+    same decisions, updates, private state and numbers as one node per client; a client that
+    fails inside a batch (FAILING, round 2) fails alone."""
+    batched = run(env, "batched", rounds=4, clients_per_node=3)
+    history, one_each = rows(env / "batched"), rows(env / "full")
+    for mine, theirs in zip(history, one_each, strict=True):
+        for key in ("round", "sampled", "trained", "replies", "failures", "errors", "train",
+                    "eval", "weights_reused", "state_sources", "locate_replies"):  # fmt: skip
+            assert mine.get(key) == theirs.get(key), (mine["round"], key)
+        assert set(mine["bytes_down_per_client"]) == set(theirs["bytes_down_per_client"])
+        assert set(mine["bytes_up_per_client"]) == set(theirs["bytes_up_per_client"])
+    assert batched["eval"] == full["eval"] and batched["info"] == full["info"]

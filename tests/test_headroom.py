@@ -185,3 +185,31 @@ def test_too_few_pairs_of_one_label_names_the_type() -> None:
     labels[:5] = 0  # type "a": 5 pairs where B is preferred; type "b": none
     with pytest.raises(ConfigError, match="'b' has 0 pairs where B is preferred"):
         personalisation_headroom(x, labels, np.repeat([0, 1], 20), ["a", "b"], ks=(0,), folds=5)
+
+
+def test_federation_ideal_reads_only_what_a_federated_method_trains_on() -> None:
+    """The matched ideal fits its probes on the seen clients' labelled pairs only: flipping
+    every test label turns each accuracy a into exactly 1 - a (no probe saw a test pair), and
+    with twelve labelled pairs a client's type is read almost as well as if it were known."""
+    from dataclasses import replace as dc_replace
+
+    from helpers import make_toy_clients
+
+    from fedvpa.evaluation.headroom import federation_ideal
+
+    clients = make_toy_clients(num_clients=40, pairs=24, dim=16, num_test=6, num_unseen=8)
+    ideal = federation_ideal(clients, seed=0)
+    assert set(ideal) == {"seen", "unseen", "seen_known_type", "unseen_known_type"}
+    assert ideal["seen_known_type"] > 0.85
+    assert ideal["seen"] > ideal["seen_known_type"] - 0.05
+    assert ideal["unseen"] > 0.6  # four context pairs only
+
+    def flip(pairs):
+        return dc_replace(pairs, label=1 - pairs.label)
+
+    flipped = [dc_replace(c, test=flip(c.test)) for c in clients]
+    other = federation_ideal(flipped, seed=0)
+    for key, value in ideal.items():
+        assert other[key] == pytest.approx(1 - value, abs=1e-12), key
+    with pytest.raises(ConfigError, match="seen client"):
+        federation_ideal([c for c in clients if c.unseen])

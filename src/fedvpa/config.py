@@ -263,6 +263,9 @@ class FederationSettings:
     min_reply_fraction: float = 0.5  # a round fails below this share of replies
     client_timeout: float = 600.0  # seconds a round waits for replies
     node_wait_timeout: float = 120.0  # seconds the server waits for every node at start-up
+    # Clients each node (SuperNode) holds: node p holds clients p*k .. p*k+k-1 of the data file,
+    # and gets one message per phase for all of them (fewer nodes, processes and messages).
+    clients_per_node: int = 1
     # The run folder. "" = fedvpa run: runs/<method>-seed<seed>[-N];
     # flwr run: runs/flwr-<method>-seed<seed>.
     run_dir: str = ""
@@ -307,7 +310,12 @@ class FederationSettings:
                 "SecAgg+ and client-level DP are not combined yet: choose one",
                 field="secure-aggregation",
             )
-        for name in ("num_server_rounds", "clients_per_round", "eval_every"):
+        if self.secure_aggregation and self.clients_per_node > 1:
+            raise ConfigError(
+                "SecAgg+ runs one client per node: leave clients-per-node at 1",
+                field="clients-per-node",
+            )
+        for name in ("num_server_rounds", "clients_per_round", "eval_every", "clients_per_node"):
             if getattr(self, name) < 1:
                 raise ConfigError("must be >= 1", field=_key(name))
         if not 0.0 < self.min_reply_fraction <= 1.0:

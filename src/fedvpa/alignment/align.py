@@ -48,6 +48,8 @@ PROMPT_SEED_OFFSET = 10_007
 JUDGE_SEED_OFFSET = 20_011
 BASE = "base"
 FEDDPO = "feddpo"  # the variant name of the FedDPO baseline in the evaluation and report
+# how DPO pairs are drawn from more than two samples per prompt (see pair_labels)
+PAIR_RULES = ("best-worst", "contested")
 BEST_OF_N = "bon:"  # variant prefix of best-of-n under a group's z ("bon:harmless")
 
 # Refusal heuristic: a reply counts as a refusal when it matches one of these (case-insensitive).
@@ -87,6 +89,10 @@ class AlignOptions:
     eval_prompts: int | None = None
     max_new_tokens: int | None = None
     temperature: float = 0.7
+    # replies the policy samples per DPO prompt: 2 = the paper's pair, labelled by the selector;
+    # n > 2: each group's pair comes from the n by ``pair_rule`` (see pair_labels)
+    samples_per_prompt: int | None = None
+    pair_rule: str | None = None
     dpo_steps: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
@@ -110,9 +116,12 @@ QUICK = {
     "num_prompts": 100,
     "eval_prompts": 100,
     "max_new_tokens": 32,
-    # ~6.7 s a step at batch 4 on the loaded 2-core machine (plus 2 s per 4 pairs for the
-    # reference log-probabilities): 40 steps keep the whole quick run near 10 minutes
-    "dpo_steps": 40,
+    # 4 samples per prompt, the contested pair, 80 DPO steps: chosen on the embedded data's
+    # prompts (README, "Stage 2"); with the paper's 2 samples and 40 steps the policy switched
+    # under one of the two judges only
+    "samples_per_prompt": 4,
+    "pair_rule": "contested",
+    "dpo_steps": 80,
     "batch_size": 4,
     "learning_rate": 1e-3,
     "gen_batch_size": 25,
@@ -126,6 +135,8 @@ FULL = {
     "num_prompts": 1000,
     "eval_prompts": 200,
     "max_new_tokens": 128,
+    "samples_per_prompt": 4,  # as the quick profile (the full profile has not been measured)
+    "pair_rule": "contested",
     "dpo_steps": 1000,
     "batch_size": 8,
     "learning_rate": 5e-4,
@@ -164,6 +175,16 @@ def resolve_options(opts: AlignOptions) -> AlignOptions:
         raise ConfigError("must be > 0", field="--lr")
     if filled.examples < 0:
         raise ConfigError("must be >= 0", field="--examples")
+    if filled.pair_rule not in PAIR_RULES:
+        raise ConfigError(
+            f"unknown rule {filled.pair_rule!r}; one of {', '.join(PAIR_RULES)}",
+            field="--pair-rule",
+        )
+    if int(filled.samples_per_prompt or 0) < 2:
+        raise ConfigError(
+            f"a DPO pair needs at least 2 replies, got {filled.samples_per_prompt}",
+            field="--samples-per-prompt",
+        )
     if int(filled.best_of_n or 0) == 1 or int(filled.best_of_n or 0) < 0:
         raise ConfigError(
             f"must be 0 (off) or at least 2, got {filled.best_of_n}", field="--best-of-n"
@@ -527,8 +548,12 @@ def step_fingerprints(state: AlignState) -> dict[str, str]:
          o.eval_prompts, s["prompts"]]
     )  # fmt: skip
     gen = [o.policy or "smollm2", o.max_new_tokens, o.temperature, o.gen_batch_size]
-    fp["samples"] = fingerprint(["samples", fp["prompts"], *gen, s["samples"]])
-    fp["labels"] = fingerprint(["labels", fp["samples"], ident, o.groups, o.z_files])
+    # samples-per-prompt enters only when it is not the paper's 2, so that folders written
+    # before the option keep their fingerprints and resume without redoing their steps
+    per_prompt = [] if o.samples_per_prompt == 2 else [o.samples_per_prompt]
+    fp["samples"] = fingerprint(["samples", fp["prompts"], *gen, *per_prompt, s["samples"]])
+    rule = [] if o.samples_per_prompt == 2 else [o.pair_rule]  # 2 samples make one pair only
+    fp["labels"] = fingerprint(["labels", fp["samples"], ident, o.groups, o.z_files, *rule])
     fp["dpo"] = fingerprint(
         ["dpo", fp["labels"], o.dpo_steps, o.batch_size, o.learning_rate, s["dpo"]]
     )
@@ -618,15 +643,17 @@ def _prompts(state: AlignState, split: str) -> list[dict[str, Any]]:
 def _step_samples(state: AlignState) -> None:
     policy = state.policy()
     prompts = [r["prompt"] for r in _prompts(state, "train")]
+    n = int(state.opts.samples_per_prompt or 2)
     replies = generate_batched(
         policy.model,
         policy.tokenizer,
         prompts,
-        n_per_prompt=2,
+        n_per_prompt=n,
         max_new_tokens=int(state.opts.max_new_tokens or 0),
         temperature=state.opts.temperature,
         seed=state.seeds["samples"],
-        batch_size=int(state.opts.gen_batch_size or 1),
+        # the same number of sequences per generate() call as with pairs
+        batch_size=max(1, 2 * int(state.opts.gen_batch_size or 1) // n),
         progress=state.log,
     )
     rows = [{"prompt": p, "replies": r} for p, r in zip(prompts, replies, strict=True)]
@@ -652,43 +679,101 @@ def selector_logits(
     return logit.numpy().astype(np.float64)
 
 
+def pair_labels(
+    scores: dict[str, np.ndarray], replies: Sequence[Sequence[str]], rule: str = "best-worst"
+) -> dict[str, list[tuple[int, int] | None]]:
+    """Per group and prompt, ``(chosen, rejected)`` among n sampled replies; ``scores[g]`` is
+    ``[prompts, n]``, group g's rewards up to a constant per prompt. ``None`` where the two are
+    the same text, since DPO learns nothing from such a pair.
+
+    - ``best-worst``: each group's highest and lowest scored reply: the pair the selector is
+      surest of under that group's z.
+    - ``contested``: one pair per prompt for every group, the (i, j) whose score difference
+      varies most across the groups (``max_g d_g - min_g d_g``, ``d_g = s_g(i) - s_g(j)``), each
+      group labelling it by its own sign. Where the groups disagree this is the same two
+      replies in opposite roles, which only a z-dependent policy can fit.
+    """
+    if rule not in PAIR_RULES:
+        raise ConfigError(f"unknown pair rule {rule!r}; one of {', '.join(PAIR_RULES)}")
+    names = list(scores)
+    out: dict[str, list[tuple[int, int] | None]] = {g: [] for g in names}
+    for p, texts in enumerate(replies):
+        if rule == "best-worst":
+            picks = {g: (int(np.argmax(scores[g][p])), int(np.argmin(scores[g][p]))) for g in names}
+        else:
+            s = np.stack([scores[g][p] for g in names])  # [G, n]
+            diff = s[:, :, None] - s[:, None, :]  # [G, n, n]: d_g(i, j)
+            spread = diff.max(axis=0) - diff.min(axis=0)
+            i, j = np.unravel_index(int(np.argmax(spread)), spread.shape)
+            picks = {
+                g: (int(i), int(j)) if diff[k, i, j] > 0 else (int(j), int(i))
+                for k, g in enumerate(names)
+            }
+        for g, (best, worst) in picks.items():
+            same = best == worst or texts[best].strip() == texts[worst].strip()
+            out[g].append(None if same else (best, worst))
+    return out
+
+
 def _step_labels(state: AlignState) -> None:
     groups = _groups(state)
     samples = read_jsonl(state.out / "samples.jsonl")
     prompts = [s["prompt"] for s in samples]
-    first = [s["replies"][0] for s in samples]
-    second = [s["replies"][1] for s in samples]
+    replies = [s["replies"] for s in samples]
     rows: list[dict[str, Any]] = []
-    for name, z in groups.items():
-        logits = selector_logits(state.run, prompts, first, second, z)
-        for i, logit in enumerate(logits):
-            tie = first[i].strip() == second[i].strip()
-            rows.append(
-                {
-                    "index": i,
-                    "group": name,
-                    "chosen": None if tie else (0 if logit > 0 else 1),
-                    "p_first": float(1 / (1 + np.exp(-logit))),
-                }
-            )
+    if state.opts.samples_per_prompt == 2:
+        # the paper's pair: one label per group from the pairwise logit over both orders
+        first, second = [r[0] for r in replies], [r[1] for r in replies]
+        for name, z in groups.items():
+            logits = selector_logits(state.run, prompts, first, second, z)
+            for i, logit in enumerate(logits):
+                tie = first[i].strip() == second[i].strip()
+                chosen = None if tie else (0 if logit > 0 else 1)
+                rows.append(
+                    {
+                        "index": i,
+                        "group": name,
+                        "chosen": chosen,
+                        "rejected": None if chosen is None else 1 - chosen,
+                        "p_first": float(1 / (1 + np.exp(-logit))),
+                    }
+                )
+    else:
+        from fedvpa.alignment.rank import best_of_n
+
+        scores = best_of_n(state.run, prompts, replies, groups)  # every reply embedded once
+        pairs = pair_labels(scores, replies, str(state.opts.pair_rule))
+        for name in groups:
+            for i, pair in enumerate(pairs[name]):
+                rows.append(
+                    {
+                        "index": i,
+                        "group": name,
+                        "chosen": None if pair is None else pair[0],
+                        "rejected": None if pair is None else pair[1],
+                        "scores": [round(float(v), 4) for v in scores[name][i]],
+                    }
+                )
     write_json(
         state.out / "groups.json",
         {n: [float(v) for v in z] for n, z in groups.items()},
     )
     write_jsonl(state.out / "labels.jsonl", rows)
     usable = [r for r in rows if r["chosen"] is not None]
-    disagree = _disagreements(rows)
+    disagree = label_disagreements(rows)
     state.log(
         f"  {len(usable)} labelled pairs over {len(groups)} groups; the groups disagree on "
-        f"{disagree} of {len(samples)} pairs"
+        f"{disagree} of {len(samples)} prompts"
     )
 
 
-def _disagreements(rows: list[dict[str, Any]]) -> int:
-    by_index: dict[int, set[int]] = {}
+def label_disagreements(rows: list[dict[str, Any]]) -> int:
+    """Prompts on which the groups' (chosen, rejected) pairs differ."""
+    by_index: dict[int, set[tuple[int, int]]] = {}
     for r in rows:
         if r["chosen"] is not None:
-            by_index.setdefault(r["index"], set()).add(r["chosen"])
+            pair = (r["chosen"], r.get("rejected", 1 - r["chosen"]))
+            by_index.setdefault(r["index"], set()).add(pair)
     return sum(len(v) > 1 for v in by_index.values())
 
 
@@ -705,7 +790,9 @@ def z_preferences(out: Path, tokenizer: Any) -> list[Any]:
         if row["chosen"] is None:
             continue
         sample = samples[row["index"]]
-        chosen, rejected = sample["replies"][row["chosen"]], sample["replies"][1 - row["chosen"]]
+        # folders written before samples-per-prompt have no "rejected": their pair is (0, 1)
+        rejected_index = row.get("rejected", 1 - row["chosen"])
+        chosen, rejected = sample["replies"][row["chosen"]], sample["replies"][rejected_index]
         prompt = render_prompt(tokenizer, sample["prompt"])
         pairs.append(
             ZPreference(prompt, chosen, rejected, [float(v) for v in groups[row["group"]]])

@@ -167,6 +167,21 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
         eval_prompts: Annotated[int | None, typer.Option(help="Evaluation prompts.")] = None,
         max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per reply.")] = None,
         temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+        samples_per_prompt: Annotated[
+            int | None,
+            typer.Option(
+                help="Replies sampled per DPO prompt (default 4): 2 = the paper's pair, "
+                "labelled by the selector; n > 2 = the pair comes from the n by --pair-rule."
+            ),
+        ] = None,
+        pair_rule: Annotated[
+            str | None,
+            typer.Option(
+                help="With n > 2 samples: contested (default: one pair per prompt, the one "
+                "whose preference differs most between the groups, labelled by each group) or "
+                "best-worst (each group's best and worst)."
+            ),
+        ] = None,
         dpo_steps: Annotated[int | None, typer.Option(help="DPO optimiser steps.")] = None,
         batch_size: Annotated[int | None, typer.Option(help="DPO pairs per step.")] = None,
         lr: Annotated[float | None, typer.Option("--lr", help="DPO learning rate.")] = None,
@@ -224,6 +239,8 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
                 eval_prompts=eval_prompts,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
+                samples_per_prompt=samples_per_prompt,
+                pair_rule=pair_rule,
                 dpo_steps=dpo_steps,
                 batch_size=batch_size,
                 learning_rate=lr,

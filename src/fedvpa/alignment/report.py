@@ -167,7 +167,7 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         "baselines": baselines,
         "prompts": meta,
         "eval_prompts": n,
-        "labels": _label_summary(labels, groups),
+        "labels": _label_summary(labels),
         "dpo": {k: v for k, v in dpo.items() if k != "log"},
         "feddpo": feddpo,
         "judges": {
@@ -193,18 +193,32 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
     }
 
 
-def _label_summary(labels: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
-    usable = [r for r in labels if r["chosen"] is not None]
-    by_index: dict[int, dict[str, int]] = {}
-    for r in usable:
-        by_index.setdefault(r["index"], {})[r["group"]] = r["chosen"]
-    complete = [v for v in by_index.values() if len(v) == len(groups)]
+def _label_summary(labels: list[dict[str, Any]]) -> dict[str, Any]:
+    from fedvpa.alignment.align import label_disagreements
+
+    # rows of n > 2 samples carry the n scores; the paper's pair has none
+    per_prompt = next((len(r["scores"]) for r in labels if "scores" in r), 2)
     return {
+        "samples_per_prompt": per_prompt,
         "pairs": len({r["index"] for r in labels}),
         "ties_dropped": len({r["index"] for r in labels if r["chosen"] is None}),
-        "labelled": len(usable),
-        "groups_disagree": sum(len(set(v.values())) > 1 for v in complete),
+        "labelled": sum(r["chosen"] is not None for r in labels),
+        "groups_disagree": label_disagreements(labels),
     }
+
+
+def _labels_line(labels: dict[str, Any]) -> str:
+    n = int(labels.get("samples_per_prompt", 2))
+    how = (
+        "two samples per prompt, labelled by the selector under each group's z"
+        if n == 2
+        else f"per group, the selector's best and worst of {n} samples per prompt"
+    )
+    return (
+        f"- selector labels ({how}): {labels['labelled']} labelled pairs; the groups' pairs "
+        f"differ on {labels['groups_disagree']} of {labels['pairs']} prompts "
+        f"({labels['ties_dropped']} prompts with identical replies dropped)"
+    )
 
 
 def _iv(d: dict[str, Any], percent: bool = True) -> str:
@@ -275,9 +289,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Training",
         "",
-        f"- selector labels: {report['labels']['labelled']} labelled pairs; the groups disagree "
-        f"on {report['labels']['groups_disagree']} of {report['labels']['pairs']} pairs "
-        f"({report['labels']['ties_dropped']} identical reply pairs dropped)",
+        _labels_line(report["labels"]),
         f"- DPO: {report['dpo']['steps']} steps on {report['dpo']['pairs']} pairs "
         f"({report['dpo']['epochs']:.1f} epochs, {report['dpo']['train_seconds']} s), final "
         f"training loss {report['dpo']['train_loss']:.3f}, |W| = "

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from fedvpa.embeddings.tensors import ClientTensors
+from fedvpa.embeddings.tensors import ClientTensors, PairTensors
 from fedvpa.errors import ConfigError
 
 DEFAULT_KS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -397,3 +397,66 @@ def client_headroom(
         features, labels, types, user_types, ks=ks, trials=trials, folds=folds, seed=seed
     )
     return {**report.to_dict(), "context_sizes": sizes}
+
+
+def federation_ideal(
+    clients: Sequence[ClientTensors], seed: int = 0, costs: Sequence[float] = DEFAULT_CS
+) -> dict[str, float]:
+    """The Bayes-optimal personalised predictor restricted to what a federation holds.
+
+    ``client_headroom`` fits its probes on (out-of-fold) pairs of every client, test pairs
+    included, and scores simulated clients. Here the per-type probes see only the seen clients'
+    labelled pairs (context + train, the pairs a federated method trains on), and each real
+    client is scored on its own test pairs, its type posterior read from its own labelled pairs
+    (seen) or context pairs (unseen), as the federated evaluation does. If this matched ideal is
+    close to ``client_headroom``'s, a method's shortfall is not the amount of training data but
+    its inference of each client's type without type labels. Returns macro accuracies (0-1):
+    ``seen``, ``unseen``, and ``seen_known_type`` / ``unseen_known_type`` (the true type's probe).
+    """
+    seen = [c for c in clients if not c.unseen and len(c.labelled)]
+    if not seen:
+        raise ConfigError("no seen client with labelled pairs", field="clients")
+    num_types = 1 + max(c.type_index for c in clients)
+
+    def arrays(pairs: PairTensors) -> tuple[np.ndarray, np.ndarray]:
+        return (pairs.emb_a - pairs.emb_b).double().numpy(), pairs.label.numpy().astype(int)
+
+    fitted = [arrays(c.labelled) for c in seen]
+    x = np.concatenate([f[0] for f in fitted])
+    y = np.concatenate([f[1] for f in fitted])
+    t = np.concatenate([np.full(len(c.labelled), c.type_index) for c in seen])
+    probes = []
+    for j in range(num_types):
+        if len(np.unique(y[t == j])) < 2:
+            raise ConfigError(
+                f"user type {j} has fewer than two labels among the seen clients", field="label"
+            )
+        probes.append(fit_probe(x[t == j], y[t == j], costs, _INNER_FOLDS, seed)[0])
+
+    def probabilities(features: np.ndarray) -> np.ndarray:
+        p = np.stack([probe.predict_proba(features)[:, 1] for probe in probes], axis=1)
+        return p.clip(1e-6, 1 - 1e-6)
+
+    out: dict[str, float] = {}
+    for split, unseen in (("seen", False), ("unseen", True)):
+        personal: dict[int, list[float]] = {}
+        known: dict[int, list[float]] = {}
+        for c in clients:
+            if c.unseen != unseen or not len(c.test):
+                continue
+            ctx_x, ctx_y = arrays(c.context if unseen else c.labelled)
+            test_x, test_y = arrays(c.test)
+            loglik = pair_log_likelihoods(probabilities(ctx_x), ctx_y)  # [k, T]
+            posterior = type_posterior(loglik, np.full(num_types, -math.log(num_types)))
+            p_test = probabilities(test_x)
+            p = p_test @ posterior
+            hit = _credit((p > 0.5) == (test_y == 1), p == 0.5)
+            own = p_test[:, c.type_index]
+            personal.setdefault(c.type_index, []).append(float(hit.mean()))
+            known.setdefault(c.type_index, []).append(
+                float(_credit((own > 0.5) == (test_y == 1), own == 0.5).mean())
+            )
+        if personal:
+            out[split] = float(np.mean([np.mean(v) for v in personal.values()]))
+            out[f"{split}_known_type"] = float(np.mean([np.mean(v) for v in known.values()]))
+    return out

@@ -1,8 +1,9 @@
 """The Flower ClientApp: one client's side of any ``FederatedMethod``.
 
 A node holds one client's embedded data (a file of saved ``ClientTensors``, read once per process
-thanks to a module-level cache, so a Ray actor serving many virtual clients loads it once). It
-answers three messages:
+thanks to a module-level cache, so a Ray actor serving many virtual clients loads it once), or,
+with ``clients-per-node`` k > 1, k clients' data; a message then names the clients it is for and
+the node answers for each (``_batch``; layout in messages.py). It answers three messages:
 
 - ``query``: its client id, user type and seen/unseen flag, so the server can map node ids to
   clients (metadata only: no data, no labels of pairs). A query that carries global arrays is a
@@ -21,6 +22,7 @@ Text, embeddings and labels never leave the node.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +35,23 @@ from fedvpa.errors import ConfigError, DataFormatError
 from fedvpa.federation.messages import (
     ARRAYS_KEY,
     CLIENT_ID,
+    CLIENTS_KEY,
+    CLIENTS_PER_NODE,
     CONFIG_KEY,
+    ERRORS_KEY,
     GLOBAL_DIGEST,
     GLOBAL_KEY,
     META_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
     PAYLOAD_KEY,
+    SEEDS_KEY,
     STATE_SOURCE,
     STATS_KEY,
     WEIGHTS_REUSED,
     arrays_to_record,
     decode_kwargs,
+    per_client,
     record_to_arrays,
     scalars_to_metrics,
 )
@@ -119,6 +126,27 @@ def this_client(context: Context, msg_config: ConfigRecord) -> ClientTensors:
     return clients[index]
 
 
+def node_clients(context: Context, msg_config: ConfigRecord) -> list[ClientTensors]:
+    """The clients this node holds: with ``clients-per-node = k``, node ``partition-id = p``
+    holds the clients at indices ``p*k .. p*k + k - 1`` of the data file (fewer at the end)."""
+    per_node = int(msg_config.get(CLIENTS_PER_NODE, 1))
+    if per_node <= 1:
+        return [this_client(context, msg_config)]
+    data_path = str(_config_value(msg_config, context, "data-path", ""))
+    if not data_path:
+        raise ConfigError("no data-path in node config or run config", field="data-path")
+    clients = cached_clients(data_path)
+    first = int(context.node_config.get("partition-id", 0)) * per_node
+    if not 0 <= first < len(clients):
+        raise DataFormatError(
+            f"node {first // per_node} of {per_node} clients each starts at client {first}: "
+            f"the file holds {len(clients)} clients",
+            path=data_path,
+            field="partition-id",
+        )
+    return clients[first : first + per_node]
+
+
 def _state_dir(context: Context, msg_config: ConfigRecord) -> Path | None:
     value = str(_config_value(msg_config, context, "client-state-dir", ""))
     return Path(value) if value and value.lower() != "none" else None
@@ -128,9 +156,9 @@ def private_state(
     context: Context, msg_config: ConfigRecord, client_id: int, max_round: int
 ) -> tuple[Arrays, int]:
     """The client's state after its last training in a round ``<= max_round``, and its source."""
-    meta = context.state.get(STATE_META_KEY)
+    meta = context.state.get(per_client(STATE_META_KEY, client_id))
     if isinstance(meta, ConfigRecord) and int(meta["round"]) <= max_round:
-        record = context.state.get(STATE_ARRAYS_KEY)
+        record = context.state.get(per_client(STATE_ARRAYS_KEY, client_id))
         if isinstance(record, ArrayRecord):
             return record_to_arrays(record), SOURCE_CONTEXT
     state_dir = _state_dir(context, msg_config)
@@ -144,37 +172,86 @@ def private_state(
 def store_private_state(
     context: Context, msg_config: ConfigRecord, client_id: int, server_round: int, state: Arrays
 ) -> None:
-    context.state[STATE_ARRAYS_KEY] = arrays_to_record(state)
-    context.state[STATE_META_KEY] = ConfigRecord({"round": server_round, "client-id": client_id})
+    context.state[per_client(STATE_ARRAYS_KEY, client_id)] = arrays_to_record(state)
+    context.state[per_client(STATE_META_KEY, client_id)] = ConfigRecord(
+        {"round": server_round, "client-id": client_id}
+    )
     state_dir = _state_dir(context, msg_config)
     if state_dir is not None:
         save_client_state(state_dir, client_id, server_round, state)
 
 
+def _meta(clients: list[ClientTensors], batched: bool) -> ConfigRecord:
+    """Who the node's clients are (ids, types, sizes: no data); lists when the node holds a
+    batch, scalars for the one client of a plain node."""
+    fields = {
+        "client-id": [int(c.client_id) for c in clients],
+        "user-type": [str(c.user_type) for c in clients],
+        "type-index": [int(c.type_index) for c in clients],
+        "unseen": [bool(c.unseen) for c in clients],
+        NUM_EXAMPLES: [int(c.num_examples) for c in clients],
+    }
+    if batched:
+        return ConfigRecord(fields)  # type: ignore[arg-type]
+    return ConfigRecord({k: v[0] for k, v in fields.items()})
+
+
+def _keep_located(msg: Message, context: Context, config: ConfigRecord) -> None:
+    if GLOBAL_DIGEST in config:
+        context.state[LOCATED_ARRAYS_KEY] = msg.content[GLOBAL_KEY]
+        context.state[LOCATED_META_KEY] = ConfigRecord({GLOBAL_DIGEST: config[GLOBAL_DIGEST]})
+
+
+def _batch(
+    msg: Message,
+    context: Context,
+    one: Callable[[ClientTensors, int], dict[str, Any]],
+) -> Message:
+    """Run ``one(client, seed)`` for every client a batched message names; each client's records
+    get its id as a key suffix, and a client that fails is reported in ``ERRORS_KEY`` so that the
+    server counts it alone as failed."""
+    config = msg.content[CONFIG_KEY]
+    ids = [int(c) for c in config[CLIENTS_KEY]]  # type: ignore[union-attr]
+    seeds = [int(s) for s in config.get(SEEDS_KEY, [0] * len(ids))]  # type: ignore[union-attr]
+    held = {c.client_id: c for c in node_clients(context, config)}
+    out: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for cid, seed in zip(ids, seeds, strict=True):
+        try:
+            if cid not in held:
+                raise ConfigError(f"client {cid} is not held by this node")
+            for key, record in one(held[cid], seed).items():
+                out[per_client(key, cid)] = record
+        except Exception as exc:  # noqa: BLE001 - one client's failure must not fail the batch
+            errors[str(cid)] = f"{type(exc).__name__}: {exc}"[:500]
+    if errors:
+        out[ERRORS_KEY] = ConfigRecord(errors)  # type: ignore[arg-type]
+    return Message(RecordDict(out), reply_to=msg)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     config = msg.content.get(CONFIG_KEY, ConfigRecord())
-    client = this_client(context, config)
-    if GLOBAL_KEY in msg.content:
-        method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
-        stats = method.locate(record_to_arrays(msg.content[GLOBAL_KEY]), client)
-        if GLOBAL_DIGEST in config:
-            context.state[LOCATED_ARRAYS_KEY] = msg.content[GLOBAL_KEY]
-            context.state[LOCATED_META_KEY] = ConfigRecord({GLOBAL_DIGEST: config[GLOBAL_DIGEST]})
-        return Message(RecordDict({STATS_KEY: arrays_to_record(stats)}), reply_to=msg)
-    meta = ConfigRecord(
-        {
-            "client-id": int(client.client_id),
-            "user-type": str(client.user_type),
-            "type-index": int(client.type_index),
-            "unseen": bool(client.unseen),
-            NUM_EXAMPLES: int(client.num_examples),
-        }
-    )
-    return Message(RecordDict({META_KEY: meta}), reply_to=msg)
+    if GLOBAL_KEY not in msg.content:  # the metadata query at start-up
+        batched = int(config.get(CLIENTS_PER_NODE, 1)) > 1
+        return Message(
+            RecordDict({META_KEY: _meta(node_clients(context, config), batched)}), reply_to=msg
+        )
+    method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
+    arrays = record_to_arrays(msg.content[GLOBAL_KEY])
+
+    def locate_one(client: ClientTensors, seed: int) -> dict[str, Any]:
+        return {STATS_KEY: arrays_to_record(method.locate(arrays, client))}
+
+    if CLIENTS_KEY in config:
+        reply = _batch(msg, context, locate_one)
+    else:
+        reply = Message(RecordDict(locate_one(this_client(context, config), 0)), reply_to=msg)
+    _keep_located(msg, context, config)
+    return reply
 
 
-def round_weights(msg: Message, context: Context, client_id: int) -> tuple[Arrays, bool]:
+def round_weights(msg: Message, context: Context, client_id: int | None) -> tuple[Arrays, bool]:
     """The global weights of a train message: sent with it, or kept from this round's locate.
 
     A digest that does not match what the client kept (a restarted node, a lost state) is an
@@ -190,8 +267,9 @@ def round_weights(msg: Message, context: Context, client_id: int) -> tuple[Array
     wanted = str(msg.content[CONFIG_KEY].get(GLOBAL_DIGEST, ""))
     matches = isinstance(kept_meta, ConfigRecord) and str(kept_meta[GLOBAL_DIGEST]) == wanted
     if not matches or not isinstance(kept, ArrayRecord):
+        who = "batch" if client_id is None else f"client {client_id}"
         raise ConfigError(
-            f"client {client_id}: train message refers to weights {wanted or '(none)'} that "
+            f"{who}: train message refers to weights {wanted or '(none)'} that "
             "this node did not keep from a locate message"
         )
     return record_to_arrays(kept), True
@@ -200,46 +278,60 @@ def round_weights(msg: Message, context: Context, client_id: int) -> tuple[Array
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG_KEY]
-    client = this_client(context, config)
-    if client.unseen:
-        raise ConfigError(f"client {client.client_id} is unseen and must never train")
     server_round = int(config["server-round"])
     method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
-    global_arrays, reused = round_weights(msg, context, client.client_id)
-    payload = record_to_arrays(msg.content.get(PAYLOAD_KEY))
-    state, source = private_state(context, config, client.client_id, server_round - 1)
-    update, new_state = train_step(
-        method, global_arrays, payload, client, state, server_round, int(config["seed"])
-    )
-    store_private_state(context, config, client.client_id, server_round, new_state)
-    metrics = {
-        **update.metrics,
-        NUM_EXAMPLES: int(update.num_examples),
-        CLIENT_ID: int(client.client_id),
-        STATE_SOURCE: source,
-        WEIGHTS_REUSED: int(reused),
-    }
-    content = RecordDict(
-        {
+    batched = CLIENTS_KEY in config
+    single = None if batched else this_client(context, config)
+    who = None if single is None else single.client_id
+    global_arrays, reused = round_weights(msg, context, who)
+
+    def train_one(client: ClientTensors, seed: int) -> dict[str, Any]:
+        if client.unseen:
+            raise ConfigError(f"client {client.client_id} is unseen and must never train")
+        key = per_client(PAYLOAD_KEY, client.client_id) if batched else PAYLOAD_KEY
+        payload = record_to_arrays(msg.content.get(key))
+        state, source = private_state(context, config, client.client_id, server_round - 1)
+        update, new_state = train_step(
+            method, global_arrays, payload, client, state, server_round, seed
+        )
+        store_private_state(context, config, client.client_id, server_round, new_state)
+        metrics = {
+            **update.metrics,
+            NUM_EXAMPLES: int(update.num_examples),
+            CLIENT_ID: int(client.client_id),
+            STATE_SOURCE: source,
+            WEIGHTS_REUSED: int(reused),
+        }
+        return {
             ARRAYS_KEY: arrays_to_record(update.arrays),
             STATS_KEY: arrays_to_record(update.stats),
             METRICS_KEY: scalars_to_metrics(metrics),
         }
-    )
-    return Message(content, reply_to=msg)
+
+    if single is None:
+        return _batch(msg, context, train_one)
+    return Message(RecordDict(train_one(single, int(config["seed"]))), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG_KEY]
-    client = this_client(context, config)
     server_round = int(config["server-round"])
     method = cached_method(str(config["method-ref"]), str(config["method-kwargs"]))
     global_arrays = record_to_arrays(msg.content[GLOBAL_KEY])
-    state, source = private_state(context, config, client.client_id, server_round)
-    reply = evaluate_step(method, global_arrays, client, state, int(config["seed"]))
-    metrics = {**reply.counts, CLIENT_ID: int(client.client_id), STATE_SOURCE: source}
-    content = {METRICS_KEY: scalars_to_metrics(metrics)}
-    if reply.latent:
-        content[STATS_KEY] = arrays_to_record(reply.latent)
-    return Message(RecordDict(content), reply_to=msg)
+
+    def evaluate_one(client: ClientTensors, seed: int) -> dict[str, Any]:
+        state, source = private_state(context, config, client.client_id, server_round)
+        reply = evaluate_step(method, global_arrays, client, state, seed)
+        metrics = {**reply.counts, CLIENT_ID: int(client.client_id), STATE_SOURCE: source}
+        content: dict[str, Any] = {METRICS_KEY: scalars_to_metrics(metrics)}
+        if reply.latent:
+            content[STATS_KEY] = arrays_to_record(reply.latent)
+        return content
+
+    if CLIENTS_KEY in config:
+        return _batch(msg, context, evaluate_one)
+    return Message(
+        RecordDict(evaluate_one(this_client(context, config), int(config["seed"]))),
+        reply_to=msg,
+    )

@@ -35,6 +35,22 @@ NUM_EXAMPLES = "num-examples"
 CLIENT_ID = "client-id"
 STATE_SOURCE = "state-source"
 WEIGHTS_REUSED = "weights-reused"
+# A node may hold several clients (the `clients-per-node` key): the server then sends each node one
+# message per phase for all of its clients. Its config lists them (CLIENTS_KEY, with SEEDS_KEY in
+# the same order), each client's own records carry its id as a suffix (``per_client``), the
+# shared ones (global weights, config) travel once, and a client that failed inside the batch is
+# named in an ERRORS_KEY ConfigRecord (client id -> reason) instead of failing the others.
+CLIENTS_KEY = "clients"
+SEEDS_KEY = "seeds"
+ERRORS_KEY = "errors"
+CLIENTS_PER_NODE = "clients-per-node"
+
+
+def per_client(key: str, client_id: int) -> str:
+    """The key of one client's record inside a batched message."""
+    return f"{key}.{int(client_id)}"
+
+
 # ConfigRecord key: digest of the global weights a locate message carried. A train message of the
 # same round that sends this instead of GLOBAL_KEY tells the client to use the weights it kept.
 GLOBAL_DIGEST = "global-digest"

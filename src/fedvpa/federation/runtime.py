@@ -14,6 +14,7 @@ the ServerApp finished, ``final.json`` exists, and no round lacked replies (the 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,6 +88,11 @@ def simulate_apps(
     return None
 
 
+def num_nodes(config: FederationConfig) -> int:
+    """Virtual SuperNodes of a simulation: one per ``clients-per-node`` clients."""
+    return math.ceil(config.num_clients / config.settings.clients_per_node)
+
+
 def run_federated(
     config: FederationConfig,
     backend: Mapping[str, Any] | None = None,
@@ -97,9 +103,10 @@ def run_federated(
     """Run (or resume, ``config.settings.resume``) a federated simulation; return the final
     metrics (also in final.json).
 
-    ``config.num_clients`` must equal the number of clients in ``config.data_path``: one virtual
-    node each, seen and unseen (unseen ones only evaluate). Raises ``ConfigError`` for bad
-    arguments and ``FederationError`` when the run did not produce results.
+    ``config.num_clients`` must equal the number of clients in ``config.data_path``, seen and
+    unseen (unseen ones only evaluate); each virtual node holds ``clients-per-node`` of them.
+    Raises ``ConfigError`` for bad arguments and ``FederationError`` when the run did not
+    produce results.
     """
     if config.settings.secure_aggregation:
         raise ConfigError(
@@ -120,7 +127,7 @@ def run_federated(
     failed = simulate_apps(
         make_server_app(config, outcome),
         client_app,
-        config.num_clients,
+        num_nodes(config),
         flwr_home=flwr_home or run_dir / ".flwr",
         backend=backend,
         verbose=verbose,

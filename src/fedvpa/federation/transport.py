@@ -15,8 +15,9 @@ Flower's back. A transport with three calls says what happens.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -25,13 +26,17 @@ from flwr.serverapp import Grid
 from fedvpa.federation.messages import (
     ARRAYS_KEY,
     CLIENT_ID,
+    CLIENTS_KEY,
+    CLIENTS_PER_NODE,
     CONFIG_KEY,
+    ERRORS_KEY,
     GLOBAL_DIGEST,
     GLOBAL_KEY,
     META_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
     PAYLOAD_KEY,
+    SEEDS_KEY,
     STATE_SOURCE,
     STATS_KEY,
     WEIGHTS_REUSED,
@@ -39,6 +44,7 @@ from fedvpa.federation.messages import (
     arrays_to_record,
     encode_kwargs,
     metrics_to_dict,
+    per_client,
     record_dict_bytes,
     record_to_arrays,
 )
@@ -57,7 +63,8 @@ from fedvpa.protocol.run_folder import RunFolder
 
 
 class FlowerTransport:
-    """Messages to the nodes of a ``Grid``, one node per client."""
+    """Messages to the nodes of a ``Grid``: one node per client, or with ``clients-per-node``
+    k > 1 one node per k clients and one message per node and phase (see messages.py)."""
 
     def __init__(self, grid: Grid, config: FederationConfig) -> None:
         self.grid = grid
@@ -66,16 +73,26 @@ class FlowerTransport:
         self.kwargs_json = encode_kwargs(config.method_kwargs)
         self.nodes: dict[int, int] = {}  # client id -> node id
         self.digest: dict[int, str] = {}  # round -> digest of the weights its locate sent
+        # clients-per-node > 1: one message per node and phase for all of its clients
+        self.per_node = int(config.settings.clients_per_node)
+        self._pending: list[tuple[Message, list[int], Callable[[RecordDict], Any]]] = []
 
     def base_config(self, server_round: int) -> dict[str, Any]:
         """What every message tells a client: the round and how to build the method and data."""
-        return {
+        config = {
             "server-round": server_round,
             "method-ref": self.method_ref,
             "method-kwargs": self.kwargs_json,
             "data-path": self.config.data_path,
             "client-state-dir": self.config.state_dir,
         }
+        if self.per_node > 1:
+            config[CLIENTS_PER_NODE] = self.per_node
+        return config
+
+    @property
+    def batched(self) -> bool:
+        return self.per_node > 1
 
     # ------------------------------------------------------------------ discovery
 
@@ -84,7 +101,7 @@ class FlowerTransport:
 
         Sampling before all nodes registered would silently train on fewer clients in round 1.
         """
-        expected = self.config.num_clients
+        expected = math.ceil(self.config.num_clients / self.per_node)
         wait = self.config.settings.node_wait_timeout
         deadline = time.monotonic() + wait
         while len(node_ids := sorted(self.grid.get_node_ids())) < expected:
@@ -113,17 +130,32 @@ class FlowerTransport:
         clients: dict[int, ClientRecord] = {}
         for msg in replies:
             meta = msg.content[META_KEY]
-            record = ClientRecord(
-                client_id=int(meta["client-id"]),
-                user_type=str(meta["user-type"]),
-                type_index=int(meta["type-index"]),
-                unseen=bool(meta["unseen"]),
-                num_examples=int(meta[NUM_EXAMPLES]),
+
+            def column(key: str, meta: ConfigRecord = meta) -> list[Any]:
+                value = meta[key]
+                return list(value) if isinstance(value, list) else [value]
+
+            rows = zip(
+                column("client-id"), column("user-type"), column("type-index"),
+                column("unseen"), column(NUM_EXAMPLES), strict=True,
+            )  # fmt: skip
+            for cid, user_type, type_index, unseen, examples in rows:
+                record = ClientRecord(
+                    client_id=int(cid),
+                    user_type=str(user_type),
+                    type_index=int(type_index),
+                    unseen=bool(unseen),
+                    num_examples=int(examples),
+                )
+                if record.client_id in clients:
+                    raise FederationError(f"two nodes claim client id {record.client_id}")
+                clients[record.client_id] = record
+                self.nodes[record.client_id] = msg.metadata.src_node_id
+        if len(clients) != self.config.num_clients:
+            raise FederationError(
+                f"the nodes hold {len(clients)} clients, the run expects "
+                f"{self.config.num_clients} (num-clients, clients-per-node = {self.per_node})"
             )
-            if record.client_id in clients:
-                raise FederationError(f"two nodes claim client id {record.client_id}")
-            clients[record.client_id] = record
-            self.nodes[record.client_id] = msg.metadata.src_node_id
         return clients
 
     # ------------------------------------------------------------------ the protocol's calls
@@ -135,27 +167,19 @@ class FlowerTransport:
         weights, so its train message of this round carries only their digest."""
         digest = arrays_digest(arrays)
         self.digest[server_round] = digest
-        cfg = ConfigRecord({**self.base_config(server_round), GLOBAL_DIGEST: digest})
-        record = arrays_to_record(arrays)
-        messages = [
-            self._message(cid, {GLOBAL_KEY: record, CONFIG_KEY: cfg}, MessageType.QUERY, "locate")
-            for cid in client_ids
-        ]
-        return self._send(messages, server_round, lambda msg: record_to_arrays(msg[STATS_KEY]))
+        cfg = {**self.base_config(server_round), GLOBAL_DIGEST: digest}
+        shared = {GLOBAL_KEY: arrays_to_record(arrays)}
+        jobs = {cid: ({}, 0) for cid in client_ids}
+        self._queue(
+            jobs, shared, cfg, MessageType.QUERY, server_round, "locate",
+            lambda content: record_to_arrays(content[STATS_KEY]),
+        )  # fmt: skip
+        return self._flush()
 
     def train(
         self, server_round: int, arrays: Arrays, jobs: Sequence[TrainJob]
     ) -> Replies[ClientUpdate]:
         record = arrays_to_record(arrays)
-        messages = []
-        for job in jobs:
-            cfg = ConfigRecord({**self.base_config(server_round), "seed": job.seed})
-            content: dict[str, Any] = {PAYLOAD_KEY: arrays_to_record(job.payload), CONFIG_KEY: cfg}
-            if job.holds_weights:
-                cfg[GLOBAL_DIGEST] = self.digest[server_round]
-            else:
-                content[GLOBAL_KEY] = record
-            messages.append(self._message(job.client_id, content, MessageType.TRAIN))
         sources: dict[str, int] = {}
         reused = 0
 
@@ -174,26 +198,28 @@ class FlowerTransport:
                 metrics=metrics,
             )
 
-        replies = self._send(messages, server_round, unpack)
+        # A message carries the weights unless every client it is for kept them from this
+        # round's locate; then only their digest.
+        by_node: dict[int, list[TrainJob]] = {}
+        for job in jobs:
+            by_node.setdefault(self._node_key(job.client_id), []).append(job)
+        for group in by_node.values():
+            cfg = self.base_config(server_round)
+            shared: dict[str, Any] = {}
+            if all(job.holds_weights for job in group):
+                cfg[GLOBAL_DIGEST] = self.digest[server_round]
+            else:
+                shared[GLOBAL_KEY] = record
+            own = {job.client_id: ({PAYLOAD_KEY: arrays_to_record(job.payload)}, job.seed)
+                   for job in group}  # fmt: skip
+            self._queue(own, shared, cfg, MessageType.TRAIN, server_round, "", unpack)
+        replies = self._flush()
         replies.info = {"state_sources": dict(sorted(sources.items())), "weights_reused": reused}
         return replies
 
     def evaluate(
         self, server_round: int, arrays: Arrays, client_seeds: dict[int, int]
     ) -> Replies[EvalReply]:
-        record = arrays_to_record(arrays)
-        messages = [
-            self._message(
-                cid,
-                {
-                    GLOBAL_KEY: record,
-                    CONFIG_KEY: ConfigRecord({**self.base_config(server_round), "seed": seed}),
-                },
-                MessageType.EVALUATE,
-            )
-            for cid, seed in client_seeds.items()
-        ]
-
         def unpack(content: RecordDict) -> EvalReply:
             counts = metrics_to_dict(content.get(METRICS_KEY))
             counts.pop(CLIENT_ID, None)
@@ -201,41 +227,112 @@ class FlowerTransport:
             latent = record_to_arrays(content[STATS_KEY]) if STATS_KEY in content else {}
             return EvalReply(counts, latent)
 
-        return self._send(messages, server_round, unpack)
+        self._queue(
+            {cid: ({}, seed) for cid, seed in client_seeds.items()},
+            {GLOBAL_KEY: arrays_to_record(arrays)}, self.base_config(server_round),
+            MessageType.EVALUATE, server_round, "", unpack,
+        )  # fmt: skip
+        return self._flush()
 
     # ------------------------------------------------------------------ messaging
 
-    def _message(
-        self, client_id: int, content: dict[str, Any], kind: str, phase: str = ""
-    ) -> Message:
-        return Message(
-            RecordDict(content),
-            dst_node_id=self.nodes[client_id],
-            message_type=kind,
-            group_id=f"{content[CONFIG_KEY]['server-round']}{'-' + phase if phase else ''}",
-        )
+    def _node_key(self, client_id: int) -> int:
+        """Messages are grouped by node when nodes hold batches, else one per client."""
+        return self.nodes[client_id] if self.batched else -1 - client_id
 
-    def _send(self, messages: list[Message], server_round: int, unpack: Any) -> Replies[Any]:
-        """Send, wait up to ``client-timeout``; replies in client-id order, errors counted."""
-        by_node = {node: cid for cid, node in self.nodes.items()}
-        down = {by_node[m.metadata.dst_node_id]: record_dict_bytes(m.content) for m in messages}
+    def _queue(
+        self,
+        jobs: dict[int, tuple[dict[str, Any], int]],
+        shared: dict[str, Any],
+        config: dict[str, Any],
+        kind: str,
+        server_round: int,
+        phase: str,
+        unpack: Callable[[RecordDict], Any],
+    ) -> None:
+        """The messages of one phase, waiting for ``_flush``: ``jobs`` maps a client id to its
+        own records and seed, ``shared`` holds what each message carries once (the weights)."""
+        groups: dict[int, list[int]] = {}
+        for cid in jobs:
+            groups.setdefault(self._node_key(cid), []).append(cid)
+        for cids in groups.values():
+            cfg = dict(config)
+            if self.batched:
+                cfg[CLIENTS_KEY] = [int(c) for c in cids]
+                cfg[SEEDS_KEY] = [int(jobs[c][1]) for c in cids]
+                own = {per_client(k, c): v for c in cids for k, v in jobs[c][0].items()}
+            else:
+                if kind != MessageType.QUERY:
+                    cfg["seed"] = int(jobs[cids[0]][1])
+                own = dict(jobs[cids[0]][0])
+            content = RecordDict({**shared, **own, CONFIG_KEY: ConfigRecord(cfg)})
+            message = Message(
+                content,
+                dst_node_id=self.nodes[cids[0]],
+                message_type=kind,
+                group_id=f"{server_round}{'-' + phase if phase else ''}",
+            )
+            self._pending.append((message, cids, unpack))
+
+    def _flush(self) -> Replies[Any]:
+        """Send the queued messages, wait up to ``client-timeout``; replies by client id. A
+        failed message fails each client it was for; in a batched reply a client named in
+        ``ERRORS_KEY`` fails alone."""
+        pending, self._pending = self._pending, []
+        down: dict[int, int] = {}
+        for message, cids, _ in pending:
+            # a client's cost: its own records and its share of what the message shares
+            total = record_dict_bytes(message.content)
+            own = {c: _own_bytes(message.content, c, self.batched) for c in cids}
+            common = (total - sum(own.values())) / len(cids)
+            for c in cids:
+                down[c] = int(round(own[c] + common))
+        by_node = {m.metadata.dst_node_id: (cids, unpack) for m, cids, unpack in pending}
         timeout = self.config.settings.client_timeout
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        replies.sort(key=lambda m: by_node.get(m.metadata.src_node_id, -1))
+        answered = self.grid.send_and_receive([m for m, _, _ in pending], timeout=timeout)
         ok: dict[int, Any] = {}
         reasons: list[str] = []
         up: dict[int, int] = {}
-        for msg in replies:
-            cid = by_node.get(msg.metadata.src_node_id)
-            if cid is None:
+        errors = 0
+        heard: set[int] = set()
+        for msg in answered:
+            entry = by_node.get(msg.metadata.src_node_id)
+            if entry is None:
                 continue
+            cids, unpack = entry
+            heard.update(cids)
             if msg.has_error():
-                reasons.append(f"client {cid}: {msg.error.reason}")
+                reasons.extend(f"client {c}: {msg.error.reason}" for c in cids)
+                errors += len(cids)
                 continue
-            ok[cid] = unpack(msg.content)
-            up[cid] = record_dict_bytes(msg.content)
-        missing = len(messages) - len(ok) - len(reasons)
-        return Replies(ok, len(reasons), missing, reasons, down, up)
+            if not self.batched:
+                ok[cids[0]] = unpack(msg.content)
+                up[cids[0]] = record_dict_bytes(msg.content)
+                continue
+            record = msg.content.get(ERRORS_KEY)
+            failed = dict(record) if isinstance(record, ConfigRecord) else {}
+            for c in cids:
+                suffix = f".{c}"
+                mine = RecordDict(
+                    {k[: -len(suffix)]: r for k, r in msg.content.items() if k.endswith(suffix)}
+                )
+                if str(c) in failed or not len(mine):
+                    reasons.append(f"client {c}: {failed.get(str(c), 'no reply in the batch')}")
+                    errors += 1
+                    continue
+                ok[c] = unpack(mine)
+                up[c] = record_dict_bytes(mine)
+        missing = sum(1 for _, cids, _ in pending for c in cids if c not in heard)
+        reasons.sort(key=lambda text: int(text.split(":")[0].split()[-1]))
+        return Replies(dict(sorted(ok.items())), errors, missing, reasons, down, up)
+
+
+def _own_bytes(content: RecordDict, client_id: int, batched: bool) -> int:
+    """Bytes of the records that belong to one client of a message."""
+    if not batched:
+        return sum(r.count_bytes() for k, r in content.items() if k not in (GLOBAL_KEY, CONFIG_KEY))
+    suffix = f".{int(client_id)}"
+    return sum(r.count_bytes() for k, r in content.items() if k.endswith(suffix))
 
 
 def run_server(
