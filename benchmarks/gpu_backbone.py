@@ -72,6 +72,9 @@ def build_model(shape: dict[str, int], dtype: torch.dtype, device: str, causal_l
     )
     torch.manual_seed(0)
     cls = LlamaForCausalLM if causal_lm else LlamaModel
+    if device == "meta":  # shapes only (the parameter count): no weights are allocated
+        with torch.device("meta"):
+            return cls(cfg).to(dtype=dtype).eval()
     return cls(cfg).to(device=device, dtype=dtype).eval()
 
 

@@ -22,7 +22,7 @@ from test_alignment_rank import (  # noqa: F401 - shared fixtures
 )
 
 from fedvpa import compare
-from fedvpa.alignment.align import AlignOptions
+from fedvpa.alignment.align import QUICK, AlignOptions
 from fedvpa.alignment.preferences import open_stage1_run
 from fedvpa.alignment.stage2_compare import check_stage2, run_stage2
 from fedvpa.errors import ConfigError
@@ -79,7 +79,8 @@ def test_a_comparison_run_opens_as_the_stage1_run_it_is(compared: Path, stage1: 
 
 def test_stage2_options_are_checked_before_any_stage1_work(tiny: Path) -> None:
     ok = AlignOptions(policy=str(tiny), quick=True)
-    assert check_stage2(["fedvpa-gp"], ["oracle", "fedvpa-gp"], ok).dpo_steps == 40
+    checked = check_stage2(["fedvpa-gp"], ["oracle", "fedvpa-gp"], ok)
+    assert checked.dpo_steps == QUICK["dpo_steps"]  # the quick profile filled in
     with pytest.raises(ConfigError, match="no latent z"):
         check_stage2(["fedavg-bt"], ["fedavg-bt"], ok)
     with pytest.raises(ConfigError, match="not one of the compared"):
