@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -266,6 +267,9 @@ def run_one(
 
 
 def main() -> None:
+    # SIGTERM (kill, a CI timeout) ends like Ctrl-C, so run_deployed's cleanup stops the
+    # SuperLink and SuperNodes it started instead of leaving them running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         measure()
     except FedvpaInputError as exc:  # bad input: one line, exit 2, as the fedvpa CLI does

@@ -109,11 +109,16 @@ def _config_value(msg_config: ConfigRecord, context: Context, key: str, default:
     return default
 
 
-def this_client(context: Context, msg_config: ConfigRecord) -> ClientTensors:
+def _node_data(context: Context, msg_config: ConfigRecord) -> tuple[str, list[ClientTensors]]:
+    """The node's data file (node config first, then the message) and its clients."""
     data_path = str(_config_value(msg_config, context, "data-path", ""))
     if not data_path:
         raise ConfigError("no data-path in node config or run config", field="data-path")
-    clients = cached_clients(data_path)
+    return data_path, cached_clients(data_path)
+
+
+def this_client(context: Context, msg_config: ConfigRecord) -> ClientTensors:
+    data_path, clients = _node_data(context, msg_config)
     index = int(_config_value(msg_config, context, "client-index", -1))
     if index < 0:
         index = int(context.node_config.get("partition-id", 0))
@@ -132,10 +137,7 @@ def node_clients(context: Context, msg_config: ConfigRecord) -> list[ClientTenso
     per_node = int(msg_config.get(CLIENTS_PER_NODE, 1))
     if per_node <= 1:
         return [this_client(context, msg_config)]
-    data_path = str(_config_value(msg_config, context, "data-path", ""))
-    if not data_path:
-        raise ConfigError("no data-path in node config or run config", field="data-path")
-    clients = cached_clients(data_path)
+    data_path, clients = _node_data(context, msg_config)
     first = int(context.node_config.get("partition-id", 0)) * per_node
     if not 0 <= first < len(clients):
         raise DataFormatError(
