@@ -25,6 +25,7 @@ from fedvpa.alignment.align import (
     make_prompts,
     pair_labels,
     read_prompt_file,
+    render_prompt,
     resolve_options,
     run_align,
     stage1_pairs,
@@ -105,6 +106,36 @@ def test_transcripts_become_chat_messages() -> None:
         {"role": "user", "content": "How do I X?"},
     ]
     assert transcript_messages("plain request") == [{"role": "user", "content": "plain request"}]
+
+
+def test_generation_renders_a_transcript_as_dpo_saw_it(tiny: Path) -> None:
+    """`fedvpa generate` and `rank` used to wrap a whole transcript as one user message, while
+    sampling and DPO gave the policy its turns: the aligned policy saw a layout at inference
+    it was never trained on."""
+    from fedvpa.alignment.generate import prompt_ids
+    from fedvpa.alignment.policy import load_policy
+
+    tokenizer = load_policy(str(tiny), device="cpu").tokenizer
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} ; {% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+    prompt = "\n\nHuman: w1 w2\n\nAssistant: w3\n\nHuman: w4\n\nAssistant:"
+    rendered = render_prompt(tokenizer, prompt)
+    assert rendered == "user : w1 w2 ; assistant : w3 ; user : w4 ; assistant : "
+    ids = prompt_ids(tokenizer, prompt)
+    want = tokenizer(rendered, return_tensors="pt", add_special_tokens=False)
+    assert torch.equal(ids["input_ids"], want["input_ids"])
+    one_message = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=True,
+        return_tensors="pt",
+    )  # fmt: skip
+    assert not torch.equal(ids["input_ids"], one_message["input_ids"])
+    plain = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "w1 w2"}], add_generation_prompt=True, return_dict=True,
+        return_tensors="pt",
+    )  # fmt: skip
+    assert torch.equal(prompt_ids(tokenizer, "w1 w2")["input_ids"], plain["input_ids"])
 
 
 @pytest.mark.parametrize(

@@ -46,3 +46,48 @@ def test_one_dpo_step_changes_the_adapter_and_projection(tmp_path: Path) -> None
     save_z_policy(trainer, injector, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert torch.equal(ZInjector.load(tmp_path / "adapter").proj.weight, injector.proj.weight)
+
+
+def test_reference_pass_runs_once_per_distinct_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups label the same replies, in the same or opposite roles: the reference (adapter off,
+    no z) is computed once per distinct pair and given to every row in that row's roles."""
+    from trl import DPOTrainer
+
+    policy = load_policy(tiny_llama_folder(tmp_path / "tiny"), device="cpu")
+    a, b = [1.0] + [0.0] * 7, [0.0] * 7 + [1.0]
+    pairs = [
+        ZPreference("w1 w2 ", "w3 w4 w5", "w6 w7", a),
+        ZPreference("w1 w2 ", "w6 w7", "w3 w4 w5", b),  # the same pair, roles reversed
+        ZPreference("w8 ", "w9", "w10 w11", a),
+        ZPreference("w8 ", "w9", "w10 w11", b),  # the same pair, same roles
+        ZPreference("w8 ", "w9 w9", "w10 w11", a),  # another pair for the same prompt
+    ]
+    seen: list[int] = []
+    plain = DPOTrainer.compute_ref_log_probs
+
+    def counting(self: object, model: object, inputs: dict) -> object:
+        seen.append(int(inputs["input_ids"].shape[0]) // 2)  # rows are [chosen; rejected]
+        return plain(self, model, inputs)
+
+    monkeypatch.setattr(DPOTrainer, "compute_ref_log_probs", counting)
+    trainer, _ = build_z_dpo(
+        policy.model, policy.tokenizer, 8, pairs, tmp_path / "out", max_steps=1, batch_size=2
+    )  # fmt: skip
+    assert sum(seen) == 3, seen
+    data = trainer.train_dataset
+    chosen, rejected = data["ref_chosen_logps"], data["ref_rejected_logps"]
+    assert chosen[1] == rejected[0] and rejected[1] == chosen[0]
+    assert chosen[3] == chosen[2] and rejected[3] == rejected[2]
+    assert chosen[4] != chosen[2]
+    # the same numbers as TRL's own pass over every row (other batches: float tolerance)
+    seen.clear()
+    full = DPOTrainer._precompute_ref_logps(
+        trainer, data.remove_columns(["ref_chosen_logps", "ref_rejected_logps"]), "check", 2
+    )
+    assert sum(seen) == 5
+    assert torch.allclose(torch.tensor(full["ref_chosen_logps"]), torch.tensor(chosen), atol=1e-4)
+    assert torch.allclose(
+        torch.tensor(full["ref_rejected_logps"]), torch.tensor(rejected), atol=1e-4
+    )

@@ -196,3 +196,29 @@ def test_latent_only_steps_keep_one_full_step():
 
     assert LocalConfig(local_steps=30, latent_first_steps=25).latent_only_steps == 25
     assert LocalConfig(local_steps=2, latent_first_steps=25).latent_only_steps == 1
+
+
+def test_read_only_model_is_built_once_per_weights_and_scores_like_a_fresh_one(clients):
+    """Evaluation, locate and latent statistics share one model per set of weights (a node
+    reads many clients with the same weights); weights changed in place rebuild it, and the
+    numbers are those of a model built afresh."""
+    from fedvpa.evaluation.accuracy import evaluate_client
+    from fedvpa.training.local import VPLPredictor, infer_posterior
+
+    method = _method("fedvpa-gp")
+    arrays = method.init_server_state(0).arrays
+    first = method.predictor(arrays)
+    assert method.predictor(arrays).model is first.model  # no second build
+    method.locate(arrays, clients[0])
+    method.latent_stats(arrays, clients[1])
+    assert method.predictor(arrays).model is first.model
+    fresh = method._model(arrays)
+    fresh.eval()
+    for client in clients[:4]:
+        got, want = evaluate_client(first, client), evaluate_client(VPLPredictor(fresh), client)
+        assert got == want
+        mu, _ = infer_posterior(fresh, client)
+        np.testing.assert_array_equal(method.latent_stats(arrays, client)["mu"], mu.numpy())
+    key = next(iter(arrays))
+    arrays[key] += 1.0  # in place: the cache must notice
+    assert method.predictor(arrays).model is not first.model

@@ -36,6 +36,8 @@ LORA_ALPHA = 16
 LORA_DROPOUT = 0.05
 DPO_BETA = 0.1
 Z_COLUMN = "z"
+# what TRL's tokenised rows hold: the reference log-probabilities depend on these alone
+REF_KEY_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 def _trl() -> tuple[Any, Any, Any]:
@@ -82,6 +84,39 @@ def make_trainer_class() -> type:
             super()._set_signature_columns_if_needed()
             if Z_COLUMN not in self._signature_columns:
                 self._signature_columns = [*self._signature_columns, Z_COLUMN]
+
+        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+            """TRL's reference pass over each distinct ``(prompt, {reply a, reply b})`` once.
+
+            Every group labels the same sampled replies, so a prompt's rows are one pair in
+            the same or in opposite roles under different ``z``; the reference (adapter off,
+            no ``z``) cannot tell them apart. With two groups this halves the pass."""
+            from datasets import Dataset, concatenate_datasets
+
+            key_of: dict[tuple[Any, ...], int] = {}
+            distinct: list[int] = []  # the first row of each distinct pair
+            first_swapped: list[bool] = []  # whether that row lists its replies high-low
+            source: list[tuple[int, bool]] = []  # per row: its distinct pair, roles reversed
+            for i, row in enumerate(dataset.select_columns(list(REF_KEY_COLUMNS))):
+                prompt, chosen, rejected = (tuple(row[c]) for c in REF_KEY_COLUMNS)
+                swapped = rejected < chosen
+                key = (prompt, *sorted((chosen, rejected)))
+                if key not in key_of:
+                    key_of[key] = len(distinct)
+                    distinct.append(i)
+                    first_swapped.append(swapped)
+                j = key_of[key]
+                source.append((j, swapped != first_swapped[j]))
+            if len(distinct) == len(dataset):
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            done = super()._precompute_ref_logps(dataset.select(distinct), name, batch_size)
+            chosen = done["ref_chosen_logps"]
+            rejected = done["ref_rejected_logps"]
+            ref = {
+                "ref_chosen_logps": [rejected[j] if s else chosen[j] for j, s in source],
+                "ref_rejected_logps": [chosen[j] if s else rejected[j] for j, s in source],
+            }
+            return concatenate_datasets([dataset, Dataset.from_dict(ref)], axis=1)
 
         def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> Any:
             inputs = dict(inputs)

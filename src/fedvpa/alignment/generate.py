@@ -69,18 +69,18 @@ def condition_policy(
 
 
 def prompt_ids(tokenizer: Any, prompt: str) -> dict[str, torch.Tensor]:
-    """The prompt as the policy expects it: its chat template when it has one (an instruct
-    model answers a bare string as text to continue)."""
-    if getattr(tokenizer, "chat_template", None):
-        return dict(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
-            )
-        )
-    return dict(tokenizer(prompt, return_tensors="pt"))
+    """The prompt exactly as ``fedvpa align`` renders it for sampling and DPO
+    (``align.render_prompt``: a ``Human: ... Assistant: ...`` transcript becomes the chat
+    turns it holds, under the policy's chat template when it has one). Wrapping a whole
+    transcript as one user message, as this did before, showed the aligned policy a layout
+    it was never trained on."""
+    from fedvpa.alignment.align import render_prompt
+
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    enc = tokenizer(
+        render_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=not templated
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 def generate_reply(

@@ -128,6 +128,7 @@ class VariationalMethod(FederatedMethod):
     dp_supported = True
     log_scale_stats = frozenset({"sigma2"})
     _prior_cache: tuple[bytes, Arrays] | None = None  # the last merged prior (_prior_rows)
+    _frozen_cache: tuple[bytes, VariationalPreferenceModel] | None = None  # _frozen_model
 
     def __init__(
         self,
@@ -148,6 +149,22 @@ class VariationalMethod(FederatedMethod):
         if arrays is not None:
             model.load_shared_state(arrays)
         return model
+
+    def _frozen_model(self, arrays: Arrays) -> VariationalPreferenceModel:
+        """The shared model for reading only (evaluation, locate, latent statistics), built
+        once per set of weights. A node reads many clients with the same weights, and building
+        the modules was half of a client's evaluation (cProfile, main job's data). Keyed by the
+        weights' content, so weights changed in place cannot be served stale; never trained."""
+        digest = hashlib.blake2b(digest_size=16)
+        for key in sorted(arrays):
+            value = np.ascontiguousarray(arrays[key])
+            digest.update(f"{key}|{value.dtype}|{value.shape}|".encode())
+            digest.update(value.tobytes())
+        if self._frozen_cache is None or self._frozen_cache[0] != digest.digest():
+            model = self._model(arrays)
+            model.eval()
+            self._frozen_cache = (digest.digest(), model)
+        return self._frozen_cache[1]
 
     def init_server_state(self, seed: int) -> ServerState:
         d = self.cfg.latent_dim
@@ -175,7 +192,7 @@ class VariationalMethod(FederatedMethod):
 
     def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """The client's posterior mean under the round's shared model (``d`` floats)."""
-        mu, _ = infer_posterior(self._model(global_arrays), client.labelled)
+        mu, _ = infer_posterior(self._frozen_model(global_arrays), client.labelled)
         return {"mu": mu.numpy().astype(np.float32)}
 
     def plan_round(
@@ -438,14 +455,11 @@ class VariationalMethod(FederatedMethod):
         return int(((anchors - mu.numpy()[None]) ** 2).sum(-1).argmin())
 
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
-        model = self._model(global_arrays)
-        model.eval()
-        return VPLPredictor(model)
+        return VPLPredictor(self._frozen_model(global_arrays))
 
     def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """The evaluation posterior of a client (for KL, active units and the latent plot)."""
-        model = self._model(global_arrays)
-        mu, logvar = infer_posterior(model, client)
+        mu, logvar = infer_posterior(self._frozen_model(global_arrays), client)
         return {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
 
 

@@ -101,11 +101,17 @@ class VPLPredictor:
     def __init__(self, model: VariationalPreferenceModel, z_override: torch.Tensor | None = None):
         self.model = model
         self.z_override = z_override
+        # The last client's z: scoring its test pairs and then its conflict pairs reads the
+        # same posterior twice (deterministic at evaluation). Held with the client object
+        # itself, so an id reused by another object cannot match.
+        self._last: tuple[ClientTensors, torch.Tensor] | None = None
 
     def latent(self, client: ClientTensors) -> torch.Tensor:
         if self.z_override is not None:
             return self.z_override
-        return infer_posterior(self.model, client)[0]
+        if self._last is None or self._last[0] is not client:
+            self._last = (client, infer_posterior(self.model, client)[0])
+        return self._last[1]
 
     def prob_a_preferred(self, client: ClientTensors, pairs: PairTensors) -> torch.Tensor:
         z = self.latent(client)
