@@ -318,6 +318,9 @@ def test_fedvpa_align_end_to_end(stage1: Path, tiny: Path, tmp_path: Path) -> No
     assert len(report["examples"]) == 3
     md = (out / "report.md").read_text()
     assert "proxies" in md and "Switching effect" in md and "refusal" in md.lower()
+    # it names the rule used (it once called the contested pair "best and worst")
+    assert report["labels"]["pair_rule"] == "contested"
+    assert "differs most between the groups" in md and "best and worst" not in md
     # best-of-n: each group's pick is one of its prompt's 3 base candidates, the argmax of
     # the selector's scores under that group's z, evaluated like every other variant
     bon = [json.loads(x) for x in (out / "best_of_n.jsonl").read_text().splitlines()]

@@ -167,7 +167,7 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         "baselines": baselines,
         "prompts": meta,
         "eval_prompts": n,
-        "labels": _label_summary(labels),
+        "labels": _label_summary(labels, _pair_rule(out)),
         "dpo": {k: v for k, v in dpo.items() if k != "log"},
         "feddpo": feddpo,
         "judges": {
@@ -193,13 +193,22 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
     }
 
 
-def _label_summary(labels: list[dict[str, Any]]) -> dict[str, Any]:
+def _pair_rule(out: Path) -> str | None:
+    """The rule the labels step used (``config.json``): the labels themselves do not say."""
+    path = out / "config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("options", {}).get("pair_rule")
+
+
+def _label_summary(labels: list[dict[str, Any]], rule: str | None) -> dict[str, Any]:
     from fedvpa.alignment.align import label_disagreements
 
     # rows of n > 2 samples carry the n scores; the paper's pair has none
     per_prompt = next((len(r["scores"]) for r in labels if "scores" in r), 2)
     return {
         "samples_per_prompt": per_prompt,
+        "pair_rule": rule if per_prompt > 2 else None,
         "pairs": len({r["index"] for r in labels}),
         "ties_dropped": len({r["index"] for r in labels if r["chosen"] is None}),
         "labelled": sum(r["chosen"] is not None for r in labels),
@@ -209,11 +218,15 @@ def _label_summary(labels: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _labels_line(labels: dict[str, Any]) -> str:
     n = int(labels.get("samples_per_prompt", 2))
-    how = (
-        "two samples per prompt, labelled by the selector under each group's z"
-        if n == 2
-        else f"per group, the selector's best and worst of {n} samples per prompt"
-    )
+    if n == 2:
+        how = "two samples per prompt, labelled by the selector under each group's z"
+    elif labels.get("pair_rule") == "contested":
+        how = (
+            f"{n} samples per prompt; per prompt the pair whose preference differs most between "
+            "the groups, labelled by each group"
+        )
+    else:
+        how = f"per group, the selector's best and worst of {n} samples per prompt"
     return (
         f"- selector labels ({how}): {labels['labelled']} labelled pairs; the groups' pairs "
         f"differ on {labels['groups_disagree']} of {labels['pairs']} prompts "
