@@ -7,6 +7,11 @@ clients differently (Flower's legacy client manager draws with ``random``), so c
 accuracies as two draws, and their times as what SecAgg+'s four message stages cost.
 
     .venv/bin/python benchmarks/secagg.py --rounds 50
+    .venv/bin/python benchmarks/secagg.py --rounds 50 --dp-epsilon 4   # both runs under DP
+
+With ``--dp-epsilon`` both runs spend that epsilon over their rounds: the plain run clips on the
+server (``privacy/guard.py``), the SecAgg+ run on the clients (their change of the weights,
+before masking), each with the same noise multiplier from the same accountant.
 """
 
 from __future__ import annotations
@@ -21,21 +26,28 @@ from pathlib import Path
 from fedvpa.evaluation.accuracy import evaluate
 from fedvpa.experiment import ExperimentConfig, prepare_clients
 from fedvpa.federation.registry import create_method
-from fedvpa.federation.secure_aggregation import SecureSettings, run_secure_aggregation
+from fedvpa.federation.secure_aggregation import run_secure_aggregation
 from fedvpa.protocol.in_process import run_in_process
+from fedvpa.runner import secure_settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="synthetic-2")
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--num-clients", type=int, default=100, help="seen and unseen")
     parser.add_argument("--clients-per-round", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dp-epsilon", type=float, default=0.0, help="0 = no DP")
     args = parser.parse_args()
+    if args.dp_epsilon < 0:
+        parser.error("--dp-epsilon must be >= 0")
 
     flat = {
         "data": args.data, "num-server-rounds": args.rounds, "seed": args.seed,
+        "num-clients": args.num_clients,
         "clients-per-round": args.clients_per_round, "eval-every": args.rounds,
+        "dp-epsilon": args.dp_epsilon,
     }  # fmt: skip
     exp = ExperimentConfig.from_flat(flat, source="benchmark")
     prepared = prepare_clients(exp.data, exp.embedding, args.seed, progress=False)
@@ -48,10 +60,8 @@ def main() -> None:
     plain_s = time.perf_counter() - t0
     plain = evaluate(method.predictor(protocol.state.arrays), clients)
 
-    settings = SecureSettings(
-        "fedavg-bt", kwargs, str(prepared.path), num_rounds=args.rounds,
-        clients_per_round=args.clients_per_round, seed=args.seed,
-    )  # fmt: skip
+    settings = secure_settings(exp, "fedavg-bt", prepared.path, clients[0].context.dim)
+    plain_privacy = None if protocol.privacy is None else protocol.privacy.report()
     with tempfile.TemporaryDirectory() as home:
         t0 = time.perf_counter()
         outcome = run_secure_aggregation(settings, flwr_home=Path(home))
@@ -62,8 +72,12 @@ def main() -> None:
     result = {
         "data": args.data,
         "rounds": args.rounds,
+        "num_clients": args.num_clients,
         "clients_per_round": args.clients_per_round,
         "seed": args.seed,
+        "dp_epsilon": args.dp_epsilon,
+        "plain_privacy": plain_privacy,
+        "secagg_privacy": outcome.privacy,
         "plain": {"seen": plain["seen"]["macro"], "unseen": plain["unseen"]["macro"],
                   "seconds": plain_s},
         "secagg": {"seen": secure["seen"]["macro"], "unseen": secure["unseen"]["macro"],
@@ -76,6 +90,12 @@ def main() -> None:
         f"unseen in {plain_s:.0f} s (in process); SecAgg+ {100 * secure['seen']['macro']:.1f} / "
         f"{100 * secure['unseen']['macro']:.1f} % in {secure_s:.0f} s on Flower "
         f"({secure_s / args.rounds:.2f} s a round); server saw only aggregates: {hidden}"
+        + (
+            f"; epsilon spent {plain_privacy['epsilon']:.2f} / {outcome.privacy['epsilon']:.2f} "
+            f"(z {settings.dp_noise_multiplier:g})"
+            if plain_privacy and outcome.privacy
+            else ""
+        )
     )
 
 

@@ -5,6 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test,align
 source scripts/env.sh
-# 10 clients per simulated node: one message per node and phase instead of one per client;
-# every client trains and is scored exactly as with one node each (README, "Two commands")
-.venv/bin/fedvpa run --set clients-per-node=10 "$@"
+.venv/bin/fedvpa run "$@"

@@ -443,3 +443,21 @@ def test_fingerprint_follows_the_methods_effective_settings(monkeypatch, method)
     # effective settings see it.
     monkeypatch.setattr(ModelConfig, "to_dict", lambda self: {**asdict(self), "beta": 0.02})
     assert run_fingerprint(exp, method, 0, [1, 4], "digest", None, 384) != before
+
+
+def test_fingerprint_ignores_clients_per_node() -> None:
+    # clients-per-node changes how messages travel, never a result (test_federation checks
+    # the runs are identical), so a finished comparison is reused whatever value it ran with,
+    # including those run with 1 before the automatic default.
+    from fedvpa.compare import run_fingerprint
+    from fedvpa.experiment import ExperimentConfig
+
+    prints = {
+        run_fingerprint(
+            ExperimentConfig.from_flat({"clients-per-node": k}), "fedvpl", 0, [1], "d", None, 384
+        )
+        for k in (0, 1, 3, 10)
+    }
+    assert len(prints) == 1
+    other_seed = ExperimentConfig.from_flat({"clients-per-node": 10})
+    assert run_fingerprint(other_seed, "fedvpl", 1, [1], "d", None, 384) not in prints

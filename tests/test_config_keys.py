@@ -82,6 +82,11 @@ def test_the_flower_server_app_reads_the_same_keys(tmp_path: Path) -> None:
     assert config.method_kwargs["model"]["latent_dim"] == 4
     assert config.method_kwargs["local"]["lr"] == 0.01
     assert config.settings.num_server_rounds == 2
+    # flwr run: the nodes were started by someone else, one client each unless the key says
+    assert config.settings.clients_per_node == 1
+    assert (
+        config_from_run_config({**run_config, "clients-per-node": 2}).settings.clients_per_node == 2
+    )
     with pytest.raises(ConfigError, match="latent-dimm"):
         config_from_run_config({**run_config, "latent-dimm": 3})
     with pytest.raises(ConfigError, match="lr"):
@@ -161,3 +166,40 @@ def test_keys_command_prints_the_flower_table_and_every_key() -> None:
     assert table.returncode == 0, table.stderr
     keys = set(re.findall(r"^\| `([a-z0-9-]+)` \|", table.stdout, flags=re.M))
     assert keys == set(default_flat())
+
+
+def test_automatic_clients_per_node(monkeypatch) -> None:
+    from fedvpa.federation import run_config
+    from fedvpa.federation.run_config import resolve_clients_per_node
+
+    monkeypatch.setattr(run_config.os, "cpu_count", lambda: 2)
+    # a simulation aims at 10 nodes: 100 clients -> 10 per node, 1,000 -> 100, few -> 1
+    assert resolve_clients_per_node(0, 100, simulated=True) == 10
+    assert resolve_clients_per_node(0, 1000, simulated=True) == 100
+    assert resolve_clients_per_node(0, 101, simulated=True) == 11
+    assert resolve_clients_per_node(0, 7, simulated=True) == 1
+    # more cores, more nodes
+    monkeypatch.setattr(run_config.os, "cpu_count", lambda: 40)
+    assert resolve_clients_per_node(0, 100, simulated=True) == 3
+    # devices and SecAgg+ hold one client each; an explicit value is kept
+    assert resolve_clients_per_node(0, 100, simulated=False) == 1
+    assert resolve_clients_per_node(0, 100, simulated=True, secure_aggregation=True) == 1
+    assert resolve_clients_per_node(4, 100, simulated=False) == 4
+    with pytest.raises(ConfigError, match="clients-per-node"):
+        ExperimentConfig.from_flat({"clients-per-node": -1})
+
+
+def test_fedvpa_run_records_the_clients_per_node_it_used(tmp_path: Path) -> None:
+    from fedvpa.experiment import ExperimentConfig
+    from fedvpa.federation.run_config import FederationConfig
+
+    exp = ExperimentConfig.from_flat({})
+    config = FederationConfig.from_experiment(
+        exp,
+        method="fedvpl",
+        input_dim=8,
+        data_path=tmp_path / "c.pt",
+        run_dir=tmp_path,
+        num_clients=100,
+    )
+    assert config.settings.clients_per_node >= 10 and config.record()["clients-per-node"] >= 10

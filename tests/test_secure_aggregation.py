@@ -18,6 +18,7 @@ from fedvpa.federation.secure_aggregation import SecureSettings, run_secure_aggr
 from fedvpa.methods.aggregation import weighted_average
 from fedvpa.protocol import seeds
 from fedvpa.protocol.client import train_step
+from fedvpa.protocol.round import sample_clients
 
 DIM = 16
 
@@ -38,23 +39,26 @@ def test_secagg_gives_the_weighted_mean_and_hides_every_update(tmp_path: Path) -
     path = tmp_path / "clients.pt"
     save_client_tensors(clients, path)
     settings = SecureSettings(
-        "fedavg-bt", _kwargs(), str(path), num_rounds=2, clients_per_round=4, seed=5
+        "fedavg-bt", _kwargs(), str(path), num_rounds=2, clients_per_round=3, seed=5
     )
     outcome = run_secure_aggregation(settings, flwr_home=tmp_path / "flwr", log=lambda _: None)
-    # every round: all four clients, and the server was handed one vector, the aggregate
-    assert [r["clients"] for r in outcome.rounds] == [4, 4]
+    # every round: three clients, and the server was handed one vector, the aggregate
+    assert [r["clients"] for r in outcome.rounds] == [3, 3]
     assert [r["distinct_updates_seen"] for r in outcome.rounds] == [1, 1]
 
-    # the same rounds without SecAgg+: the exact weighted mean of the clients' updates
+    # the same rounds without SecAgg+, the clients the round protocol samples with this seed
+    # (Flower's own sampler drew other clients on every run): the exact weighted mean
     method = create_method("fedavg-bt", _kwargs())
     arrays = method.init_server_state(5).arrays
+    by_id = {c.client_id: c for c in clients}
     for server_round in (1, 2):
+        chosen = sample_clients(5, server_round, sorted(by_id), 3)
         updates = [
             train_step(
-                method, arrays, {}, c, {}, server_round,
-                seeds.derive_seed(5, server_round, c.client_id, seeds.STREAM_TRAIN),
+                method, arrays, {}, by_id[i], {}, server_round,
+                seeds.derive_seed(5, server_round, i, seeds.STREAM_TRAIN),
             )[0]
-            for c in clients
+            for i in chosen
         ]  # fmt: skip
         arrays = weighted_average([(u.arrays, float(u.num_examples)) for u in updates])
     assert outcome.arrays is not None and set(outcome.arrays) == set(arrays)
@@ -91,7 +95,10 @@ def test_a_weight_outside_the_clipping_range_is_refused_not_clipped(tmp_path: Pa
     [
         ([], "method"),  # the default method, fedvpa-gp, sends its posteriors too
         (["--set", "method=fedavg-bt", "--set", "baseline=fedbiscuit"], "baseline"),
-        (["--set", "method=fedavg-bt", "--set", "dp-epsilon=4"], "secure-aggregation"),
+        (
+            ["--set", "method=fedavg-bt", "--set", "dp-epsilon=4", "--set", "validation-share=0.2"],
+            "validation-share",
+        ),
         (["--set", "method=fedavg-bt", "--clients-per-round", "2"], "clients-per-round"),
     ],
 )
@@ -150,3 +157,100 @@ def test_compare_refuses_secure_aggregation_before_any_work(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="compare"):
         run_compare(exp, ["fedavg-bt"], [0], tmp_path / "cmp", progress=False)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_secagg_with_dp_clips_on_the_client_and_noises_the_mean(tmp_path: Path) -> None:
+    """SecAgg+ with client-level DP: each client's update is clipped before it is masked, every
+    client weighs 1, and Flower's central-DP wrapper noises the unmasked mean with std z C / m,
+    reproducibly from the run seed. Recomputed here without Flower: the same numbers."""
+    from fedvpa.methods.aggregation import weighted_average
+    from fedvpa.privacy.mechanism import clip_update, update_norm
+
+    clients = make_toy_clients(num_clients=4, pairs=16, dim=DIM, seed=3)
+    path = tmp_path / "clients.pt"
+    save_client_tensors(clients, path)
+    z, clip = 0.5, 0.05
+    settings = SecureSettings(
+        "fedavg-bt", _kwargs(), str(path), num_rounds=2, clients_per_round=3, seed=5,
+        dp_noise_multiplier=z, dp_clip_norm=clip,
+    )  # fmt: skip
+    outcome = run_secure_aggregation(settings, flwr_home=tmp_path / "flwr", log=lambda _: None)
+    assert [r["distinct_updates_seen"] for r in outcome.rounds] == [1, 1]
+
+    method = create_method("fedavg-bt", _kwargs())
+    arrays = method.init_server_state(5).arrays
+    keys = sorted(arrays)
+    by_id = {c.client_id: c for c in clients}
+    norms = []
+    for server_round in (1, 2):
+        updates = [
+            train_step(
+                method, arrays, {}, by_id[i], {}, server_round,
+                seeds.derive_seed(5, server_round, i, seeds.STREAM_TRAIN),
+            )[0].arrays
+            for i in sample_clients(5, server_round, sorted(by_id), 3)
+        ]  # fmt: skip
+        norms += [update_norm(u, arrays) for u in updates]
+        clipped = [clip_update(u, arrays, clip) for u in updates]
+        mean = weighted_average([(u, 1.0) for u in clipped])  # equal weights
+        np.random.seed(seeds.derive_seed(5, server_round, 0, seeds.STREAM_PRIVACY) % 2**32)
+        std = z * clip / 3
+        arrays = {
+            k: (np.asarray(mean[k], np.float64) + np.random.normal(0, std, mean[k].shape)).astype(
+                mean[k].dtype
+            )
+            for k in keys
+        }
+    assert min(norms) > 10 * clip  # the clipping bound, not the updates, set the step
+    assert outcome.arrays is not None
+    worst = max(float(np.abs(outcome.arrays[k] - arrays[k]).max()) for k in keys)
+    assert worst < 2e-5, worst
+    # the noise is there: without it the weights would be the clipped mean's
+    assert outcome.privacy is not None and outcome.privacy["rounds_charged"] == 2
+    assert [r["epsilon"] for r in outcome.rounds] == sorted(r["epsilon"] for r in outcome.rounds)
+
+
+def test_secagg_dp_spend_and_max_epsilon(tmp_path: Path) -> None:
+    """The spend is the accountant's for m of N clients without replacement and no statistics
+    releases; dp-max-epsilon runs only the rounds that fit and says why it stopped."""
+    from fedvpa.federation.secure_aggregation import privacy_plan, run_secure_method
+    from fedvpa.privacy.accounting import epsilon_for
+
+    clients = make_toy_clients(num_clients=5, pairs=16, dim=DIM, seed=3)
+    path = tmp_path / "clients.pt"
+    save_client_tensors(clients, path)
+    seen = sum(not c.unseen for c in clients)
+    base = dict(
+        num_rounds=4, clients_per_round=3, seed=1, dp_noise_multiplier=2.0, dp_clip_norm=1.0
+    )
+    rounds, spent, stopped = privacy_plan(
+        SecureSettings("fedavg-bt", _kwargs(), str(path), **base), seen
+    )
+    assert rounds == 4 and stopped is None
+    assert spent[-1] == pytest.approx(epsilon_for(2.0, seen, 3, 1e-5, lambda _: 0, 4))
+    limit = (spent[1] + spent[2]) / 2  # rounds 1-2 fit, round 3 does not
+    settings = SecureSettings("fedavg-bt", _kwargs(), str(path), **base, dp_max_epsilon=limit)
+    final = run_secure_method(settings, clients, tmp_path / "run", log=lambda _: None)
+    assert final["final_round"] == 2 and "dp-max-epsilon" in final["stopped"]
+    assert final["privacy"]["epsilon"] == pytest.approx(spent[1]) and spent[1] <= limit
+    assert final["eval"]  # the weights of round 2 were scored
+    tight = SecureSettings("fedavg-bt", _kwargs(), str(path), **base, dp_max_epsilon=spent[0] / 2)
+    with pytest.raises(ConfigError, match="not even one round"):
+        run_secure_method(tight, clients, tmp_path / "tight", log=lambda _: None)
+
+
+def test_secagg_with_dp_survives_weights_beyond_any_fixed_range(tmp_path: Path) -> None:
+    # Regression: the first version masked the clipped *weights*; DP noise (std about 1 per
+    # entry per round at epsilon 4 on the embedded data) carried them outside SecAgg+'s range
+    # of 8 within 1-3 rounds and every client refused. Clients now mask their clipped change,
+    # which lies in [-C, C] whatever the weights are.
+    clients = make_toy_clients(num_clients=4, pairs=16, dim=DIM, seed=3)
+    path = tmp_path / "clients.pt"
+    save_client_tensors(clients, path)
+    settings = SecureSettings(
+        "fedavg-bt", _kwargs(), str(path), num_rounds=3, clients_per_round=4, seed=0,
+        dp_noise_multiplier=200.0, dp_clip_norm=1.0,
+    )  # fmt: skip
+    outcome = run_secure_aggregation(settings, flwr_home=tmp_path / "flwr", log=lambda _: None)
+    assert len(outcome.rounds) == 3 and outcome.arrays is not None
+    assert max(float(np.abs(a).max()) for a in outcome.arrays.values()) > 8 * 10

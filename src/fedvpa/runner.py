@@ -123,6 +123,25 @@ def secure_settings(exp: ExperimentConfig, method: str, data_path: Path, input_d
     from fedvpa.federation.secure_aggregation import SecureSettings
 
     fed = exp.federation
+    if fed.dp_enabled:  # refused as the Flower runs refuse it (validation-share, ...)
+        from fedvpa.federation.registry import create_method
+        from fedvpa.privacy.guard import check_method
+
+        check_method(create_method(method, exp.method_kwargs(input_dim)), fed)
+    noise = fed.dp_noise_multiplier
+    if fed.dp_epsilon > 0:  # only the noised mean leaves a round: no statistics releases
+        from fedvpa.federation.secure_aggregation import seen_clients
+        from fedvpa.privacy.accounting import noise_for_epsilon
+
+        seen = len(seen_clients(str(data_path)))
+        noise = noise_for_epsilon(
+            fed.dp_epsilon,
+            seen,
+            min(fed.clients_per_round, seen),
+            fed.dp_delta,
+            lambda _: 0,
+            fed.num_server_rounds,
+        )
     try:
         return SecureSettings(
             method,
@@ -131,6 +150,11 @@ def secure_settings(exp: ExperimentConfig, method: str, data_path: Path, input_d
             num_rounds=fed.num_server_rounds,
             clients_per_round=fed.clients_per_round,
             seed=fed.seed,
+            dp_noise_multiplier=noise,
+            dp_clip_norm=fed.dp_clip_norm,
+            dp_delta=fed.dp_delta,
+            dp_max_epsilon=fed.dp_max_epsilon,
+            dp_noise_source=fed.dp_noise_source,
         )
     except ConfigError as exc:
         role = "method" if method == fed.method else "baseline"

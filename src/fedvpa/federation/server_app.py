@@ -81,6 +81,7 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:
         run_dir=fed.run_dir or f"runs/flwr-{fed.method}-seed{fed.seed}",
         num_clients=len(clients),
         resume=fed.resume,
+        simulated=False,  # the nodes were started with their own partition ids
     )
 
 

@@ -154,6 +154,9 @@ def read_json_or_none(path: Path) -> Any:
 
 
 def final_if_complete(run_dir: Path, num_rounds: int) -> dict[str, Any] | None:
-    """A run folder's ``final.json`` if the run reached ``num_rounds``, else None."""
+    """A run folder's ``final.json`` if the run reached ``num_rounds`` or stopped for good
+    before it (``dp-max-epsilon``: a resume with the same keys would stop again), else None."""
     final = read_json_or_none(run_dir / run_folder.FINAL_FILE)
-    return final if isinstance(final, dict) and final.get("final_round") == num_rounds else None
+    if not isinstance(final, dict):
+        return None
+    return final if final.get("final_round") == num_rounds or final.get("stopped") else None
