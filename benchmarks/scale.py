@@ -15,7 +15,8 @@ method or a bad number is refused in one line (exit 2) before any work.
     .venv/bin/python benchmarks/scale.py --clients 1000 --pairs 8 --per-round 100 --rounds 100
     .venv/bin/python benchmarks/scale.py --rounds 10 --json scale.jsonl   # a shorter measurement
 
-``--clients-per-node 1 100`` measures every run once per value in the same invocation: with
+``--clients-per-node 1 100`` measures every run once per value in the same invocation (the
+default, 0, is what a simulation does by itself: 100 at 1,000 clients on a 2-core machine); with
 k > 1 each virtual SuperNode holds k clients and gets one message per phase for all of them
 (the ``clients-per-node`` key). ``--deployment N`` runs on Flower's deployment engine instead:
 a SuperLink and N SuperNodes on localhost (``--insecure``), each holding ``clients / N``
@@ -44,7 +45,7 @@ from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import FedvpaInputError
 from fedvpa.experiment import ExperimentConfig, prepare_clients
 from fedvpa.federation.registry import method_reference
-from fedvpa.federation.run_config import FederationConfig
+from fedvpa.federation.run_config import FederationConfig, resolve_clients_per_node
 from fedvpa.federation.runtime import run_federated
 from fedvpa.methods.base import Arrays, ClientUpdate
 from fedvpa.methods.reward_heads import FedAvgBT
@@ -292,7 +293,11 @@ def measure() -> None:
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="append one JSON line per run here")
     parser.add_argument(
-        "--clients-per-node", type=int, nargs="+", default=[1], help="each value is measured"
+        "--clients-per-node",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="each value is measured; 0 = the simulation's automatic default",
     )
     parser.add_argument(
         "--deployment", type=int, default=0, help="N > 0: a localhost deployment, N SuperNodes"
@@ -301,8 +306,8 @@ def measure() -> None:
     for name in ("clients", "pairs", "per_round", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if any(k < 1 for k in args.clients_per_node) or args.deployment < 0:
-        parser.error("--clients-per-node must be at least 1 and --deployment at least 0")
+    if any(k < 0 for k in args.clients_per_node) or args.deployment < 0:
+        parser.error("--clients-per-node must be at least 0 (auto) and --deployment at least 0")
     if args.deployment:  # N nodes share the clients
         args.clients_per_node = [-(-args.clients // args.deployment)]
     for method in args.methods:
@@ -337,7 +342,8 @@ def measure() -> None:
     )
     results = []
     dim, n = prepared.clients[0].context.dim, len(prepared.clients)
-    for per_node in args.clients_per_node:
+    for requested in args.clients_per_node:
+        per_node = resolve_clients_per_node(requested, n, simulated=True)
         for method in runs:
             res = run_one(exp, method, prepared.path, dim, n, out, per_node, args.deployment)
             results.append(res)

@@ -74,5 +74,5 @@ def test_bad_arguments_end_in_one_line_before_any_work(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already holds runs" in again.stderr
     assert "Traceback" not in again.stderr
     assert scale("--rounds", "0").returncode == 2
-    assert scale("--clients-per-node", "1", "0").returncode == 2
+    assert scale("--clients-per-node", "1", "-1").returncode == 2
     assert scale("--deployment", "-1").returncode == 2
