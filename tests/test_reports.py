@@ -523,3 +523,25 @@ def test_a_stored_report_of_an_earlier_version_renders() -> None:
         entry = summary["per_method"][method]
         assert entry["seen_ideal_gap"]["n"] == entry["n_seeds"]
         assert entry["seen_last10_std"]["n"] == 0 and entry["num_groups"]["mode"] is None
+
+
+def test_a_run_stopped_by_its_privacy_budget_counts_as_finished(tmp_path: Path) -> None:
+    # A run that dp-max-epsilon ended early would stop again on --resume with the same keys;
+    # `fedvpa run --resume` and `fedvpa compare` must take its final.json, not redo it (by the
+    # code, compare would rerun it, see it stop again and fail with "no final.json for N
+    # rounds").
+    from fedvpa.reports.run_files import final_if_complete
+
+    final = tmp_path / "final.json"
+    assert final_if_complete(tmp_path, 4) is None
+    final.write_text(json.dumps({"final_round": 2, "stopped": None}))
+    assert final_if_complete(tmp_path, 4) is None  # killed, not finished
+    final.write_text(json.dumps({"final_round": 2, "stopped": "dp-max-epsilon 1 reached"}))
+    assert final_if_complete(tmp_path, 4) == {
+        "final_round": 2,
+        "stopped": "dp-max-epsilon 1 reached",
+    }
+    final.write_text(json.dumps({"final_round": 4}))
+    assert final_if_complete(tmp_path, 4) == {"final_round": 4}
+    final.write_text("[1, 2]")
+    assert final_if_complete(tmp_path, 4) is None
