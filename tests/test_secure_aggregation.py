@@ -149,6 +149,29 @@ def test_fedvpa_run_with_secure_aggregation_end_to_end(tmp_path: Path) -> None:
     again = json.loads((out / "fedavg-bt" / "final.json").read_text())
     assert len(again["secure_aggregation"]["rounds"]) == 2
 
+    # with DP: the budget is resolved from the prepared data (the first version read the
+    # tensors from "." and refused every `dp-epsilon` run with "not a readable tensor file")
+    private = tmp_path / "private"
+    common = [
+        "run", "--num-clients", "6", "--rounds", "2", "--clients-per-round", "3",
+        "--set", "method=fedavg-bt", "--set", "baseline=", "--set", "secure-aggregation=true",
+        "--set", "synthetic-pairs-per-type=40", "--set", "pairs-per-client=6",
+        "--set", "local-steps=2", "--set", "fraction-unseen=0.34",
+    ]  # fmt: skip
+    env = {"FEDVPA_CACHE": str(tmp_path / "cache")}
+    result = fedvpa("--out", str(private), *common, "--set", "dp-epsilon=8", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    spent = json.loads((private / "fedavg-bt" / "final.json").read_text())["privacy"]
+    assert 0 < spent["epsilon"] <= 8 and spent["rounds_charged"] == 2
+    # a budget not even round 1 fits: one line, exit 2, no folder
+    tight = tmp_path / "tight"
+    result = fedvpa(
+        "--out", str(tight), *common, "--set", "dp-noise-multiplier=1",
+        "--set", "dp-max-epsilon=0.01", env=env,
+    )  # fmt: skip
+    assert result.returncode == 2 and "dp-max-epsilon" in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and not tight.exists()
+
 
 def test_compare_refuses_secure_aggregation_before_any_work(tmp_path: Path) -> None:
     from fedvpa.compare import run_compare

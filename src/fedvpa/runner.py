@@ -117,51 +117,61 @@ def check_methods(exp: ExperimentConfig) -> None:
                 )
 
 
-def secure_settings(exp: ExperimentConfig, method: str, data_path: Path, input_dim: int) -> Any:
-    """The SecAgg+ run of ``method`` (``secure-aggregation = true``); refuses a method that
-    sends more than its weights (one line naming the key)."""
-    from fedvpa.federation.secure_aggregation import SecureSettings
+def secure_settings(
+    exp: ExperimentConfig, method: str, data_path: Path | None, input_dim: int
+) -> Any:
+    """The SecAgg+ run of ``method`` (``secure-aggregation = true``); refuses, with one line
+    naming the key, a method that sends more than its weights and what DP cannot cover.
+
+    Without ``data_path`` (before the data are prepared) only what needs no data is checked.
+    With it, DP is resolved by the main path's own guard (``ClientLevelDP``: the same refusals
+    and the same noise multiplier for ``dp-epsilon``) and a ``dp-max-epsilon`` that not even
+    round 1 fits is refused, so that a run folder is never written for it."""
+    from fedvpa.federation.registry import create_method
+    from fedvpa.federation.secure_aggregation import SecureSettings, privacy_plan, seen_clients
+    from fedvpa.privacy.guard import ClientLevelDP, check_method
 
     fed = exp.federation
-    if fed.dp_enabled:  # refused as the Flower runs refuse it (validation-share, ...)
-        from fedvpa.federation.registry import create_method
-        from fedvpa.privacy.guard import check_method
-
-        check_method(create_method(method, exp.method_kwargs(input_dim)), fed)
-    noise = fed.dp_noise_multiplier
-    if fed.dp_epsilon > 0:  # only the noised mean leaves a round: no statistics releases
-        from fedvpa.federation.secure_aggregation import seen_clients
-        from fedvpa.privacy.accounting import noise_for_epsilon
-
-        seen = len(seen_clients(str(data_path)))
-        noise = noise_for_epsilon(
-            fed.dp_epsilon,
-            seen,
-            min(fed.clients_per_round, seen),
-            fed.dp_delta,
-            lambda _: 0,
-            fed.num_server_rounds,
-        )
+    role = "method" if method == fed.method else "baseline"
+    noise, num_seen = 0.0, 0
     try:
-        return SecureSettings(
+        settings = SecureSettings(
             method,
             exp.method_kwargs(input_dim),
-            str(data_path),
+            str(data_path or ""),
             num_rounds=fed.num_server_rounds,
             clients_per_round=fed.clients_per_round,
             seed=fed.seed,
-            dp_noise_multiplier=noise,
-            dp_clip_norm=fed.dp_clip_norm,
-            dp_delta=fed.dp_delta,
-            dp_max_epsilon=fed.dp_max_epsilon,
-            dp_noise_source=fed.dp_noise_source,
         )
+        if fed.dp_enabled:
+            created = create_method(method, settings.method_kwargs)
+            if data_path is None:
+                check_method(created, fed)
+            else:
+                num_seen = len(seen_clients(str(data_path)))
+                noise = ClientLevelDP(created, fed, num_seen).noise_multiplier
     except ConfigError as exc:
-        role = "method" if method == fed.method else "baseline"
         raise ConfigError(
             f"secure-aggregation: {exc.reason}",
             field=role if exc.field == "method" else exc.field,  # the key to change
         ) from exc
+    settings = replace(
+        settings,
+        dp_noise_multiplier=noise,
+        dp_clip_norm=fed.dp_clip_norm,
+        dp_delta=fed.dp_delta,
+        dp_max_epsilon=fed.dp_max_epsilon,
+        dp_noise_source=fed.dp_noise_source,
+    )
+    if num_seen:
+        rounds, _, stopped = privacy_plan(settings, num_seen)
+        if rounds < 1:
+            raise ConfigError(
+                f"secure-aggregation: {stopped}: not even one round fits; raise "
+                "dp-max-epsilon or the noise",
+                field="dp-max-epsilon",
+            )
+    return settings
 
 
 def run_experiment(
@@ -188,12 +198,17 @@ def run_experiment(
     if fed.secure_aggregation:
         for name in (fed.method, fed.baseline):
             if name:
-                secure_settings(exp, name, Path("."), exp.model.input_dim)  # refused up front
+                secure_settings(exp, name, None, exp.model.input_dim)  # before the data
     seed = exp.federation.seed
     t0 = time.perf_counter()
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
     prep_seconds = time.perf_counter() - t0
     check_clients_per_round(exp, prepared.clients)
+    secure = {  # with the data: DP resolved, an impossible budget refused before the folder
+        name: secure_settings(exp, name, prepared.path, prepared.clients[0].context.dim)
+        for name in (fed.method, fed.baseline)
+        if name and fed.secure_aggregation
+    }
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         run_folder.write_json(
@@ -224,7 +239,7 @@ def run_experiment(
 
             t = time.perf_counter()
             run_secure_method(
-                secure_settings(exp, name, prepared.path, prepared.clients[0].context.dim),
+                secure[name],
                 prepared.clients,
                 run_dir,
                 log=print if progress else lambda _: None,

@@ -296,7 +296,6 @@ class NoisedMeanRecorder(DifferentialPrivacyClientSideFixedClipping):
 
     def __init__(self, inner: SecureFedAvg, **kwargs: Any) -> None:
         super().__init__(inner, **kwargs)
-        self.inner = inner
         self.latest: list[np.ndarray] | None = None
 
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
