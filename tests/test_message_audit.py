@@ -37,7 +37,9 @@ KWARGS = {
     "local": {"local_steps": 2},
 }
 ROUNDS = 4
-DECLARED_STATS = {"fedavg-bt": set(), "fedbiscuit": {"losses"}}  # the rest: the posterior
+# The rest: the posterior. FedVPL's server uses no posterior (no mixture prior, no prototypes),
+# so its clients keep theirs.
+DECLARED_STATS = {"fedavg-bt": set(), "fedbiscuit": {"losses"}, "fedvpl": set()}
 MAX_METRICS = 16
 
 

@@ -307,3 +307,21 @@ def test_bad_dp_settings_name_their_key(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         dataclasses.replace(FederationSettings(), **changes)
     assert err.value.field == key
+
+
+def test_a_budget_round_one_does_not_fit_is_refused_before_any_run() -> None:
+    # Bug: `fedvpa run` with a dp-max-epsilon below round 1's spend ran no round, wrote a
+    # folder of dashes and exited 0. runner and the ServerApp now call this before the folder.
+    from fedvpa.experiment import ExperimentConfig, check_privacy_budget
+
+    clients = make_toy_clients(8, pairs=12, dim=DIM)
+    flat = {"dp-noise-multiplier": 1.0, "clients-per-round": 4, "latent-dim": 4}
+    tight = ExperimentConfig.from_flat({**flat, "dp-max-epsilon": 0.01}, source="test")
+    with pytest.raises(ConfigError, match="not even one round fits") as caught:
+        check_privacy_budget(tight, ["fedvpa-gp", "fedavg-bt"], clients)
+    assert caught.value.field == "dp-max-epsilon"
+    roomy = ExperimentConfig.from_flat({**flat, "dp-max-epsilon": 50.0}, source="test")
+    check_privacy_budget(roomy, ["fedvpa-gp", "fedavg-bt"], clients)
+    check_privacy_budget(  # no maximum: nothing to check
+        ExperimentConfig.from_flat(flat, source="test"), ["fedavg-bt"], clients
+    )

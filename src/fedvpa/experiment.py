@@ -274,6 +274,31 @@ def check_clients_per_round(exp: ExperimentConfig, clients: Sequence[ClientTenso
         )
 
 
+def check_privacy_budget(
+    exp: ExperimentConfig, methods: Sequence[str], clients: Sequence[ClientTensors]
+) -> None:
+    """Refuse, before the folder, a DP run whose ``dp-max-epsilon`` not even round 1 fits: it
+    used to run no round, write a folder of dashes and exit 0."""
+    fed = exp.federation
+    if not fed.dp_enabled or fed.dp_max_epsilon <= 0 or fed.secure_aggregation:
+        return  # SecAgg+ plans its rounds itself (runner.secure_settings)
+    from fedvpa.federation.registry import create_method
+    from fedvpa.privacy.guard import ClientLevelDP
+
+    seen = sum(not c.unseen for c in clients)
+    for name in dict.fromkeys(methods):
+        method = create_method(name, exp.method_kwargs(clients[0].context.dim))
+        guard = ClientLevelDP(method, replace(fed, method=name), seen)
+        if not guard.allows(1):
+            first = guard.accountant.epsilon(method.stats_releases(1))
+            raise ConfigError(
+                f"round 1 of {name} alone spends epsilon {first:.3f}, above dp-max-epsilon "
+                f"{fed.dp_max_epsilon:g}: not even one round fits; raise dp-max-epsilon or "
+                "dp-noise-multiplier",
+                field="dp-max-epsilon",
+            )
+
+
 def default_flat() -> dict[str, Any]:
     """Every key with its default, in the scalar form Flower's run config holds."""
     from fedvpa.config import flower_value

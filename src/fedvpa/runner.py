@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fedvpa.errors import ConfigError
-from fedvpa.experiment import ExperimentConfig, check_clients_per_round, prepare_clients
+from fedvpa.experiment import (
+    ExperimentConfig,
+    check_clients_per_round,
+    check_privacy_budget,
+    prepare_clients,
+)
 from fedvpa.protocol import run_folder
 from fedvpa.reports.run_files import final_if_complete
 
@@ -204,6 +209,7 @@ def run_experiment(
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
     prep_seconds = time.perf_counter() - t0
     check_clients_per_round(exp, prepared.clients)
+    check_privacy_budget(exp, [n for n in (fed.method, fed.baseline) if n], prepared.clients)
     secure = {  # with the data: DP resolved, an impossible budget refused before the folder
         name: secure_settings(exp, name, prepared.path, prepared.clients[0].context.dim)
         for name in (fed.method, fed.baseline)

@@ -50,7 +50,12 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:
     their data), else prepared here from the data keys (through the embedding cache)."""
     from fedvpa.embeddings.pipeline import load_client_tensors
     from fedvpa.errors import ConfigError
-    from fedvpa.experiment import ExperimentConfig, check_clients_per_round, prepare_clients
+    from fedvpa.experiment import (
+        ExperimentConfig,
+        check_clients_per_round,
+        check_privacy_budget,
+        prepare_clients,
+    )
 
     exp = ExperimentConfig.from_flat(dict(run_config), source="run config")
     fed = exp.federation
@@ -73,6 +78,7 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> FederationConfig:
         prepared = prepare_clients(exp.data, exp.embedding, fed.seed, progress=False)
         path, clients = prepared.path, prepared.clients
     check_clients_per_round(exp, clients)
+    check_privacy_budget(exp, [fed.method], clients)
     return FederationConfig.from_experiment(
         exp,
         method=fed.method,

@@ -187,8 +187,16 @@ class VariationalMethod(FederatedMethod):
     def needs_locate(self, server_round: int) -> bool:
         return self.cfg.use_ortho and server_round > self.cfg.ortho_warmup_rounds
 
+    @property
+    def uses_stats(self) -> bool:
+        """Whether the server needs each client's posterior after training: for the mixture
+        prior's components and the prototype store. FedVPL needs neither, so its clients keep
+        their posteriors (less to protect, and under DP one release a round fewer to pay for)."""
+        return self.cfg.prior == "mixture" or self.cfg.use_ortho
+
     def stats_releases(self, server_round: int) -> int:
-        return 1 + int(self.needs_locate(server_round))  # the posterior, and the locate reply
+        # the posterior after training (if used), and the locate reply
+        return int(self.uses_stats) + int(self.needs_locate(server_round))
 
     def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """The client's posterior mean under the round's shared model (``d`` floats)."""
@@ -311,6 +319,8 @@ class VariationalMethod(FederatedMethod):
             state.arrays, mean, dict(state.extra), self.local.server_step, server_round
         )
         extra = update_model_average(extra, arrays, self.local.model_average_decay)
+        if not self.uses_stats:
+            return ServerState(arrays=arrays, extra=extra, info=dict(state.info))
         ids = np.array([cid for cid, _ in updates], np.int64)
         mus = np.stack([u.stats["mu"] for _, u in updates]).astype(np.float32)
         new = {
@@ -421,10 +431,14 @@ class VariationalMethod(FederatedMethod):
         metrics = dict(result.metrics)
         if label is not None:
             metrics["proto_label"] = float(label)
-        stats = {
-            "mu": result.mu_bar.numpy().astype(np.float32),
-            "sigma2": result.sigma2_bar.numpy().astype(np.float32),
-        }
+        stats = (
+            {
+                "mu": result.mu_bar.numpy().astype(np.float32),
+                "sigma2": result.sigma2_bar.numpy().astype(np.float32),
+            }
+            if self.uses_stats
+            else {}
+        )
         update = ClientUpdate(
             arrays=model.shared_state(),
             num_examples=result.num_examples,
