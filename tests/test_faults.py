@@ -12,8 +12,8 @@ from fedvpa.methods.base import ClientUpdate
 from fedvpa.methods.reward_heads import FedAvgBT
 from fedvpa.methods.variational import fedvpa_gp
 from fedvpa.protocol.faults import FaultyTransport, faults_for
-from fedvpa.protocol.in_process import run_in_process
-from fedvpa.protocol.round import FederationError, malformed_reason
+from fedvpa.protocol.in_process import InProcessTransport, client_records, run_in_process
+from fedvpa.protocol.round import FederationError, RoundProtocol, malformed_reason
 from tests.helpers import make_toy_clients
 
 DIM = 16
@@ -58,6 +58,46 @@ def test_malformed_replies_never_reach_the_mean() -> None:
     }
     for what, update in cases.items():
         assert malformed_reason(update, sent), what
+
+
+def test_statistics_other_than_the_declared_ones_are_malformed() -> None:
+    # Bug: a FedVPA-GP reply without "mu" passed the checks and crashed aggregate (KeyError).
+    sent = {"w": np.zeros(3, np.float32)}
+    declared = {"mu": (2,), "sigma2": (2,)}
+    good = {"mu": np.zeros(2, np.float32), "sigma2": np.ones(2, np.float32)}
+    assert malformed_reason(ClientUpdate(sent, 4, stats=good), sent, declared) is None
+    cases = {
+        "missing": {"mu": good["mu"]},
+        "extra": {**good, "labels": np.zeros(2, np.float32)},
+        "shape": {**good, "mu": np.zeros(3, np.float32)},
+    }
+    for what, stats in cases.items():
+        assert malformed_reason(ClientUpdate(sent, 4, stats=stats), sent, declared), what
+    # undeclared (a plug-in method): anything finite passes, as before
+    assert malformed_reason(ClientUpdate(sent, 4, stats=cases["extra"]), sent) is None
+
+
+def test_a_reply_without_its_posterior_is_rejected_not_a_crash() -> None:
+    class Forgetful(InProcessTransport):
+        """Client 0 drops its posterior mean from every training reply."""
+
+        def train(self, server_round, arrays, jobs):
+            replies = super().train(server_round, arrays, jobs)
+            for cid, update in replies.ok.items():
+                if cid == 0:
+                    update.stats.pop("mu")
+            return replies
+
+    method = fedvpa_gp(SMALL, {"local_steps": 1})
+    clients = make_toy_clients(6, pairs=12, dim=DIM)
+    settings = FederationSettings(
+        method=method.name, seed=0, num_server_rounds=2, clients_per_round=6, eval_every=2
+    )
+    protocol = RoundProtocol(method, settings, client_records(clients))
+    transport = Forgetful(method, clients)
+    rows = [protocol.run_round(r, transport) for r in (1, 2)]
+    assert [row["failures"] for row in rows] == [1, 1]
+    assert protocol.state.extra["prior_ids"].tolist() == [1, 2, 3, 4, 5]
 
 
 def test_too_many_faults_stop_the_run_with_a_clear_error() -> None:

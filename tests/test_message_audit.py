@@ -57,7 +57,7 @@ class RecordingTransport(InProcessTransport):
 
     def train(self, server_round: int, arrays: Arrays, jobs: Sequence[TrainJob]) -> Replies:
         replies = super().train(server_round, arrays, jobs)
-        self.seen += [("train", (arrays, u)) for u in replies.ok.values()]
+        self.seen += [("train", (server_round, arrays, u)) for u in replies.ok.values()]
         return replies
 
     def evaluate(self, server_round: int, arrays: Arrays, seeds: Mapping[int, int]) -> Replies:
@@ -93,8 +93,11 @@ def shape_summary(name: str, pairs: int) -> dict[str, set]:
     summary: dict[str, set] = {"arrays": set(), "stats": set(), "metrics": set(), "other": set()}
     for phase, reply in transport.seen:
         if phase == "train":
-            sent, update = reply
+            server_round, sent, update = reply
             assert isinstance(update, ClientUpdate)
+            # what the round protocol checks replies against is what an honest client sends
+            declared = {k: tuple(np.shape(v)) for k, v in update.stats.items()}
+            assert method.stats_shapes(server_round) == declared, (name, server_round)
             for key, value in update.arrays.items():
                 assert key in sent, f"{name}: update array {key!r} was never sent"
                 shape = _check_array(f"{name} train {key}", value)

@@ -109,6 +109,13 @@ class FederatedMethod(ABC):
         each one. A method whose updates carry ``stats`` counts them here."""
         return int(self.needs_locate(server_round))
 
+    def stats_shapes(self, server_round: int) -> dict[str, tuple[int, ...]] | None:
+        """The statistics a training reply of ``server_round`` must carry, by name and shape;
+        the round protocol rejects a reply with others (one missing key used to crash
+        ``aggregate`` with a ``KeyError``). ``None``: not declared, not checked (a plug-in
+        method that predates this)."""
+        return None
+
     def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """Client side of the locate exchange: small statistics under the current shared model
         (never raw data); ``{}`` if the method does not use it."""

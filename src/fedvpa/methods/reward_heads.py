@@ -92,6 +92,9 @@ class FedAvgBT(FederatedMethod):
     def effective_config(self) -> dict[str, Any]:
         return {"model": self.cfg.to_dict(), "local": self.local.to_dict()}
 
+    def stats_shapes(self, server_round: int) -> dict[str, tuple[int, ...]]:
+        return {}  # the weights only
+
     def init_server_state(self, seed: int) -> ServerState:
         return ServerState(arrays=_state(_bt_model(self.cfg, seed=seed)))
 
@@ -207,6 +210,9 @@ class FedBiscuit(FederatedMethod):
 
     def stats_releases(self, server_round: int) -> int:
         return 1  # every update carries its loss under each head
+
+    def stats_shapes(self, server_round: int) -> dict[str, tuple[int, ...]]:
+        return {"losses": (self.num_heads,)}
 
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:
         ids = state.extra.get("plan_ids", np.zeros(0, np.int64))

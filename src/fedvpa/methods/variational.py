@@ -194,6 +194,10 @@ class VariationalMethod(FederatedMethod):
         their posteriors (less to protect, and under DP one release a round fewer to pay for)."""
         return self.cfg.prior == "mixture" or self.cfg.use_ortho
 
+    def stats_shapes(self, server_round: int) -> dict[str, tuple[int, ...]]:
+        d = self.cfg.latent_dim
+        return {"mu": (d,), "sigma2": (d,)} if self.uses_stats else {}
+
     def stats_releases(self, server_round: int) -> int:
         # the posterior after training (if used), and the locate reply
         return int(self.uses_stats) + int(self.needs_locate(server_round))

@@ -204,7 +204,9 @@ class RoundProtocol:
             for cid in chosen
         ]
         trained = reject_malformed(
-            transport.train(server_round, self.state.arrays, jobs), self.state.arrays
+            transport.train(server_round, self.state.arrays, jobs),
+            self.state.arrays,
+            method.stats_shapes(server_round),
         )
         self.require(trained, len(jobs), "train", server_round)
         phases.append(trained)
@@ -310,13 +312,23 @@ class RoundProtocol:
         }
 
 
-def malformed_reason(update: ClientUpdate, sent: Arrays) -> str | None:
+def malformed_reason(
+    update: ClientUpdate, sent: Arrays, stats: Mapping[str, tuple[int, ...]] | None = None
+) -> str | None:
     """Why a training reply cannot be aggregated, or ``None``: an array the server did not send,
-    of another shape, or holding a NaN / inf, a statistic that is not finite, or a weight that is
-    not a positive count. A client that crashed half-way, a corrupted message or a hostile client
-    must not reach the mean (one NaN poisons every later round)."""
+    of another shape, or holding a NaN / inf, a statistic that is not finite or (where the
+    method declares them, ``stats``) missing, unexpected or of another shape, or a weight that
+    is not a positive count. A client that crashed half-way, a corrupted message or a hostile
+    client must not reach the mean (one NaN poisons every later round)."""
     if not isinstance(update, ClientUpdate):
         return f"reply is a {type(update).__name__}, not a client update"
+    if stats is not None:
+        if set(update.stats) != set(stats):
+            return f"statistics {sorted(update.stats)}, expected {sorted(stats)}"
+        for key, shape in stats.items():
+            got = getattr(update.stats[key], "shape", None)
+            if got != shape:
+                return f"statistic {key!r} has shape {got}, expected {shape}"
     for key, value in update.arrays.items():
         if key not in sent:
             return f"array {key!r} was not sent"
@@ -340,9 +352,13 @@ def malformed_reason(update: ClientUpdate, sent: Arrays) -> str | None:
     return None
 
 
-def reject_malformed(replies: Replies[ClientUpdate], sent: Arrays) -> Replies[ClientUpdate]:
+def reject_malformed(
+    replies: Replies[ClientUpdate],
+    sent: Arrays,
+    stats: Mapping[str, tuple[int, ...]] | None = None,
+) -> Replies[ClientUpdate]:
     """``replies`` less the malformed ones, counted as errors with their reason."""
-    bad = {cid: why for cid, u in replies.ok.items() if (why := malformed_reason(u, sent))}
+    bad = {cid: why for cid, u in replies.ok.items() if (why := malformed_reason(u, sent, stats))}
     if not bad:
         return replies
     ok = {cid: u for cid, u in replies.ok.items() if cid not in bad}
