@@ -77,9 +77,16 @@ def test_statistics_other_than_the_declared_ones_are_malformed() -> None:
     assert malformed_reason(ClientUpdate(sent, 4, stats=cases["extra"]), sent) is None
 
 
-def test_a_reply_without_its_posterior_is_rejected_not_a_crash() -> None:
+def test_replies_without_their_posterior_are_rejected_not_a_crash() -> None:
     class Forgetful(InProcessTransport):
-        """Client 0 drops its posterior mean from every training reply."""
+        """Client 0 drops its posterior mean from every training reply; client 1 locates
+        itself at NaN (before the checks, the server's k-means raised on it)."""
+
+        def locate(self, server_round, client_ids, arrays):
+            replies = super().locate(server_round, client_ids, arrays)
+            if 1 in replies.ok:
+                replies.ok[1] = {"mu": np.full_like(replies.ok[1]["mu"], np.nan)}
+            return replies
 
         def train(self, server_round, arrays, jobs):
             replies = super().train(server_round, arrays, jobs)
@@ -88,7 +95,7 @@ def test_a_reply_without_its_posterior_is_rejected_not_a_crash() -> None:
                     update.stats.pop("mu")
             return replies
 
-    method = fedvpa_gp(SMALL, {"local_steps": 1})
+    method = fedvpa_gp({**SMALL, "ortho_warmup_rounds": 1}, {"local_steps": 1})
     clients = make_toy_clients(6, pairs=12, dim=DIM)
     settings = FederationSettings(
         method=method.name, seed=0, num_server_rounds=2, clients_per_round=6, eval_every=2
@@ -97,6 +104,8 @@ def test_a_reply_without_its_posterior_is_rejected_not_a_crash() -> None:
     transport = Forgetful(method, clients)
     rows = [protocol.run_round(r, transport) for r in (1, 2)]
     assert [row["failures"] for row in rows] == [1, 1]
+    assert "locate_replies" not in rows[0]
+    assert rows[1]["locate_replies"] == 5 and rows[1]["locate_failures"] == 1
     assert protocol.state.extra["prior_ids"].tolist() == [1, 2, 3, 4, 5]
 
 

@@ -52,7 +52,7 @@ class RecordingTransport(InProcessTransport):
 
     def locate(self, server_round: int, client_ids: Sequence[int], arrays: Arrays) -> Replies:
         replies = super().locate(server_round, client_ids, arrays)
-        self.seen += [("locate", r) for r in replies.ok.values()]
+        self.seen += [("locate", (server_round, r)) for r in replies.ok.values()]
         return replies
 
     def train(self, server_round: int, arrays: Arrays, jobs: Sequence[TrainJob]) -> Replies:
@@ -108,6 +108,9 @@ def shape_summary(name: str, pairs: int) -> dict[str, set]:
             summary["metrics"].add(_check_metrics(f"{name} train", update.metrics))
             assert isinstance(update.num_examples, int)
         elif phase == "locate":
+            server_round, reply = reply
+            declared = {k: tuple(np.shape(v)) for k, v in reply.items()}
+            assert method.locate_shapes(server_round) == declared, (name, server_round)
             for key, value in reply.items():
                 summary["other"].add(("locate", key, _check_array(f"{name} locate", value)))
         else:

@@ -116,6 +116,11 @@ class FederatedMethod(ABC):
         method that predates this)."""
         return None
 
+    def locate_shapes(self, server_round: int) -> dict[str, tuple[int, ...]] | None:
+        """What a locate reply of ``server_round`` must hold, by name and shape (finite floats);
+        ``None``: not declared, not checked."""
+        return None
+
     def locate(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """Client side of the locate exchange: small statistics under the current shared model
         (never raw data); ``{}`` if the method does not use it."""

@@ -198,6 +198,9 @@ class VariationalMethod(FederatedMethod):
         d = self.cfg.latent_dim
         return {"mu": (d,), "sigma2": (d,)} if self.uses_stats else {}
 
+    def locate_shapes(self, server_round: int) -> dict[str, tuple[int, ...]]:
+        return {"mu": (self.cfg.latent_dim,)}
+
     def stats_releases(self, server_round: int) -> int:
         # the posterior after training (if used), and the locate reply
         return int(self.uses_stats) + int(self.needs_locate(server_round))

@@ -181,7 +181,10 @@ class RoundProtocol:
         phases: list[Replies[Any]] = []
         row: dict[str, Any] = {"round": server_round, "sampled": chosen}
         if method.needs_locate(server_round):
-            found = transport.locate(server_round, chosen, self.state.arrays)
+            found = reject_malformed_located(
+                transport.locate(server_round, chosen, self.state.arrays),
+                method.locate_shapes(server_round),
+            )
             self.require(found, len(chosen), "locate", server_round)
             located = (
                 found.ok if self.privacy is None else self.privacy.located(server_round, found.ok)
@@ -350,6 +353,40 @@ def malformed_reason(
     if update.num_examples < 1:
         return f"num_examples is {update.num_examples}"
     return None
+
+
+def located_reason(reply: Any, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """Why a locate reply cannot be used, or ``None``: not the declared float vectors, or not
+    finite (a NaN posterior mean would end the server's k-means in an exception)."""
+    if not isinstance(reply, Mapping) or set(reply) != set(shapes):
+        found = sorted(reply) if isinstance(reply, Mapping) else type(reply).__name__
+        return f"locate reply holds {found}, expected {sorted(shapes)}"
+    for key, shape in shapes.items():
+        value = reply[key]
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.shape != shape:
+            return f"locate value {key!r} is not a float array of shape {shape}"
+        if not np.all(np.isfinite(value)):
+            return f"locate value {key!r} holds NaN or inf"
+    return None
+
+
+def reject_malformed_located(
+    replies: Replies[Any], shapes: Mapping[str, tuple[int, ...]] | None
+) -> Replies[Any]:
+    """Locate ``replies`` less the malformed ones (where the method declares ``shapes``)."""
+    if shapes is None:
+        return replies
+    bad = {cid: why for cid, r in replies.ok.items() if (why := located_reason(r, shapes))}
+    if not bad:
+        return replies
+    reasons = [
+        *replies.error_reasons,
+        *(f"client {c}: malformed locate reply: {w}" for c, w in bad.items()),
+    ]
+    ok = {cid: r for cid, r in replies.ok.items() if cid not in bad}
+    return dataclasses.replace(
+        replies, ok=ok, errors=replies.errors + len(bad), error_reasons=reasons
+    )
 
 
 def reject_malformed(
