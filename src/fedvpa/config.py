@@ -279,7 +279,7 @@ class FederationSettings:
     # target epsilon is set. Noise std: z * C / m on the mean of m clipped updates.
     dp_noise_multiplier: float = 0.0  # z; 0 = no DP (unless dp-epsilon is set)
     dp_epsilon: float = 0.0  # > 0: choose z so that all rounds spend at most this epsilon
-    dp_clip_norm: float = 5.0  # C: L2 bound on a client's weight update (~median on plural-4)
+    dp_clip_norm: float = 0.1  # C: L2 bound on a client's weight update (README: Privacy)
     dp_stats_clip_norm: float = 3.0  # L2 bound on one release of posterior stats / losses
     dp_delta: float = 1e-5  # the delta of the (epsilon, delta) guarantee
     dp_max_epsilon: float = 0.0  # > 0: stop cleanly before a round would spend more

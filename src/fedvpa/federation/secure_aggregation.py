@@ -103,7 +103,7 @@ class SecureSettings:
     # client's update, delta, the largest epsilon the run may spend (0 = no limit), and
     # whether the noise is drawn from the run seed ("seed") or the OS ("os").
     dp_noise_multiplier: float = 0.0
-    dp_clip_norm: float = 5.0
+    dp_clip_norm: float = 0.1  # as the dp-clip-norm key's default
     dp_delta: float = 1e-5
     dp_max_epsilon: float = 0.0
     dp_noise_source: str = "seed"
