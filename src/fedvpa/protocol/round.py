@@ -377,13 +377,15 @@ def reject_malformed_located(
     if shapes is None:
         return replies
     bad = {cid: why for cid, r in replies.ok.items() if (why := located_reason(r, shapes))}
+    return _without(replies, bad, "malformed locate reply")
+
+
+def _without(replies: Replies[Any], bad: Mapping[int, str], what: str) -> Replies[Any]:
+    """``replies`` less the clients in ``bad``, counted as errors with ``what`` and reason."""
     if not bad:
         return replies
-    reasons = [
-        *replies.error_reasons,
-        *(f"client {c}: malformed locate reply: {w}" for c, w in bad.items()),
-    ]
     ok = {cid: r for cid, r in replies.ok.items() if cid not in bad}
+    reasons = [*replies.error_reasons, *(f"client {c}: {what}: {w}" for c, w in bad.items())]
     return dataclasses.replace(
         replies, ok=ok, errors=replies.errors + len(bad), error_reasons=reasons
     )
@@ -396,16 +398,7 @@ def reject_malformed(
 ) -> Replies[ClientUpdate]:
     """``replies`` less the malformed ones, counted as errors with their reason."""
     bad = {cid: why for cid, u in replies.ok.items() if (why := malformed_reason(u, sent, stats))}
-    if not bad:
-        return replies
-    ok = {cid: u for cid, u in replies.ok.items() if cid not in bad}
-    reasons = [
-        *replies.error_reasons,
-        *(f"client {c}: malformed reply: {w}" for c, w in bad.items()),
-    ]
-    return dataclasses.replace(
-        replies, ok=ok, errors=replies.errors + len(bad), error_reasons=reasons
-    )
+    return _without(replies, bad, "malformed reply")
 
 
 def _traffic(phases: Sequence[Replies[Any]]) -> dict[str, Any]:
