@@ -325,3 +325,12 @@ def test_a_budget_round_one_does_not_fit_is_refused_before_any_run() -> None:
     check_privacy_budget(  # no maximum: nothing to check
         ExperimentConfig.from_flat(flat, source="test"), ["fedavg-bt"], clients
     )
+
+
+def test_dp_runs_of_a_trained_set_encoder_get_a_hint() -> None:
+    from fedvpa.privacy.guard import encoder_advice
+
+    assert "encoder=laplace" in encoder_advice(fedvpl(SMALL, FAST))
+    assert "attention" in encoder_advice(fedvpa_gp(SMALL, FAST))
+    assert encoder_advice(fedvpl({**SMALL, "encoder": "laplace"}, FAST)) is None
+    assert encoder_advice(FedAvgBT({"input_dim": DIM}, FAST)) is None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,17 @@ def secure_settings(
     return settings
 
 
+def _print_dp_advice(exp: ExperimentConfig, names: list[str], clients: Sequence[Any]) -> None:
+    """One stderr line per method that DP would leave near chance (``encoder_advice``)."""
+    from fedvpa.federation.registry import create_method
+    from fedvpa.privacy.guard import encoder_advice
+
+    for name in dict.fromkeys(names):
+        advice = encoder_advice(create_method(name, exp.method_kwargs(clients[0].context.dim)))
+        if advice:
+            print(f"fedvpa: {advice}", file=sys.stderr)
+
+
 def run_experiment(
     exp: ExperimentConfig, out: Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -210,6 +223,8 @@ def run_experiment(
     prep_seconds = time.perf_counter() - t0
     check_clients_per_round(exp, prepared.clients)
     check_privacy_budget(exp, [n for n in (fed.method, fed.baseline) if n], prepared.clients)
+    if fed.dp_enabled and progress:
+        _print_dp_advice(exp, [n for n in (fed.method, fed.baseline) if n], prepared.clients)
     secure = {  # with the data: DP resolved, an impossible budget refused before the folder
         name: secure_settings(exp, name, prepared.path, prepared.clients[0].context.dim)
         for name in (fed.method, fed.baseline)
