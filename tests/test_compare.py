@@ -461,3 +461,24 @@ def test_fingerprint_ignores_clients_per_node() -> None:
     assert len(prints) == 1
     other_seed = ExperimentConfig.from_flat({"clients-per-node": 10})
     assert run_fingerprint(other_seed, "fedvpl", 1, [1], "d", None, 384) not in prints
+
+
+def test_a_dp_budget_round_one_does_not_fit_is_refused_before_any_run(monkeypatch, tmp_path):
+    # Bug: compare ran each federated method for 0 rounds and failed it with "final.json
+    # without a checkpoint of the final weights", leaving a folder of failures behind.
+    import types
+
+    import fedvpa.experiment as experiment
+
+    clients = make_toy_clients(8, pairs=12, dim=16)
+    prepared = types.SimpleNamespace(
+        clients=clients, path=tmp_path / "c.pt", partition=types.SimpleNamespace(user_types=[])
+    )
+    monkeypatch.setattr(experiment, "prepare_clients", lambda *a, **k: prepared)
+    exp = ExperimentConfig.from_flat(
+        {"dp-noise-multiplier": 1.0, "dp-max-epsilon": 0.01, "clients-per-round": 4},
+        source="test",
+    )
+    with pytest.raises(ConfigError, match="not even one round fits"):
+        compare.run_compare(exp, ["oracle", "fedavg-bt"], [0], tmp_path / "cmp", progress=False)
+    assert not (tmp_path / "cmp").exists()

@@ -551,7 +551,7 @@ def run_compare(
     The dict is the structure of ``fedvpa.reports.aggregate`` plus ``failures`` (method, seed,
     error); ``results.json`` and ``report.md`` in ``out`` are kept up to date as runs finish.
     """
-    from fedvpa.experiment import prepare_clients
+    from fedvpa.experiment import check_privacy_budget, prepare_clients
 
     names = check_methods(methods)
     if exp.federation.secure_aggregation:
@@ -573,6 +573,9 @@ def run_compare(
         if say:
             say(f"[compare] seed {seed} | preparing clients ({exp.data.data})")
         prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
+        # before any run of this seed: a budget round 1 does not fit used to end each method
+        # in "final.json without a checkpoint of the final weights"
+        check_privacy_budget(exp, [n for n in names if n not in REFERENCES], prepared.clients)
         if headroom:
             record_headroom(results, prepared.clients, prepared.partition.user_types, seed, say)
         compare_seed(

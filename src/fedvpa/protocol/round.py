@@ -325,13 +325,6 @@ def malformed_reason(
     client must not reach the mean (one NaN poisons every later round)."""
     if not isinstance(update, ClientUpdate):
         return f"reply is a {type(update).__name__}, not a client update"
-    if stats is not None:
-        if set(update.stats) != set(stats):
-            return f"statistics {sorted(update.stats)}, expected {sorted(stats)}"
-        for key, shape in stats.items():
-            got = getattr(update.stats[key], "shape", None)
-            if got != shape:
-                return f"statistic {key!r} has shape {got}, expected {shape}"
     for key, value in update.arrays.items():
         if key not in sent:
             return f"array {key!r} was not sent"
@@ -341,11 +334,8 @@ def malformed_reason(
             )
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             return f"array {key!r} holds NaN or inf"
-    for key, value in update.stats.items():
-        if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-            return f"statistic {key!r} is not a float array"
-        if not np.all(np.isfinite(value)):
-            return f"statistic {key!r} holds NaN or inf"
+    if why := vectors_reason(update.stats, stats, "statistic"):
+        return why
     if isinstance(update.num_examples, bool) or not isinstance(
         update.num_examples, int | np.integer
     ):
@@ -355,18 +345,24 @@ def malformed_reason(
     return None
 
 
-def located_reason(reply: Any, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
-    """Why a locate reply cannot be used, or ``None``: not the declared float vectors, or not
-    finite (a NaN posterior mean would end the server's k-means in an exception)."""
-    if not isinstance(reply, Mapping) or set(reply) != set(shapes):
-        found = sorted(reply) if isinstance(reply, Mapping) else type(reply).__name__
-        return f"locate reply holds {found}, expected {sorted(shapes)}"
-    for key, shape in shapes.items():
-        value = reply[key]
-        if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.shape != shape:
-            return f"locate value {key!r} is not a float array of shape {shape}"
+def vectors_reason(
+    values: Any, shapes: Mapping[str, tuple[int, ...]] | None, what: str
+) -> str | None:
+    """Why a reply's small float vectors (statistics, a locate reply) cannot be used, or
+    ``None``: not float arrays, not finite (one NaN poisons a mean; a NaN posterior mean ends
+    the server's k-means in an exception), or, where the method declares ``shapes``, other
+    names or shapes than declared (a missing one used to crash ``aggregate``)."""
+    if not isinstance(values, Mapping):
+        return f"{what}s are a {type(values).__name__}, not named arrays"
+    if shapes is not None and set(values) != set(shapes):
+        return f"{what}s {sorted(values)}, expected {sorted(shapes)}"
+    for key, value in values.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+            return f"{what} {key!r} is not a float array"
+        if shapes is not None and value.shape != shapes[key]:
+            return f"{what} {key!r} has shape {value.shape}, expected {shapes[key]}"
         if not np.all(np.isfinite(value)):
-            return f"locate value {key!r} holds NaN or inf"
+            return f"{what} {key!r} holds NaN or inf"
     return None
 
 
@@ -376,7 +372,11 @@ def reject_malformed_located(
     """Locate ``replies`` less the malformed ones (where the method declares ``shapes``)."""
     if shapes is None:
         return replies
-    bad = {cid: why for cid, r in replies.ok.items() if (why := located_reason(r, shapes))}
+    bad = {
+        cid: why
+        for cid, r in replies.ok.items()
+        if (why := vectors_reason(r, shapes, "locate value"))
+    }
     return _without(replies, bad, "malformed locate reply")
 
 
