@@ -9,6 +9,11 @@ defaults, one thread, median over repeats:
 - ``fedvpa-gp``: the latent model at a round where every term is on (mixture prior of
   ``--components`` posteriors, prototype pull with a server-assigned label).
 
+``--batch C`` times C clients of one message instead (``protocol.client.train_steps``, what a
+simulated node runs) and reports the time per client; the ``+batched`` variants of the latent
+methods (``--methods fedvpa-gp+batched``) set ``batched-clients``, so the C clients train in one
+vectorised pass (``training/batched.py``).
+
 Speeds on a shared machine are only comparable inside one invocation, so ``--src`` runs the
 measurement once per source tree (``PYTHONPATH`` set to it), alternating the trees ``--rounds``
 times, and prints each tree's median with its ratio to the first. To compare with an earlier
@@ -36,16 +41,20 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).parent))
 from mixture_prior import INPUT_DIM, ROUND, make_client, make_store, median_seconds  # noqa: E402
 
-METHODS = ("fedavg-bt", "fedvpl", "fedvpa-gp")
+METHODS = ("fedavg-bt", "fedvpl", "fedvpa-gp", "fedvpl+batched", "fedvpa-gp+batched")
+BATCHED = "+batched"
 
 
 def measure(method_name: str, args: argparse.Namespace) -> float:
-    """Median seconds of one client's round of local training under ``method_name``."""
+    """Median seconds of one client's round of local training under ``method_name`` (per client
+    of a ``--batch`` of them)."""
     from fedvpa.federation.registry import create_method
     from fedvpa.methods.base import ServerState
 
+    local = {"batched_clients": True} if method_name.endswith(BATCHED) else {}
+    method_name = method_name.removesuffix(BATCHED)
     client = make_client(args.pairs, 0)
-    method = create_method(method_name, {"model": {"input_dim": INPUT_DIM}, "local": {}})
+    method = create_method(method_name, {"model": {"input_dim": INPUT_DIM}, "local": local})
     state = method.init_server_state(0)
     server_round = 1
     if method_name == "fedvpa-gp":
@@ -56,6 +65,19 @@ def measure(method_name: str, args: argparse.Namespace) -> float:
     payload = dict(method.client_payload(state, client.client_id, server_round))
     if method_name == "fedvpa-gp":
         payload["proto_label"] = np.array([0], np.int64)
+    if args.batch > 1:
+        from fedvpa.methods.base import TrainRequest
+        from fedvpa.protocol.client import train_steps
+
+        requests = []
+        for i in range(args.batch):
+            own = dict(payload)
+            if "proto_label" in own:
+                own["proto_label"] = np.array([i % 3], np.int64)
+            requests.append(TrainRequest(make_client(args.pairs, i), own, {}, i))
+        return median_seconds(
+            lambda: train_steps(method, state.arrays, requests, server_round), args.repeats
+        ) / len(requests)
     return median_seconds(
         lambda: method.client_train(state.arrays, payload, client, {}, server_round, 0),
         args.repeats,
@@ -73,6 +95,7 @@ def run_tree(src: str, args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
     cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats)]
     cmd += ["--pairs", str(args.pairs), "--components", str(args.components)]
+    cmd += ["--batch", str(args.batch)]
     cmd += ["--methods", *args.methods]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -83,10 +106,13 @@ def run_tree(src: str, args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS[:3]), choices=METHODS)
     parser.add_argument("--pairs", type=int, default=8, help="labelled pairs of the client")
     parser.add_argument("--components", type=int, default=100, help="mixture prior size J")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--batch", type=int, default=1, help="clients of one message (time per client)"
+    )
     parser.add_argument("--src", action="append", default=[], help="a source tree to time")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the --src trees")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -204,6 +204,10 @@ def run_deployed(
     return dict(json.loads(final_path.read_text()))
 
 
+BATCHED = "+batched"
+LATENT = ("fedvpl", "fedvpl+gp", "fedvpl+ortho", "fedvpa-gp")
+
+
 def run_one(
     exp: ExperimentConfig,
     method: str,
@@ -214,8 +218,14 @@ def run_one(
     per_node: int = 1,
     deployment: int = 0,
 ) -> dict[str, Any]:
+    label = method
     name = method.replace(":", "-") + (f"-k{per_node}" if per_node > 1 else "")
     run_dir = out / (name + (f"-deployed{deployment}" if deployment else ""))
+    if method.endswith(BATCHED):  # the same method, its clients trained together per node
+        method = method.removesuffix(BATCHED)
+        exp = ExperimentConfig.from_flat(
+            {**exp.to_flat(), "batched-clients": True}, source="scale.py --batched"
+        )
     fed = replace(exp.federation, clients_per_node=per_node)
     exp = replace(exp, federation=fed)
     config = FederationConfig.from_experiment(
@@ -249,7 +259,7 @@ def run_one(
         (r["bytes_down"] + r["bytes_up"]) / max(r["replies"], 1) for r in rows
     )
     return {
-        "method": "no-op floor" if method == NOOP else method,
+        "method": "no-op floor" if method == NOOP else label,
         "runtime": f"deployment, {deployment} SuperNodes" if deployment else "simulation",
         "clients_per_node": per_node,
         "clients": n,
@@ -302,6 +312,11 @@ def measure() -> None:
     parser.add_argument(
         "--deployment", type=int, default=0, help="N > 0: a localhost deployment, N SuperNodes"
     )
+    parser.add_argument(
+        "--batched",
+        action="store_true",
+        help="also run each latent method with batched-clients = true (its name + '+batched')",
+    )
     args = parser.parse_args()
     for name in ("clients", "pairs", "per_round", "rounds"):
         if getattr(args, name) < 1:
@@ -335,6 +350,8 @@ def measure() -> None:
     print(f"data: {len(prepared.clients)} clients in {time.perf_counter() - t0:.0f} s", flush=True)
     out = Path(args.out or tempfile.mkdtemp(prefix="fedvpa-scale-"))
     runs = ([] if args.no_floor else [NOOP]) + list(args.methods)
+    if args.batched:  # each latent method right after its one-client-at-a-time run
+        runs = [x for m in runs for x in ([m, m + BATCHED] if m in LATENT else [m])]
     header = (
         "| run | runtime | clients per node | clients (per round) | rounds | wall | first round "
         "| per round | per client update | second half, per round | peak RSS "

@@ -43,8 +43,15 @@ def test_a_refused_sweep_setting_is_one_line_and_exit_code_2() -> None:
 
 
 def test_local_step_times_every_method_on_one_client() -> None:
-    args = local_step.argparse.Namespace(pairs=6, components=20, repeats=1)
+    args = local_step.argparse.Namespace(pairs=6, components=20, repeats=1, batch=1)
     for name in local_step.METHODS:
+        seconds = local_step.measure(name, args)
+        assert 0 < seconds < 60, name
+
+
+def test_local_step_times_a_batch_of_clients_per_client() -> None:
+    args = local_step.argparse.Namespace(pairs=6, components=20, repeats=1, batch=3)
+    for name in ("fedavg-bt", "fedvpa-gp", "fedvpa-gp+batched"):
         seconds = local_step.measure(name, args)
         assert 0 < seconds < 60, name
 

@@ -463,6 +463,35 @@ def test_fingerprint_ignores_clients_per_node() -> None:
     assert run_fingerprint(other_seed, "fedvpl", 1, [1], "d", None, 384) not in prints
 
 
+def test_fingerprint_of_batched_clients(monkeypatch) -> None:
+    # batched-clients = true trains with other floating-point rounding: another result, another
+    # fingerprint. Off, a comparison hashes as it did before the key existed, so finished
+    # comparisons are reused.
+    from dataclasses import asdict
+
+    from fedvpa.compare import run_fingerprint
+    from fedvpa.experiment import ExperimentConfig
+    from fedvpa.methods.local_config import LocalConfig
+
+    def fingerprint(flat: dict[str, object]) -> str:
+        return run_fingerprint(ExperimentConfig.from_flat(flat), "fedvpl", 0, [1], "d", None, 384)
+
+    off = fingerprint({})
+    assert fingerprint({"batched-clients": True}) != off
+    to_flat = ExperimentConfig.to_flat
+    monkeypatch.setattr(
+        ExperimentConfig,
+        "to_flat",
+        lambda self: {k: v for k, v in to_flat(self).items() if k != "batched-clients"},
+    )
+    monkeypatch.setattr(
+        LocalConfig,
+        "to_dict",
+        lambda self: {k: v for k, v in asdict(self).items() if k != "batched_clients"},
+    )
+    assert fingerprint({}) == off
+
+
 def test_a_dp_budget_round_one_does_not_fit_is_refused_before_any_run(monkeypatch, tmp_path):
     # Bug: compare ran each federated method for 0 rounds and failed it with "final.json
     # without a checkpoint of the final weights", leaving a folder of failures behind.

@@ -56,12 +56,12 @@ from fedvpa.federation.messages import (
     scalars_to_metrics,
 )
 from fedvpa.federation.registry import create_method
-from fedvpa.methods.base import Arrays, FederatedMethod
+from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, TrainRequest
 from fedvpa.protocol.client import (
     evaluate_step,
     load_client_state,
     save_client_state,
-    train_step,
+    train_steps,
 )
 
 # Context.state keys of this client's private method state and its bookkeeping.
@@ -207,25 +207,40 @@ def _keep_located(msg: Message, context: Context, config: ConfigRecord) -> None:
 def _batch(
     msg: Message,
     context: Context,
-    one: Callable[[ClientTensors, int], dict[str, Any]],
+    one: Callable[[ClientTensors, int], dict[str, Any]] | None = None,
+    many: Callable[[list[tuple[ClientTensors, int]]], list[dict[str, Any] | Exception]]
+    | None = None,
 ) -> Message:
-    """Run ``one(client, seed)`` for every client a batched message names; each client's records
-    get its id as a key suffix, and a client that fails is reported in ``ERRORS_KEY`` so that the
-    server counts it alone as failed."""
+    """Run ``one(client, seed)`` for every client a batched message names (or ``many`` on all of
+    them at once); each client's records get its id as a key suffix, and a client that fails is
+    reported in ``ERRORS_KEY`` so that the server counts it alone as failed."""
     config = msg.content[CONFIG_KEY]
     ids = [int(c) for c in config[CLIENTS_KEY]]  # type: ignore[union-attr]
     seeds = [int(s) for s in config.get(SEEDS_KEY, [0] * len(ids))]  # type: ignore[union-attr]
     held = {c.client_id: c for c in node_clients(context, config)}
+    results: dict[int, dict[str, Any] | Exception] = {}
+    known = [(cid, seed) for cid, seed in zip(ids, seeds, strict=True) if cid in held]
+    for cid in ids:
+        if cid not in held:
+            results[cid] = ConfigError(f"client {cid} is not held by this node")
+    if many is not None:
+        answers = many([(held[cid], seed) for cid, seed in known])
+        results.update({cid: a for (cid, _), a in zip(known, answers, strict=True)})
+    elif one is not None:
+        for cid, seed in known:
+            try:
+                results[cid] = one(held[cid], seed)
+            except Exception as exc:  # noqa: BLE001 - one client's failure must not fail the batch
+                results[cid] = exc
     out: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    for cid, seed in zip(ids, seeds, strict=True):
-        try:
-            if cid not in held:
-                raise ConfigError(f"client {cid} is not held by this node")
-            for key, record in one(held[cid], seed).items():
-                out[per_client(key, cid)] = record
-        except Exception as exc:  # noqa: BLE001 - one client's failure must not fail the batch
-            errors[str(cid)] = f"{type(exc).__name__}: {exc}"[:500]
+    for cid in ids:
+        result = results[cid]
+        if isinstance(result, Exception):
+            errors[str(cid)] = f"{type(result).__name__}: {result}"[:500]
+            continue
+        for key, record in result.items():
+            out[per_client(key, cid)] = record
     if errors:
         out[ERRORS_KEY] = ConfigRecord(errors)  # type: ignore[arg-type]
     return Message(RecordDict(out), reply_to=msg)
@@ -287,20 +302,22 @@ def train(msg: Message, context: Context) -> Message:
     who = None if single is None else single.client_id
     global_arrays, reused = round_weights(msg, context, who)
 
-    def train_one(client: ClientTensors, seed: int) -> dict[str, Any]:
+    def request(client: ClientTensors, seed: int) -> tuple[TrainRequest, int]:
         if client.unseen:
             raise ConfigError(f"client {client.client_id} is unseen and must never train")
         key = per_client(PAYLOAD_KEY, client.client_id) if batched else PAYLOAD_KEY
         payload = record_to_arrays(msg.content.get(key))
         state, source = private_state(context, config, client.client_id, server_round - 1)
-        update, new_state = train_step(
-            method, global_arrays, payload, client, state, server_round, seed
-        )
-        store_private_state(context, config, client.client_id, server_round, new_state)
+        return TrainRequest(client, payload, state, seed), source
+
+    def reply(
+        req: TrainRequest, source: int, update: ClientUpdate, new_state: Arrays
+    ) -> dict[str, Any]:
+        store_private_state(context, config, req.client.client_id, server_round, new_state)
         metrics = {
             **update.metrics,
             NUM_EXAMPLES: int(update.num_examples),
-            CLIENT_ID: int(client.client_id),
+            CLIENT_ID: int(req.client.client_id),
             STATE_SOURCE: source,
             WEIGHTS_REUSED: int(reused),
         }
@@ -310,9 +327,35 @@ def train(msg: Message, context: Context) -> Message:
             METRICS_KEY: scalars_to_metrics(metrics),
         }
 
+    def train_all(
+        clients: list[tuple[ClientTensors, int]],
+    ) -> list[dict[str, Any] | Exception]:
+        """Every client of the message through ``train_steps`` (together, where the method
+        trains clients together); a client that fails fails alone."""
+        out: list[dict[str, Any] | Exception] = [ConfigError("not trained")] * len(clients)
+        ready: list[tuple[int, TrainRequest, int]] = []
+        for i, (client, seed) in enumerate(clients):
+            try:
+                ready.append((i, *request(client, seed)))
+            except Exception as exc:  # noqa: BLE001 - reported for this client alone
+                out[i] = exc
+        results = train_steps(method, global_arrays, [r for _, r, _ in ready], server_round)
+        for (i, req, source), result in zip(ready, results, strict=True):
+            if isinstance(result, Exception):
+                out[i] = result
+                continue
+            try:
+                out[i] = reply(req, source, *result)
+            except Exception as exc:  # noqa: BLE001
+                out[i] = exc
+        return out
+
     if single is None:
-        return _batch(msg, context, train_one)
-    return Message(RecordDict(train_one(single, int(config["seed"]))), reply_to=msg)
+        return _batch(msg, context, many=train_all)
+    result = train_all([(single, int(config["seed"]))])[0]
+    if isinstance(result, Exception):
+        raise result
+    return Message(RecordDict(result), reply_to=msg)
 
 
 @app.evaluate()

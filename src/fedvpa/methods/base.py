@@ -39,6 +39,16 @@ class ClientUpdate:
 
 
 @dataclass
+class TrainRequest:
+    """One client's share of a training message: its pairs, payload, private state and seed."""
+
+    client: ClientTensors
+    payload: Arrays
+    state: Arrays
+    seed: int
+
+
+@dataclass
 class ServerState:
     """Everything the server keeps between rounds (checkpointed as a whole)."""
 
@@ -182,6 +192,14 @@ class FederatedMethod(ABC):
         )
         update.metrics.update(scores)
         return update, new_state
+
+    def train_batch(
+        self, global_arrays: Arrays, requests: Sequence[TrainRequest], server_round: int
+    ) -> list[tuple[ClientUpdate, Arrays] | Exception] | None:
+        """Train several clients of one message together, if the method can (a result or an
+        exception per request, in order); ``None``, the default, has the runtime call
+        ``train_on_client`` for each in turn."""
+        return None
 
     def aggregate_round(
         self, state: ServerState, updates: Sequence[tuple[int, ClientUpdate]], server_round: int

@@ -47,6 +47,10 @@ class LocalConfig:
     # receive on it and the run reports the round with the best validation likelihood
     # (methods/validation.py). 0 = off.
     validation_share: float = 0.0
+    # Latent methods: the clients of one message (a simulated node's) train in one vectorised
+    # pass (training/batched.py). Same steps and random numbers, other floating-point rounding,
+    # so it is off by default: every published figure was measured one client at a time.
+    batched_clients: bool = False
 
     def __post_init__(self) -> None:
         if self.latent_first_steps < 0:

@@ -22,7 +22,14 @@ from fedvpa.methods.aggregation import (
     update_model_average,
     weighted_average,
 )
-from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, Predictor, ServerState
+from fedvpa.methods.base import (
+    Arrays,
+    ClientUpdate,
+    FederatedMethod,
+    Predictor,
+    ServerState,
+    TrainRequest,
+)
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.prior_compression import compress_mixture
@@ -35,7 +42,8 @@ from fedvpa.model.prototypes import (
     order_clusters_by_prototypes,
 )
 from fedvpa.model.vpl import VariationalPreferenceModel
-from fedvpa.training.local import VPLPredictor, infer_posterior, train_local
+from fedvpa.training.batched import ClientJob, batch_reason, train_local_batched
+from fedvpa.training.local import LocalResult, VPLPredictor, infer_posterior, train_local
 
 PROTOTYPES_KEY = "prototypes.weight"
 UNKNOWN = -1
@@ -385,39 +393,38 @@ class VariationalMethod(FederatedMethod):
             var_floor=self.cfg.prior_var_floor,
         )
 
-    def client_train(
+    def _prepare(
         self,
-        global_arrays: Arrays,
+        model: VariationalPreferenceModel,
         payload: Arrays,
         client: ClientTensors,
         client_state: Arrays,
         server_round: int,
-        seed: int,
-    ) -> tuple[ClientUpdate, Arrays]:
-        model = self._model(global_arrays)
+    ) -> tuple[Prior, int | None]:
+        """A client's prior and prototype label for this round's local steps."""
         prior = self._prior(payload, client.client_id, client_state)
         label: int | None = None
         if self.cfg.use_ortho and server_round > self.cfg.ortho_warmup_rounds:
             label = int(payload.get("proto_label", np.array([UNKNOWN]))[0])
             if label == UNKNOWN:
                 label = self._fallback_label(model, client, payload)
-        result = train_local(
-            model,
-            prior,
-            client,
-            label,
-            replace(self.cfg, ortho_lambda=self.cfg.ortho_lambda_at(server_round)),
-            steps=self.local.local_steps,
-            lr=self.local.lr,
-            batch_size=self.local.batch_size,
-            seed=seed,
-            latent_first_steps=self.local.latent_only_steps,
-            prox_mu=self.local.prox_mu,
-            num_groups=self._groups(payload),
-            optimiser_kind=self.local.local_optimiser,
-        )
+        return prior, label
+
+    def _round_cfg(self, server_round: int) -> ModelConfig:
+        return replace(self.cfg, ortho_lambda=self.cfg.ortho_lambda_at(server_round))
+
+    def _reply(
+        self,
+        arrays: Arrays,
+        result: LocalResult,
+        pi_logits: torch.Tensor | None,
+        label: int | None,
+        payload: Arrays,
+        client_state: Arrays,
+    ) -> tuple[ClientUpdate, Arrays]:
+        """The update a client sends and the private state it keeps, after its local steps."""
         new_state = dict(client_state)
-        if isinstance(prior, FederatedMixturePrior):
+        if pi_logits is not None:
             merged = dict(
                 zip(
                     client_state.get("pi_ids", np.zeros(0, np.int64)).tolist(),
@@ -425,7 +432,7 @@ class VariationalMethod(FederatedMethod):
                     strict=True,
                 )
             )
-            logits = prior.pi_logits.detach().numpy()
+            logits = pi_logits.detach().numpy()
             merged.update(
                 {int(j): float(v) for j, v in zip(payload["prior_ids"], logits, strict=True)}
             )
@@ -447,12 +454,73 @@ class VariationalMethod(FederatedMethod):
             else {}
         )
         update = ClientUpdate(
-            arrays=model.shared_state(),
-            num_examples=result.num_examples,
-            stats=stats,
-            metrics=metrics,
+            arrays=arrays, num_examples=result.num_examples, stats=stats, metrics=metrics
         )
         return update, new_state
+
+    def client_train(
+        self,
+        global_arrays: Arrays,
+        payload: Arrays,
+        client: ClientTensors,
+        client_state: Arrays,
+        server_round: int,
+        seed: int,
+    ) -> tuple[ClientUpdate, Arrays]:
+        model = self._model(global_arrays)
+        prior, label = self._prepare(model, payload, client, client_state, server_round)
+        result = train_local(
+            model,
+            prior,
+            client,
+            label,
+            self._round_cfg(server_round),
+            steps=self.local.local_steps,
+            lr=self.local.lr,
+            batch_size=self.local.batch_size,
+            seed=seed,
+            latent_first_steps=self.local.latent_only_steps,
+            prox_mu=self.local.prox_mu,
+            num_groups=self._groups(payload),
+            optimiser_kind=self.local.local_optimiser,
+        )
+        pi = prior.pi_logits if isinstance(prior, FederatedMixturePrior) else None
+        return self._reply(model.shared_state(), result, pi, label, payload, client_state)
+
+    def train_batch(
+        self, global_arrays: Arrays, requests: Sequence[TrainRequest], server_round: int
+    ) -> list[tuple[ClientUpdate, Arrays] | Exception] | None:
+        """With ``batched-clients``, a node's clients train in one vectorised pass
+        (``training/batched.py``): the same steps and random numbers as one at a time, other
+        floating-point rounding. ``None`` (train them one at a time) when the setting is off or
+        the clients cannot share a pass (``batch_reason``)."""
+        if not self.local.batched_clients or self.validation_share > 0 or len(requests) < 2:
+            return None
+        model = self._model(global_arrays)
+        jobs: list[ClientJob] = []
+        for req in requests:
+            prior, label = self._prepare(model, req.payload, req.client, req.state, server_round)
+            jobs.append(ClientJob(req.client, prior, label, req.seed))
+        cfg = self._round_cfg(server_round)
+        groups = {self._groups(req.payload) for req in requests}
+        if len(groups) > 1 or batch_reason(cfg, self.local.prox_mu, jobs) is not None:
+            return None
+        results = train_local_batched(
+            model,
+            jobs,
+            cfg,
+            steps=self.local.local_steps,
+            lr=self.local.lr,
+            batch_size=self.local.batch_size,
+            latent_first_steps=self.local.latent_only_steps,
+            num_groups=groups.pop(),
+            optimiser_kind=self.local.local_optimiser,
+        )
+        replies: list[tuple[ClientUpdate, Arrays] | Exception] = []
+        for out, job, req in zip(results, jobs, requests, strict=True):
+            pi, label = out.pi_logits, job.proto_label
+            replies.append(self._reply(out.arrays, out.result, pi, label, req.payload, req.state))
+        return replies
 
     @staticmethod
     def _groups(payload: Arrays) -> int | None:

@@ -116,16 +116,20 @@ class SetEncoder(nn.Module):
         self.logvar_head = nn.Linear(feature_dim, latent_dim)
 
     def forward(
-        self, oriented: torch.Tensor, mask: torch.Tensor
+        self, oriented: torch.Tensor, mask: torch.Tensor, validate: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Oriented features ``[B, K, F]``, mask ``[B, K]`` -> ``(mu, logvar)``, each ``[B, d]``."""
+        """Oriented features ``[B, K, F]``, mask ``[B, K]`` -> ``(mu, logvar)``, each ``[B, d]``.
+
+        ``validate=False`` skips the check that every set has a valid pair: a check on the
+        mask's values cannot run inside ``torch.func.vmap``, so the batched local step checks
+        its masks once, before mapping."""
         if oriented.dim() != 3 or mask.shape != oriented.shape[:2]:
             raise ValueError(
                 f"SetEncoder expects [B, K, F] features and a [B, K] mask, got "
                 f"{tuple(oriented.shape)} and {tuple(mask.shape)}"
             )
         mask = mask.bool()
-        if not bool(mask.any(dim=1).all()):
+        if validate and not bool(mask.any(dim=1).all()):
             raise ValueError("every context set needs at least one valid pair")
         x = self.embed(oriented)
         if self.kind == "attention":
@@ -189,9 +193,12 @@ def reparameterise(
     logvar: torch.Tensor,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[S, *mu.shape]`` samples ``mu + sigma * eps``, differentiable in ``mu`` and ``logvar``."""
-    eps = torch.randn(
-        (num_samples, *mu.shape), generator=generator, dtype=mu.dtype, device=mu.device
-    )
+    """``[S, *mu.shape]`` samples ``mu + sigma * eps``, differentiable in ``mu`` and ``logvar``;
+    ``eps`` are the standard normal draws, if already drawn."""
+    if eps is None:
+        eps = torch.randn(
+            (num_samples, *mu.shape), generator=generator, dtype=mu.dtype, device=mu.device
+        )
     return mu.unsqueeze(0) + torch.exp(0.5 * logvar).unsqueeze(0) * eps

@@ -145,6 +145,29 @@ class ClientViews:
         return QueryBatch(self._emb_a[index], self._emb_b[index], self._label[index], mask)
 
 
+@dataclass
+class StepNoise:
+    """Every random number of one ``local_objective`` call: the posterior samples ``z_eps [S,
+    B, d]`` and the prior's (``Prior.draw_noise``)."""
+
+    z_eps: torch.Tensor
+    prior: dict[str, torch.Tensor]
+
+
+def draw_step_noise(
+    cfg: ModelConfig,
+    prior: Prior,
+    batch: int,
+    training: bool,
+    generator: torch.Generator | None = None,
+) -> StepNoise:
+    """The random numbers of one step for ``batch`` views, in the order ``local_objective``
+    consumes them (the posterior's samples, then the prior's), so drawing them up front gives
+    the numbers the step would have drawn itself."""
+    z_eps = torch.randn((cfg.z_samples, batch, cfg.latent_dim), generator=generator)
+    return StepNoise(z_eps, prior.draw_noise(batch, training, generator))
+
+
 def local_objective(
     model: VariationalPreferenceModel,
     prior: Prior,
@@ -155,18 +178,30 @@ def local_objective(
     generator: torch.Generator | None = None,
     step: int = 0,
     num_groups: int | None = None,
+    noise: StepNoise | None = None,
+    validate: bool = True,
+    featurised: bool = False,
 ) -> LossTerms:
     """Paper Eq. 10 for a batch of ``B`` clients (or ``B`` context/query views of one client).
 
     ``proto_labels [B]`` are the server-assigned prototypes; ``None`` (or ``cfg.use_ortho`` off)
     drops ``L_orth``. ``num_groups`` (default: every prototype) limits the orthonormality term
-    to the prototypes in use.
+    to the prototypes in use. ``noise`` (``draw_step_noise``) replaces the draws from
+    ``generator``; with it and ``validate=False`` the objective is a pure function of tensors,
+    which the batched local step maps over clients. ``featurised``: the context and query
+    tensors hold the pair feature's outputs ``g(h)`` instead of embeddings ``h``.
     """
     if isinstance(queries, list):
         queries = pad_queries(queries)
-    mu, logvar = model.posterior(context.chosen, context.rejected, context.mask)
-    z = reparameterise(mu, logvar, cfg.z_samples, generator)  # [S, B, d]
-    logits = model.logit(queries.emb_a, queries.emb_b, z.unsqueeze(-2))  # [S, B, Q]
+    if noise is None:
+        noise = draw_step_noise(cfg, prior, context.mask.shape[0], model.training, generator)
+    if featurised:
+        mu, logvar = model.encode(context.chosen - context.rejected, context.mask, validate)
+    else:
+        mu, logvar = model.posterior(context.chosen, context.rejected, context.mask, validate)
+    z = reparameterise(mu, logvar, cfg.z_samples, eps=noise.z_eps.to(mu))  # [S, B, d]
+    score = model.logit_from_features if featurised else model.logit
+    logits = score(queries.emb_a, queries.emb_b, z.unsqueeze(-2))  # [S, B, Q]
     labels = queries.label.unsqueeze(0).expand_as(logits)
     qmask = queries.mask.to(logits.dtype)
     per_pair = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
@@ -174,7 +209,7 @@ def local_objective(
     if cfg.nll_reduction == "mean":
         per_client = per_client / qmask.sum(-1).clamp_min(1.0)
     nll = per_client.mean()
-    kl = prior.kl(mu, logvar, training=model.training, generator=generator).mean()
+    kl = prior.kl(mu, logvar, training=model.training, noise=noise.prior).mean()
     total = nll + cfg.beta_at(step) * kl
     zero = torch.zeros(())
     pull, norm = zero, zero

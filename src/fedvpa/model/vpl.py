@@ -54,12 +54,24 @@ class VariationalPreferenceModel(nn.Module):
         )
 
     def posterior(
-        self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor, mask: torch.Tensor
+        self,
+        ctx_chosen: torch.Tensor,
+        ctx_rejected: torch.Tensor,
+        mask: torch.Tensor,
+        validate: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, logvar) [B, d]`` of ``q(z | C)`` from oriented context pairs ``[B, K, D]``."""
-        oriented = self.feature.pair(ctx_chosen, ctx_rejected)
+        """``(mu, logvar) [B, d]`` of ``q(z | C)`` from oriented context pairs ``[B, K, D]``
+        (``validate``: see ``SetEncoder.forward``)."""
+        return self.encode(self.feature.pair(ctx_chosen, ctx_rejected), mask, validate)
+
+    def encode(
+        self, oriented: torch.Tensor, mask: torch.Tensor, validate: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar) [B, d]`` from context pair *features* ``g(chosen) - g(rejected)``
+        ``[B, K, F]``: ``posterior`` after the pair feature, for a caller that computed the
+        features of a client's pairs once instead of once per view."""
         if self.cfg.encoder == "laplace":
-            if not bool(mask.bool().any(dim=1).all()):
+            if validate and not bool(mask.bool().any(dim=1).all()):
                 raise ValueError("every context set needs at least one valid pair")
             return laplace_posterior(
                 oriented,
@@ -74,14 +86,20 @@ class VariationalPreferenceModel(nn.Module):
         if self.cfg.odd_encoder:
             # z(reversed choices) = -z(choices): no constant z can fit a client, so a client of
             # one user type moves the encoder only through what its choices say (see config).
-            mu_fwd, logvar_fwd = self.encoder(oriented, mask)
-            mu_rev, logvar_rev = self.encoder(-oriented, mask)
+            mu_fwd, logvar_fwd = self.encoder(oriented, mask, validate)
+            mu_rev, logvar_rev = self.encoder(-oriented, mask, validate)
             return 0.5 * (mu_fwd - mu_rev), 0.5 * (logvar_fwd + logvar_rev)
-        return self.encoder(oriented, mask)
+        return self.encoder(oriented, mask, validate)
 
     def logit(self, emb_a: torch.Tensor, emb_b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``logit P(A preferred | z)``; ``z [..., d]`` broadcasts against ``emb_a [..., D]``."""
         return self.selector(self.feature(emb_a), self.feature(emb_b), z)
+
+    def logit_from_features(
+        self, g_a: torch.Tensor, g_b: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        """``logit`` from the pair feature's outputs ``g(h_A)``, ``g(h_B)`` (see ``encode``)."""
+        return self.selector(g_a, g_b, z)
 
     def shared_state(self) -> dict[str, np.ndarray]:
         """Every shared parameter and buffer as float32 numpy copies, keyed by state-dict name."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.evaluation.accuracy import evaluate_client
-from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod
+from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, TrainRequest
 from fedvpa.protocol import seeds
 from fedvpa.protocol.round import EvalReply
 from fedvpa.protocol.run_folder import (
@@ -45,6 +46,43 @@ def train_step(
     """One round's local training: reseeded from the round's seed, so any runtime draws alike."""
     seeds.seed_everything(seed)
     return method.train_on_client(global_arrays, payload, client, state, server_round, seed)
+
+
+def train_steps(
+    method: FederatedMethod,
+    global_arrays: Arrays,
+    requests: Sequence[TrainRequest],
+    server_round: int,
+) -> list[tuple[ClientUpdate, Arrays] | Exception]:
+    """``train_step`` for every client of one message, in order; a failing client fails alone.
+    A method that trains such clients together (``train_batch``: FedVPL and FedVPA-GP with
+    ``batched-clients``) gets them in one call, and falls back to one at a time if that call
+    fails."""
+    if len(requests) > 1:
+        try:
+            together = method.train_batch(global_arrays, requests, server_round)
+        except Exception as exc:  # noqa: BLE001 - each client is then tried alone
+            log.warning("batched training failed (%s); training the clients one at a time", exc)
+            together = None
+        if together is not None:
+            return together
+    results: list[tuple[ClientUpdate, Arrays] | Exception] = []
+    for req in requests:
+        try:
+            results.append(
+                train_step(
+                    method,
+                    global_arrays,
+                    req.payload,
+                    req.client,
+                    req.state,
+                    server_round,
+                    req.seed,
+                )  # fmt: skip
+            )
+        except Exception as exc:  # noqa: BLE001 - reported per client by the caller
+            results.append(exc)
+    return results
 
 
 # What the server already holds in its client records: a reply need not repeat it.

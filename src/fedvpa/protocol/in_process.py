@@ -12,8 +12,8 @@ from typing import Any
 
 from fedvpa.config import FederationSettings
 from fedvpa.embeddings.tensors import ClientTensors
-from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod
-from fedvpa.protocol.client import evaluate_step, train_step
+from fedvpa.methods.base import Arrays, ClientUpdate, FederatedMethod, TrainRequest
+from fedvpa.protocol.client import evaluate_step, train_steps
 from fedvpa.protocol.round import ClientRecord, EvalReply, Replies, RoundProtocol, TrainJob
 
 
@@ -45,20 +45,22 @@ class InProcessTransport:
         ok: dict[int, ClientUpdate] = {}
         down, up = {}, {}
         reasons = []
-        for job in jobs:
-            try:
-                update, new_state = train_step(
-                    self.method,
-                    arrays,
-                    job.payload,
-                    self.clients[job.client_id],
-                    self.private.get(job.client_id, {}),
-                    server_round,
-                    job.seed,
-                )
-            except Exception as exc:  # a failing client is counted, as Flower counts it
-                reasons.append(f"client {job.client_id}: {exc}")
+        requests = [
+            TrainRequest(
+                self.clients[job.client_id],
+                job.payload,
+                self.private.get(job.client_id, {}),
+                job.seed,
+            )
+            for job in jobs
+        ]
+        for job, result in zip(
+            jobs, train_steps(self.method, arrays, requests, server_round), strict=True
+        ):
+            if isinstance(result, Exception):  # a failing client is counted, as Flower does
+                reasons.append(f"client {job.client_id}: {result}")
                 continue
+            update, new_state = result
             self.private[job.client_id] = new_state
             ok[job.client_id] = update
             weights = 0 if job.holds_weights else _nbytes(arrays)

@@ -1,0 +1,236 @@
+"""``batched-clients``: a node's clients trained in one vectorised pass (``training/batched.py``).
+
+The pass must be ``train_local``'s algorithm: the same context/query splits and noise from each
+client's own generator, each client's gradient reaching only its own weights. With SGD the two
+agree to float rounding (1e-5 here). With Adam they agree on the random numbers but not to the
+bit: Adam divides by the gradient's own size, so a rounding difference in a near-zero gradient
+element becomes a step of about ``lr``, which is why the setting is off by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_toy_clients
+from method_loop import run_in_process
+
+from fedvpa.methods.base import TrainRequest
+from fedvpa.methods.variational import make_variant
+from fedvpa.model.config import ModelConfig
+from fedvpa.model.priors import FederatedMixturePrior, StandardNormalPrior
+from fedvpa.model.vpl import VariationalPreferenceModel
+from fedvpa.protocol.client import train_step, train_steps
+from fedvpa.training.batched import ClientJob, batch_reason, train_local_batched
+from fedvpa.training.local import train_local
+
+DIM = 16
+J = 7
+
+
+def _components() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return (
+        torch.randn(J, 8, generator=gen),
+        torch.rand(J, 8, generator=gen) + 0.5,
+        torch.rand(J, generator=gen) + 1.0,
+    )
+
+
+def _prior(kind: str, i: int, estimator: str = "mc"):
+    if kind == "standard":
+        return StandardNormalPrior()
+    mu, var, n = _components()
+    return FederatedMixturePrior(
+        mu,
+        var,
+        n,
+        tau=0.7,
+        estimator=estimator,
+        num_samples=8,
+        exclude=(i % J) if i % 2 else None,  # clients differ in exclusion and private pi
+        pi_init=torch.randn(J, generator=torch.Generator().manual_seed(i)),
+        var_floor=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("prior", "labels", "estimator", "encoder"),
+    [
+        ("standard", False, "mc", "attention"),
+        ("mixture", True, "mc", "attention"),
+        ("mixture", True, "upper-bound", "attention"),
+        ("mixture", False, "mc", "laplace"),
+    ],
+)
+def test_batched_pass_is_train_local_per_client(prior, labels, estimator, encoder):
+    cfg = ModelConfig(input_dim=DIM, kl_estimator=estimator, encoder=encoder)
+    # unequal pair counts, so the views of different clients pad differently
+    clients = [
+        *make_toy_clients(3, pairs=14, dim=DIM, seed=1),
+        *make_toy_clients(3, pairs=9, dim=DIM, seed=2, num_context=3, num_test=2),
+    ]
+    model = VariationalPreferenceModel(cfg, seed=3)
+    before = copy.deepcopy(model.state_dict())
+    kw = {
+        "steps": 8,
+        "lr": 0.05,
+        "batch_size": 4,
+        "latent_first_steps": 5,
+        "num_groups": 3,
+        "optimiser_kind": "sgd",
+    }
+    label = (lambda i: i % 3) if labels else (lambda i: None)
+    jobs = [
+        ClientJob(c, _prior(prior, i, estimator), label(i), 100 + i) for i, c in enumerate(clients)
+    ]
+    assert batch_reason(cfg, 0.0, jobs) is None
+    batched = train_local_batched(model, jobs, cfg, **kw)
+    for key, value in model.state_dict().items():  # the template's weights are untouched
+        assert torch.equal(value, before[key])
+    for i, (client, out) in enumerate(zip(clients, batched, strict=True)):
+        alone = copy.deepcopy(model)
+        own_prior = _prior(prior, i, estimator)
+        result = train_local(alone, own_prior, client, label(i), cfg, seed=100 + i, **kw)
+        for key, value in alone.shared_state().items():
+            np.testing.assert_allclose(out.arrays[key], value, rtol=0, atol=1e-5, err_msg=key)
+        torch.testing.assert_close(out.result.mu_bar, result.mu_bar, rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.result.sigma2_bar, result.sigma2_bar, rtol=1e-4, atol=0)
+        assert out.result.num_examples == result.num_examples
+        for key, value in result.metrics.items():
+            assert out.result.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        if prior == "mixture":
+            torch.testing.assert_close(
+                out.pi_logits, own_prior.pi_logits.detach(), rtol=0, atol=1e-5
+            )
+        else:
+            assert out.pi_logits is None
+
+
+def test_batched_adam_draws_the_same_random_numbers():
+    """With Adam and a learning rate too small to move anything, the per-step losses (metrics)
+    depend only on the splits and noise: they must match ``train_local``'s."""
+    cfg = ModelConfig(input_dim=DIM, prior="mixture")
+    clients = make_toy_clients(4, pairs=12, dim=DIM, seed=4)
+    model = VariationalPreferenceModel(cfg, seed=0)
+    kw = {"steps": 6, "lr": 1e-12, "batch_size": 4, "latent_first_steps": 3}
+    jobs = [ClientJob(c, _prior("mixture", i), i % 2, 7 + i) for i, c in enumerate(clients)]
+    batched = train_local_batched(model, jobs, cfg, **kw)
+    for i, (client, out) in enumerate(zip(clients, batched, strict=True)):
+        result = train_local(
+            copy.deepcopy(model), _prior("mixture", i), client, i % 2, cfg, seed=7 + i, **kw
+        )
+        for key, value in result.metrics.items():
+            assert out.result.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_batch_reason_names_what_cannot_be_batched():
+    cfg = ModelConfig(input_dim=DIM)
+    clients = make_toy_clients(3, pairs=10, dim=DIM, seed=0)
+    jobs = [ClientJob(c, StandardNormalPrior(), None, i) for i, c in enumerate(clients)]
+    assert batch_reason(cfg, 0.0, jobs) is None
+    assert batch_reason(cfg, 0.0, jobs[:1]) == "one client"
+    assert "dropout" in batch_reason(ModelConfig(input_dim=DIM, dropout=0.1), 0.0, jobs)
+    assert "proximal" in batch_reason(cfg, 0.01, jobs)
+    mixed = [*jobs[:2], ClientJob(clients[2], _prior("mixture", 2), None, 2)]
+    assert batch_reason(cfg, 0.0, mixed) == "the clients' priors differ"
+    labelled = [*jobs[:2], ClientJob(clients[2], StandardNormalPrior(), 1, 2)]
+    assert "prototype label" in batch_reason(cfg, 0.0, labelled)
+    mu, var, n = _components()
+    other = FederatedMixturePrior(mu + 1.0, var, n)
+    different = [ClientJob(clients[0], _prior("mixture", 0), None, 0)]
+    different.append(ClientJob(clients[1], other, None, 1))
+    assert batch_reason(cfg, 0.0, different) == "the clients' priors differ"
+    with pytest.raises(ValueError, match="cannot train as one batch: one client"):
+        train_local_batched(VariationalPreferenceModel(cfg), jobs[:1], cfg)
+
+
+def _method(batched: bool):
+    model = {
+        "input_dim": DIM,
+        "prior_warmup_rounds": 2,
+        "ortho_warmup_rounds": 2,
+        "ortho_ramp_rounds": 2,
+    }
+    local = {"local_steps": 8, "latent_first_steps": 4, "batched_clients": batched}
+    return make_variant("fedvpa-gp", model, local)
+
+
+def test_train_steps_batches_only_when_asked():
+    """Off (the default) the runtime trains one client at a time, to the bit; on, the method
+    trains them together, and a client that cannot train fails alone."""
+    clients = make_toy_clients(4, pairs=12, dim=DIM, seed=0)
+    plain, fast = _method(False), _method(True)
+    arrays = plain.init_server_state(0).arrays
+    requests = [TrainRequest(c, {}, {}, 10 + i) for i, c in enumerate(clients)]
+    assert plain.train_batch(arrays, requests, 1) is None
+    assert fast.train_batch(arrays, requests[:1], 1) is None
+    together = fast.train_batch(arrays, requests, 1)
+    assert together is not None and len(together) == 4
+    for req, out in zip(requests, train_steps(plain, arrays, requests, 1), strict=True):
+        update, _ = train_step(plain, arrays, {}, req.client, {}, 1, req.seed)
+        assert not isinstance(out, Exception)
+        for key, value in update.arrays.items():
+            assert np.array_equal(out[0].arrays[key], value)
+    broken = copy.copy(clients[1])
+    broken.train = broken.train.subset(torch.arange(0))
+    broken.context = broken.context.subset(torch.arange(1))  # 1 labelled pair: cannot train
+    mixed = [*requests[:1], TrainRequest(broken, {}, {}, 11), *requests[2:]]
+    results = train_steps(fast, arrays, mixed, 1)
+    assert isinstance(results[1], Exception) and "labelled pairs" in str(results[1])
+    assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 1)
+
+
+def test_batched_run_learns_like_the_plain_run():
+    """A whole in-process FedVPA-GP run (mixture prior, labels, locate) with the clients of
+    each round trained together: not the same bits, the same learning."""
+    clients = make_toy_clients(24, pairs=14, dim=DIM, seed=1, num_unseen=4)
+    reports = {}
+    for batched in (False, True):
+        _, private, report = run_in_process(_method(batched), clients, rounds=8, per_round=8)
+        reports[batched] = report
+        assert all(int(s["rounds_trained"][0]) >= 1 for s in private.values())
+    plain, fast = reports[False]["seen"]["macro"], reports[True]["seen"]["macro"]
+    assert fast > 0.65
+    assert abs(fast - plain) < 0.1
+
+
+@pytest.mark.slow
+def test_flower_nodes_train_their_clients_together(tmp_path):
+    """On Flower's simulation engine, nodes of three clients with ``batched-clients``: every
+    round's replies arrive (the ClientApp hands the node's clients to ``train_batch``), and the
+    run learns like the same run one client at a time (in process, which gives the Flower run's
+    numbers: ``test_federation.py``)."""
+    from fedvpa.config import FederationSettings
+    from fedvpa.embeddings.pipeline import save_client_tensors
+    from fedvpa.federation.run_config import FederationConfig
+    from fedvpa.federation.runtime import run_federated
+
+    clients = make_toy_clients(12, pairs=14, dim=DIM, seed=1, num_unseen=2)
+    save_client_tensors(clients, tmp_path / "clients.pt")
+    config = FederationConfig(
+        settings=FederationSettings(
+            method="fedvpa-gp",
+            num_server_rounds=4,
+            clients_per_round=6,
+            eval_every=4,
+            seed=2,
+            clients_per_node=3,
+            client_timeout=600.0,
+        ),
+        method_kwargs=_method(True).effective_config(),
+        data_path=str(tmp_path / "clients.pt"),
+        run_dir=str(tmp_path / "run"),
+        num_clients=len(clients),
+    )
+    fast = run_federated(config, flwr_home=tmp_path / "flwr_home")["eval"]["eval/seen/macro"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in lines]
+    assert [row["errors"] for row in history] == [0, 0, 0, 0]
+    assert [row["replies"] for row in history] == [6, 6, 6, 6]
+    _, _, report = run_in_process(_method(False), clients, rounds=4, per_round=6, seed=2)
+    plain = report["seen"]["macro"]
+    assert abs(fast - plain) < 0.15, (plain, fast)
