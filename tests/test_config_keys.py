@@ -154,8 +154,13 @@ def test_run_dir_and_seed_are_keys_like_any_other(tmp_path: Path) -> None:
     assert exp.federation.run_dir == str(tmp_path / "r") and exp.federation.seed == 3
     assert exp.with_seed(5).federation.seed == 5
     flat = exp.to_flat()
-    assert set(flat) == set(default_flat())
+    # batched-clients is recorded only when on, so records of earlier runs stay valid
+    assert set(flat) | {"batched-clients"} == set(default_flat())
     assert json.loads(json.dumps(flat))["seed"] == 3
+    on = ExperimentConfig.from_flat({"batched-clients": True})
+    assert on.to_flat()["batched-clients"] is True
+    assert on.method_kwargs(16)["local"]["batched_clients"] is True
+    assert "batched_clients" not in exp.method_kwargs(16)["local"]
 
 
 def test_keys_command_prints_the_flower_table_and_every_key() -> None:

@@ -103,15 +103,9 @@ def run_fingerprint(
     effective = None if input_dim is None else effective_method_config(exp, method, input_dim)
     # clients-per-node changes the speed, never the result (tested): every value hashes as 1,
     # the value every comparison before the automatic default was run with
-    config = {**exp.to_flat(), "clients-per-node": 1}
-    if not config.get("batched-clients"):  # off hashes as before the key existed
-        config.pop("batched-clients", None)
-        if isinstance(effective, dict) and isinstance(effective.get("local"), dict):
-            effective = {**effective, "local": dict(effective["local"])}
-            effective["local"].pop("batched_clients", None)
     blob = json.dumps(
         {
-            "config": config,
+            "config": {**exp.to_flat(), "clients-per-node": 1},
             "effective": effective,
             "method": method,
             "seed": seed,

@@ -243,6 +243,9 @@ class ExperimentConfig:
         out: dict[str, Any] = {}
         for group in (self.data, self.embedding, self.federation, self.local, self.model):
             out.update(to_flat(group))
+        # batched-clients is recorded only when on (see LocalConfig.to_dict)
+        if not out.get("batched-clients"):
+            out.pop("batched-clients", None)
         return {k: v for k, v in out.items() if k not in DERIVED_KEYS}
 
     def with_seed(self, seed: int) -> ExperimentConfig:
@@ -259,7 +262,7 @@ class ExperimentConfig:
         flat = self.to_flat()
         groups = key_groups()
         mine = (groups["model"] | groups["local"]) & self.explicit
-        return {k.replace("-", "_"): flat[k] for k in sorted(mine)}
+        return {k.replace("-", "_"): flat[k] for k in sorted(mine) if k in flat}
 
 
 def check_clients_per_round(exp: ExperimentConfig, clients: Sequence[ClientTensors]) -> None:
@@ -305,10 +308,16 @@ def default_flat() -> dict[str, Any]:
     from fedvpa.methods.local_config import LocalConfig
     from fedvpa.model.config import ModelConfig
 
-    exp = ExperimentConfig(
-        DataConfig(), EmbeddingConfig(), FederationSettings(), LocalConfig(), ModelConfig()
-    )
-    return {k: flower_value(v) for k, v in exp.to_flat().items()}
+    flat: dict[str, Any] = {}
+    for group in (
+        DataConfig(),
+        EmbeddingConfig(),
+        FederationSettings(),
+        LocalConfig(),
+        ModelConfig(),
+    ):
+        flat.update(to_flat(group))  # every key, also those recorded only when set
+    return {k: flower_value(v) for k, v in flat.items() if k not in DERIVED_KEYS}
 
 
 def render_key_table() -> str:

@@ -104,7 +104,12 @@ class LocalConfig:
         return min(self.latent_first_steps, self.local_steps - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.batched_clients:
+            # Recorded only when on: off is how every earlier run trained, so their records
+            # (resume identity, method kwargs, comparison fingerprints) stay valid.
+            del out["batched_clients"]
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LocalConfig:
