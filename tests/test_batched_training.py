@@ -159,9 +159,10 @@ def _method(batched: bool):
     return make_variant("fedvpa-gp", model, local)
 
 
-def test_train_steps_batches_only_when_asked():
+def test_train_steps_batches_only_when_asked(caplog):
     """Off (the default) the runtime trains one client at a time, to the bit; on, the method
-    trains them together, and a client that cannot train fails alone."""
+    trains them together, and a client that cannot train fails alone (the fallback is logged
+    once, not once a round)."""
     clients = make_toy_clients(4, pairs=12, dim=DIM, seed=0)
     plain, fast = _method(False), _method(True)
     arrays = plain.init_server_state(0).arrays
@@ -179,9 +180,46 @@ def test_train_steps_batches_only_when_asked():
     broken.train = broken.train.subset(torch.arange(0))
     broken.context = broken.context.subset(torch.arange(1))  # 1 labelled pair: cannot train
     mixed = [*requests[:1], TrainRequest(broken, {}, {}, 11), *requests[2:]]
-    results = train_steps(fast, arrays, mixed, 1)
+    with caplog.at_level("WARNING", logger="fedvpa.methods.variational"):
+        results = train_steps(fast, arrays, mixed, 1)
+        train_steps(fast, arrays, mixed, 2)
     assert isinstance(results[1], Exception) and "labelled pairs" in str(results[1])
     assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 1)
+    said = [r.getMessage() for r in caplog.records if "batched-clients" in r.getMessage()]
+    assert said == [
+        "batched-clients: a client has fewer than 2 labelled pairs; such clients train one at "
+        "a time (said once)"
+    ]
+
+
+def test_a_setting_that_prevents_batching_is_said_at_start_up(capsys):
+    """With ``batched-clients`` on, dropout, FedProx, a validation share or a method without a
+    batched pass used to train one client at a time without a word."""
+    from fedvpa.methods.reward_heads import FedAvgBT
+
+    local = {"batched_clients": True}
+    assert _method(True).batching_note() is None
+    assert _method(False).batching_note() is None
+    cases = {
+        "dropout": make_variant("fedvpl", {"input_dim": DIM, "dropout": 0.1}, local),
+        "proximal": make_variant("fedvpl", {"input_dim": DIM}, {**local, "prox_mu": 0.01}),
+        "validation share": make_variant(
+            "fedvpa-gp", {"input_dim": DIM}, {**local, "validation_share": 0.25}
+        ),
+        "no batched pass": FedAvgBT({"input_dim": DIM}, local),
+    }
+    for words, method in cases.items():
+        note = method.batching_note()
+        assert note is not None and words in note and "one at a time" in note, note
+    assert FedAvgBT({"input_dim": DIM}, {}).batching_note() is None
+    # what `fedvpa run` and `fedvpa compare` print before the first round, one line a method
+    from fedvpa.experiment import ExperimentConfig
+    from fedvpa.runner import print_method_notes
+
+    flat = {"batched-clients": True, "dropout": 0.1}
+    print_method_notes(ExperimentConfig.from_flat(flat), ["fedvpa-gp", "fedavg-bt"], DIM)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "dropout" in lines[0] and "fedavg-bt" in lines[1], lines
 
 
 def test_batched_run_learns_like_the_plain_run():

@@ -575,7 +575,12 @@ def run_compare(
         prepared = prepare_clients(exp.data, exp.embedding, seed, progress=progress)
         # before any run of this seed: a budget round 1 does not fit used to end each method
         # in "final.json without a checkpoint of the final weights"
-        check_privacy_budget(exp, [n for n in names if n not in REFERENCES], prepared.clients)
+        trained = [n for n in names if n not in REFERENCES]
+        check_privacy_budget(exp, trained, prepared.clients)
+        if progress and seed == seeds[0]:
+            from fedvpa.runner import print_method_notes
+
+            print_method_notes(exp, trained, prepared.clients[0].context.dim)
         if headroom:
             record_headroom(results, prepared.clients, prepared.partition.user_types, seed, say)
         compare_seed(

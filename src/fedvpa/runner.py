@@ -181,15 +181,21 @@ def secure_settings(
     return settings
 
 
-def _print_dp_advice(exp: ExperimentConfig, names: list[str], clients: Sequence[Any]) -> None:
-    """One stderr line per method that DP would leave near chance (``encoder_advice``)."""
+def print_method_notes(exp: ExperimentConfig, names: Sequence[str], input_dim: int) -> None:
+    """One stderr line per method whose settings will not do what they seem to: DP that would
+    leave it near chance (``encoder_advice``), ``batched-clients`` it cannot use
+    (``batching_note``)."""
     from fedvpa.federation.registry import create_method
     from fedvpa.privacy.guard import encoder_advice
 
     for name in dict.fromkeys(names):
-        advice = encoder_advice(create_method(name, exp.method_kwargs(clients[0].context.dim)))
-        if advice:
-            print(f"fedvpa: {advice}", file=sys.stderr)
+        method = create_method(name, exp.method_kwargs(input_dim))
+        notes = [method.batching_note()]
+        if exp.federation.dp_enabled:
+            notes.append(encoder_advice(method))
+        for note in notes:
+            if note:
+                print(f"fedvpa: {note}", file=sys.stderr)
 
 
 def run_experiment(
@@ -223,8 +229,9 @@ def run_experiment(
     prep_seconds = time.perf_counter() - t0
     check_clients_per_round(exp, prepared.clients)
     check_privacy_budget(exp, [n for n in (fed.method, fed.baseline) if n], prepared.clients)
-    if fed.dp_enabled and progress:
-        _print_dp_advice(exp, [n for n in (fed.method, fed.baseline) if n], prepared.clients)
+    if progress:
+        names = [n for n in (fed.method, fed.baseline) if n]
+        print_method_notes(exp, names, prepared.clients[0].context.dim)
     secure = {  # with the data: DP resolved, an impossible budget refused before the folder
         name: secure_settings(exp, name, prepared.path, prepared.clients[0].context.dim)
         for name in (fed.method, fed.baseline)

@@ -201,6 +201,17 @@ class FederatedMethod(ABC):
         ``train_on_client`` for each in turn."""
         return None
 
+    def batching_note(self) -> str | None:
+        """A start-up line for a run with ``batched-clients`` on whose clients will train one at
+        a time anyway (``None``: nothing to say), so that the setting never does nothing
+        silently. Only the variational family batches; the others say so here."""
+        if self.local is None or not self.local.batched_clients:
+            return None
+        return (
+            f"batched-clients is on, but {self.name} has no batched pass: its clients train one "
+            "at a time (it applies to FedVPL and FedVPA-GP)"
+        )
+
     def aggregate_round(
         self, state: ServerState, updates: Sequence[tuple[int, ClientUpdate]], server_round: int
     ) -> ServerState:

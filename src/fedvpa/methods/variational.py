@@ -9,6 +9,7 @@ on. Keeping the variants in one class guarantees the ablations differ in exactly
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -42,11 +43,18 @@ from fedvpa.model.prototypes import (
     order_clusters_by_prototypes,
 )
 from fedvpa.model.vpl import VariationalPreferenceModel
-from fedvpa.training.batched import ClientJob, batch_reason, train_local_batched
+from fedvpa.training.batched import (
+    ClientJob,
+    batch_reason,
+    settings_batch_reason,
+    train_local_batched,
+)
 from fedvpa.training.local import LocalResult, VPLPredictor, infer_posterior, train_local
 
 PROTOTYPES_KEY = "prototypes.weight"
 UNKNOWN = -1
+
+log = logging.getLogger(__name__)
 
 
 PRIOR_KEYS = ("prior_mu", "prior_var", "prior_n", "prior_ids")
@@ -137,6 +145,7 @@ class VariationalMethod(FederatedMethod):
     log_scale_stats = frozenset({"sigma2"})
     _prior_cache: tuple[bytes, Arrays] | None = None  # the last merged prior (_prior_rows)
     _frozen_cache: tuple[bytes, VariationalPreferenceModel] | None = None  # _frozen_model
+    _fallback_said = False  # a batch that could not share a pass was logged (train_batch)
 
     def __init__(
         self,
@@ -487,6 +496,14 @@ class VariationalMethod(FederatedMethod):
         pi = prior.pi_logits if isinstance(prior, FederatedMixturePrior) else None
         return self._reply(model.shared_state(), result, pi, label, payload, client_state)
 
+    def batching_note(self) -> str | None:
+        if not self.local.batched_clients:
+            return None
+        reason = settings_batch_reason(self.cfg, self.local.prox_mu, self.validation_share)
+        if reason is None:
+            return None
+        return f"batched-clients is on, but {reason}: {self.name}'s clients train one at a time"
+
     def train_batch(
         self, global_arrays: Arrays, requests: Sequence[TrainRequest], server_round: int
     ) -> list[tuple[ClientUpdate, Arrays] | Exception] | None:
@@ -494,8 +511,8 @@ class VariationalMethod(FederatedMethod):
         (``training/batched.py``): the same steps and random numbers as one at a time, other
         floating-point rounding. ``None`` (train them one at a time) when the setting is off or
         the clients cannot share a pass (``batch_reason``)."""
-        if not self.local.batched_clients or self.validation_share > 0 or len(requests) < 2:
-            return None
+        if not self.local.batched_clients or len(requests) < 2 or self.batching_note():
+            return None  # the settings' reason was said once, at start-up
         model = self._model(global_arrays)
         jobs: list[ClientJob] = []
         for req in requests:
@@ -503,7 +520,15 @@ class VariationalMethod(FederatedMethod):
             jobs.append(ClientJob(req.client, prior, label, req.seed))
         cfg = self._round_cfg(server_round)
         groups = {self._groups(req.payload) for req in requests}
-        if len(groups) > 1 or batch_reason(cfg, self.local.prox_mu, jobs) is not None:
+        reason = batch_reason(cfg, self.local.prox_mu, jobs)
+        if len(groups) > 1:
+            reason = "the clients were sent different group counts"
+        if reason is not None:
+            if not self._fallback_said:
+                self._fallback_said = True
+                log.warning(
+                    "batched-clients: %s; such clients train one at a time (said once)", reason
+                )
             return None
         results = train_local_batched(
             model,

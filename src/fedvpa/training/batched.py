@@ -68,14 +68,27 @@ class BatchedResult:
     pi_logits: torch.Tensor | None
 
 
-def batch_reason(cfg: ModelConfig, prox_mu: float, jobs: Sequence[ClientJob]) -> str | None:
-    """Why these clients cannot train in one vectorised pass (``None``: they can)."""
-    if len(jobs) < 2:
-        return "one client"
+def settings_batch_reason(
+    cfg: ModelConfig, prox_mu: float, validation_share: float = 0.0
+) -> str | None:
+    """Why no clients of a run with these settings can share a pass (``None``: they can), known
+    before any round: the start-up note of a run with ``batched-clients`` on."""
     if cfg.dropout > 0 or cfg.input_dropout > 0:
         return "dropout draws its masks from the global generator inside the pass"
     if prox_mu > 0:
         return "the proximal term is not batched"
+    if validation_share > 0:
+        return "a validation share is scored client by client"
+    return None
+
+
+def batch_reason(cfg: ModelConfig, prox_mu: float, jobs: Sequence[ClientJob]) -> str | None:
+    """Why these clients cannot train in one vectorised pass (``None``: they can)."""
+    if len(jobs) < 2:
+        return "one client"
+    reason = settings_batch_reason(cfg, prox_mu)
+    if reason is not None:
+        return reason
     if any(len(job.client.labelled) < 2 for job in jobs):
         return "a client has fewer than 2 labelled pairs"
     if len({job.proto_label is None for job in jobs}) > 1:
