@@ -285,6 +285,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_fedvpa_align_end_to_end(stage1: Path, tiny: Path, tmp_path: Path) -> None:
     _needs_trl()
     out = tmp_path / "align"
@@ -424,6 +425,7 @@ def test_best_and_worst_of_n_samples_train_dpo(stage1: Path, tiny: Path, tmp_pat
     assert skipped == ["prompts", "feddpo", "judges", "best-of-n"]
 
 
+@pytest.mark.slow
 def test_a_file_data_sets_judges_learn_from_the_pairs_no_client_holds(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
