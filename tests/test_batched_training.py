@@ -188,7 +188,7 @@ def test_train_steps_batches_only_when_asked(caplog):
     said = [r.getMessage() for r in caplog.records if "batched-clients" in r.getMessage()]
     assert said == [
         "batched-clients: a client has fewer than 2 labelled pairs; such clients train one at "
-        "a time (said once)"
+        "a time (said once here)"
     ]
 
 

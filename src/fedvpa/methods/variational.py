@@ -145,7 +145,9 @@ class VariationalMethod(FederatedMethod):
     log_scale_stats = frozenset({"sigma2"})
     _prior_cache: tuple[bytes, Arrays] | None = None  # the last merged prior (_prior_rows)
     _frozen_cache: tuple[bytes, VariationalPreferenceModel] | None = None  # _frozen_model
-    _fallback_said = False  # a batch that could not share a pass was logged (train_batch)
+    # a batch that could not share a pass was logged (train_batch): once per process holding
+    # the method, which Flower's ClientApp caches per worker (simulation) or per message
+    _fallback_said = False
 
     def __init__(
         self,
@@ -511,8 +513,9 @@ class VariationalMethod(FederatedMethod):
         (``training/batched.py``): the same steps and random numbers as one at a time, other
         floating-point rounding. ``None`` (train them one at a time) when the setting is off or
         the clients cannot share a pass (``batch_reason``)."""
-        if not self.local.batched_clients or len(requests) < 2 or self.batching_note():
-            return None  # the settings' reason was said once, at start-up
+        static = settings_batch_reason(self.cfg, self.local.prox_mu, self.validation_share)
+        if not self.local.batched_clients or len(requests) < 2 or static is not None:
+            return None  # a reason the settings give was said at start-up (batching_note)
         model = self._model(global_arrays)
         jobs: list[ClientJob] = []
         for req in requests:
@@ -527,7 +530,7 @@ class VariationalMethod(FederatedMethod):
             if not self._fallback_said:
                 self._fallback_said = True
                 log.warning(
-                    "batched-clients: %s; such clients train one at a time (said once)", reason
+                    "batched-clients: %s; such clients train one at a time (said once here)", reason
                 )
             return None
         results = train_local_batched(
