@@ -62,6 +62,12 @@ def _opts(tiny: Path, **overrides: object) -> AlignOptions:
     return AlignOptions(policy=str(tiny), **{**TINY, **overrides})  # type: ignore[arg-type]
 
 
+def replace_opts(opts: AlignOptions, **changes: object) -> AlignOptions:
+    from dataclasses import replace
+
+    return replace(opts, **changes)  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------- pieces (no trl)
 
 
@@ -180,6 +186,72 @@ def test_quick_profile_and_ranges() -> None:
             resolve_options(AlignOptions(samples_per_prompt=bad))
     with pytest.raises(ConfigError, match="--pair-rule"):
         resolve_options(AlignOptions(pair_rule="random"))
+    assert resolve_options(AlignOptions(openers=2)).openers == 2  # 2 + 2 of 4 samples
+    for bad in (-1, 3):  # 3 cautious + 3 compliant do not fit in 4 samples
+        with pytest.raises(ConfigError, match="--openers"):
+            resolve_options(AlignOptions(openers=bad))
+    assert resolve_options(AlignOptions(sft_weight=0.5)).sft_weight == 0.5
+    for bad_weight in (-0.1, float("nan")):
+        with pytest.raises(ConfigError, match="--sft-weight"):
+            resolve_options(AlignOptions(sft_weight=bad_weight))
+
+
+def test_opener_plans_are_seeded_and_drawn_from_the_lists() -> None:
+    cautious, compliant = align_module.opener_plan(5, 2, seed=3)
+    assert len(cautious) == len(compliant) == 10
+    assert set(cautious) <= set(align_module.CAUTIOUS_OPENERS)
+    assert set(compliant) <= set(align_module.COMPLIANT_OPENERS)
+    assert all(cautious[2 * i] != cautious[2 * i + 1] for i in range(5))  # no repeat per prompt
+    assert align_module.opener_plan(5, 2, seed=3) == (cautious, compliant)
+    assert align_module.opener_plan(5, 2, seed=4) != (cautious, compliant)
+    # every cautious opener is a refusal by the report's own heuristic, no compliant one is
+    assert all(is_refusal(o) for o in align_module.CAUTIOUS_OPENERS)
+    assert not any(is_refusal(o) for o in align_module.COMPLIANT_OPENERS)
+
+
+def test_a_reply_prefix_joins_its_continuation() -> None:
+    join = align_module.join_reply
+    assert join("Sure.", " Here it is") == "Sure. Here it is"  # a BPE keeps the space
+    assert join("Sure.", "w3 w4") == "Sure. w3 w4"  # a word-level tokenizer drops it
+    assert join("First,", "\nstep") == "First,\nstep"
+    assert join("", " plain ") == "plain" and join("Sure.", "") == "Sure."
+
+
+def test_generation_continues_each_prompts_prefix(tiny: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    prompts = ["w1 w2", "w3", "w4 w5 w6"]
+    prefixes = ["w7 w8", "w9", "w10"]
+    kwargs = {"max_new_tokens": 3, "temperature": 0.7, "seed": 0, "batch_size": 2}
+    out = align_module.generate_batched(
+        model, tokenizer, prompts, n_per_prompt=2, reply_prefixes=prefixes, **kwargs
+    )
+    assert [len(r) for r in out] == [2, 2, 2]
+    for replies, prefix in zip(out, prefixes, strict=True):
+        assert all(r.startswith(prefix) and len(r) > len(prefix) for r in replies)
+    with pytest.raises(ValueError, match="2 reply prefixes for 3 prompts"):
+        align_module.generate_batched(
+            model, tokenizer, prompts, n_per_prompt=1, reply_prefixes=prefixes[:2], **kwargs
+        )
+
+
+def test_chosen_sources_count_the_openers_each_group_picked_on_risky_prompts() -> None:
+    from fedvpa.alignment.report import chosen_sources
+
+    samples = [{"sources": ["free", "cautious", "compliant"]}] * 3
+    labels = [
+        {"index": 0, "group": "harmless", "chosen": 1},
+        {"index": 0, "group": "helpful", "chosen": 2},
+        {"index": 1, "group": "harmless", "chosen": 0},
+        {"index": 1, "group": "helpful", "chosen": None},
+        {"index": 2, "group": "harmless", "chosen": 1},  # not a risky prompt: not counted
+    ]
+    assert chosen_sources(labels, samples, [True, True, False]) == {
+        "harmless": {"free": 1, "cautious": 1, "compliant": 0},
+        "helpful": {"free": 0, "cautious": 0, "compliant": 1},
+    }
 
 
 def test_best_and_worst_of_n_form_the_pair() -> None:
@@ -423,6 +495,35 @@ def test_best_and_worst_of_n_samples_train_dpo(stage1: Path, tiny: Path, tmp_pat
     run_align(stage1, opts, out=out, resume=True, log=logged.append)
     skipped = [line.split("]")[0][1:] for line in logged if "skipped" in line]
     assert skipped == ["prompts", "feddpo", "judges", "best-of-n"]
+
+
+def test_openers_put_cautious_and_compliant_replies_in_the_dpo_samples(
+    stage1: Path, tiny: Path, tmp_path: Path
+) -> None:
+    """--openers 1 of 4 samples: per prompt two free replies, one continued from a cautious
+    opener and one from a compliant one, all labelled like free ones; the option is part of the
+    samples' fingerprint, so turning it off resamples."""
+    _needs_trl()
+    out = tmp_path / "align"
+    opts = _opts(tiny, samples_per_prompt=4, pair_rule="contested", openers=1, best_of_n=0)
+    run_align(stage1, opts, out=out, stop_after="labels", log=lambda _: None)
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6
+    for row in samples:
+        assert row["sources"] == ["free", "free", "cautious", "compliant"]
+        cautious, compliant = row["replies"][2], row["replies"][3]
+        assert any(cautious.startswith(o) for o in align_module.CAUTIOUS_OPENERS)
+        assert any(compliant.startswith(o) for o in align_module.COMPLIANT_OPENERS)
+    labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 2 * 6 and all(len(r["scores"]) == 4 for r in labels)
+    logged: list[str] = []
+    run_align(
+        stage1, replace_opts(opts, openers=0), out=out, resume=True, stop_after="samples",
+        log=logged.append,
+    )  # fmt: skip
+    assert not any("[samples] done before" in line for line in logged)
+    again = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert all("sources" not in row and len(row["replies"]) == 4 for row in again)
 
 
 @pytest.mark.slow

@@ -91,3 +91,29 @@ def test_reference_pass_runs_once_per_distinct_pair(
     assert torch.allclose(
         torch.tensor(full["ref_rejected_logps"]), torch.tensor(rejected), atol=1e-4
     )
+
+
+def test_the_sft_term_adds_the_chosen_replies_nll_with_its_weight(tmp_path: Path) -> None:
+    """At the first step the policy is its reference, so DPO's loss is exactly log 2 and the
+    RPO-style term adds ``w`` times the chosen replies' mean token NLL: linear in ``w``."""
+    import math
+
+    from fedvpa.alignment.dpo import dpo_arguments
+
+    plain = dpo_arguments(tmp_path / "a", max_steps=1, batch_size=2, learning_rate=1e-3, seed=0)
+    assert plain.loss_type == ["sigmoid"]
+    policy = load_policy(tiny_llama_folder(tmp_path / "tiny"), device="cpu")
+    pairs = [ZPreference("w1 w2 ", "w3 w4 w5", "w6 w7", [1.0] + [0.0] * 7) for _ in range(4)]
+    losses = {}
+    for weight in (0.0, 1.0, 2.0):
+        torch.manual_seed(0)
+        trainer, _ = build_z_dpo(
+            policy.model, policy.tokenizer, 8, pairs, tmp_path / f"out{weight}", max_steps=1,
+            batch_size=4, learning_rate=1e-3, sft_weight=weight,
+        )  # fmt: skip
+        losses[weight] = trainer.train().training_loss
+        trainer.model.unload()  # the plain policy back for the next build
+    assert losses[0.0] == pytest.approx(math.log(2), abs=1e-5)
+    nll = losses[1.0] - math.log(2)
+    assert nll > 0.5  # a random tiny model is far from its chosen replies
+    assert losses[2.0] - math.log(2) == pytest.approx(2 * nll, rel=1e-4)

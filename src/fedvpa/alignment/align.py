@@ -73,6 +73,28 @@ def is_refusal(reply: str) -> bool:
     return bool(_REFUSAL.search(reply))
 
 
+# Contrastive reply openers (``--openers``): a 135M policy samples a refusal in 2-9 % of its
+# replies to risky prompts and hardly follows a system prompt asking for one (8 % -> 23 %,
+# measured), so its DPO pairs rarely hold the one behaviour the two groups disagree on most
+# plainly. Per prompt, ``openers`` replies are continued by the policy from a cautious opener
+# and as many from a compliant one, next to the free samples; the frozen selector then labels
+# all of them per group as usual, so which of the two a group prefers is the selector's call,
+# not ours. DPO trains on the plain prompt (no opener), like RLCD's contrastive prompts.
+# Written for this project, generic on purpose (none is taken from the stage-1 data).
+CAUTIOUS_OPENERS = (
+    "I'm sorry, but I can't help with that.",
+    "I'd rather not give instructions for that, because it could hurt someone.",
+    "I can't recommend doing that yourself; it is not safe.",
+    "I'm not able to walk you through that. Please ask a qualified professional instead.",
+)
+COMPLIANT_OPENERS = (
+    "Sure, here is how to do it.",
+    "Of course. Here are the steps:",
+    "Happy to help. First,",
+    "Here's a practical way to go about it:",
+)
+
+
 # ---------------------------------------------------------------------- options
 
 
@@ -93,7 +115,12 @@ class AlignOptions:
     # n > 2: each group's pair comes from the n by ``pair_rule`` (see pair_labels)
     samples_per_prompt: int | None = None
     pair_rule: str | None = None
+    # of the samples per DPO prompt, this many are continued from a cautious opener and as many
+    # from a compliant one (CAUTIOUS_OPENERS / COMPLIANT_OPENERS); 0 = free samples only
+    openers: int | None = None
     dpo_steps: int | None = None
+    # weight of the chosen replies' NLL added to the DPO loss (RPO-style; 0 = plain DPO)
+    sft_weight: float = 0.0
     batch_size: int | None = None
     learning_rate: float | None = None
     gen_batch_size: int | None = None
@@ -121,6 +148,7 @@ QUICK = {
     # under one of the two judges only
     "samples_per_prompt": 4,
     "pair_rule": "contested",
+    "openers": 0,
     "dpo_steps": 80,
     "batch_size": 4,
     "learning_rate": 1e-3,
@@ -139,6 +167,7 @@ FULL = {
     "max_new_tokens": 128,
     "samples_per_prompt": 4,  # as the quick profile (the full profile has not been measured)
     "pair_rule": "contested",
+    "openers": 0,
     "dpo_steps": 1000,
     "batch_size": 8,
     "learning_rate": 5e-4,
@@ -175,6 +204,8 @@ def resolve_options(opts: AlignOptions) -> AlignOptions:
         raise ConfigError("sampling two replies needs temperature > 0", field="--temperature")
     if not float(filled.learning_rate or 0) > 0:  # type: ignore[arg-type]
         raise ConfigError("must be > 0", field="--lr")
+    if not filled.sft_weight >= 0:
+        raise ConfigError(f"must be >= 0, got {filled.sft_weight}", field="--sft-weight")
     if filled.examples < 0:
         raise ConfigError("must be >= 0", field="--examples")
     if filled.pair_rule not in PAIR_RULES:
@@ -186,6 +217,13 @@ def resolve_options(opts: AlignOptions) -> AlignOptions:
         raise ConfigError(
             f"a DPO pair needs at least 2 replies, got {filled.samples_per_prompt}",
             field="--samples-per-prompt",
+        )
+    openers = int(filled.openers or 0)
+    if openers < 0 or 2 * openers > int(filled.samples_per_prompt or 0):
+        raise ConfigError(
+            f"must be >= 0 and leave room for a cautious and a compliant reply each within "
+            f"--samples-per-prompt {filled.samples_per_prompt}, got {filled.openers}",
+            field="--openers",
         )
     if int(filled.best_of_n or 0) == 1 or int(filled.best_of_n or 0) < 0:
         raise ConfigError(
@@ -463,9 +501,15 @@ def generate_batched(
     injector: Any = None,
     z: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
+    reply_prefixes: Sequence[str] | None = None,
 ) -> list[list[str]]:
     """``n_per_prompt`` sampled replies per prompt, in left-padded batches; each batch seeded
-    from ``(seed, batch)`` so a reply does not depend on what ran before it."""
+    from ``(seed, batch)`` so a reply does not depend on what ran before it.
+
+    ``reply_prefixes`` (one per prompt): the policy continues that text after the generation
+    prompt, and each reply is the prefix plus its continuation."""
+    if reply_prefixes is not None and len(reply_prefixes) != len(prompts):
+        raise ValueError(f"{len(reply_prefixes)} reply prefixes for {len(prompts)} prompts")
     from contextlib import nullcontext
 
     import torch
@@ -479,6 +523,12 @@ def generate_batched(
     try:
         for b, start in enumerate(range(0, len(prompts), batch_size)):
             texts = [render_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+            prefixes = (
+                [""] * len(texts)
+                if reply_prefixes is None
+                else list(reply_prefixes[start : start + batch_size])
+            )
+            texts = [t + pre for t, pre in zip(texts, prefixes, strict=True)]
             enc = tokenizer(
                 texts, return_tensors="pt", padding=True, add_special_tokens=not templated
             ).to(device)
@@ -496,14 +546,24 @@ def generate_batched(
                     pad_token_id=tokenizer.pad_token_id,
                 )
             new = ids[:, enc["input_ids"].shape[1] :]
-            replies = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
             for i in range(len(texts)):
-                out.append(replies[i * n_per_prompt : (i + 1) * n_per_prompt])
+                own = decoded[i * n_per_prompt : (i + 1) * n_per_prompt]
+                out.append([join_reply(prefixes[i], t) for t in own])
             if progress:
                 progress(f"  generated {min(start + batch_size, len(prompts))}/{len(prompts)}")
     finally:
         tokenizer.padding_side = side
     return out
+
+
+def join_reply(prefix: str, continuation: str) -> str:
+    """A reply prefix and the policy's continuation of it as one reply. A byte-level BPE keeps
+    the continuation's leading space, so the two join as written; a word-level tokenizer drops
+    it, so a continuation that starts with a letter or digit after a non-space gets one."""
+    if prefix and continuation[:1].isalnum() and not prefix[-1].isspace():
+        return (prefix + " " + continuation).strip()
+    return (prefix + continuation).strip()
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -553,11 +613,14 @@ def step_fingerprints(state: AlignState) -> dict[str, str]:
     # samples-per-prompt enters only when it is not the paper's 2, so that folders written
     # before the option keep their fingerprints and resume without redoing their steps
     per_prompt = [] if o.samples_per_prompt == 2 else [o.samples_per_prompt]
+    if o.openers:  # likewise: entered only when on
+        per_prompt.append(f"openers={o.openers}")
     fp["samples"] = fingerprint(["samples", fp["prompts"], *gen, *per_prompt, s["samples"]])
     rule = [] if o.samples_per_prompt == 2 else [o.pair_rule]  # 2 samples make one pair only
     fp["labels"] = fingerprint(["labels", fp["samples"], ident, o.groups, o.z_files, *rule])
+    sft = [f"sft={o.sft_weight}"] if o.sft_weight else []  # entered only when on
     fp["dpo"] = fingerprint(
-        ["dpo", fp["labels"], o.dpo_steps, o.batch_size, o.learning_rate, s["dpo"]]
+        ["dpo", fp["labels"], o.dpo_steps, o.batch_size, o.learning_rate, *sft, s["dpo"]]
     )
     fp["feddpo"] = fingerprint(
         ["feddpo", ident, o.policy or "smollm2", o.feddpo, o.feddpo_clients, o.feddpo_rounds,
@@ -642,24 +705,93 @@ def _prompts(state: AlignState, split: str) -> list[dict[str, Any]]:
     return [r for r in read_jsonl(state.out / "prompts.jsonl") if r["split"] == split]
 
 
-def _step_samples(state: AlignState) -> None:
+def policy_samples(
+    state: AlignState,
+    prompts: Sequence[str],
+    n_per_prompt: int,
+    seed: int,
+    sequences_per_call: int,
+    reply_prefixes: Sequence[str] | None = None,
+) -> list[list[str]]:
+    """The base policy's replies with the run's sampling options (no adapter, no ``z``)."""
     policy = state.policy()
-    prompts = [r["prompt"] for r in _prompts(state, "train")]
-    n = int(state.opts.samples_per_prompt or 2)
-    replies = generate_batched(
+    return generate_batched(
         policy.model,
         policy.tokenizer,
         prompts,
-        n_per_prompt=n,
+        n_per_prompt=n_per_prompt,
         max_new_tokens=int(state.opts.max_new_tokens or 0),
         temperature=state.opts.temperature,
-        seed=state.seeds["samples"],
-        # the same number of sequences per generate() call as with pairs
-        batch_size=max(1, 2 * int(state.opts.gen_batch_size or 1) // n),
+        seed=seed,
+        batch_size=max(1, sequences_per_call // n_per_prompt),
         progress=state.log,
+        reply_prefixes=reply_prefixes,
     )
-    rows = [{"prompt": p, "replies": r} for p, r in zip(prompts, replies, strict=True)]
+
+
+def _step_samples(state: AlignState) -> None:
+    prompts = [r["prompt"] for r in _prompts(state, "train")]
+    n = int(state.opts.samples_per_prompt or 2)
+    free = n - 2 * int(state.opts.openers or 0)
+    replies: list[list[str]] = [[] for _ in prompts]
+    if free:
+        # the same number of sequences per generate() call as with pairs
+        calls = 2 * int(state.opts.gen_batch_size or 1)
+        replies = policy_samples(state, prompts, free, state.seeds["samples"], calls)
+    rows: list[dict[str, Any]] = [
+        {"prompt": p, "replies": r} for p, r in zip(prompts, replies, strict=True)
+    ]
+    k = int(state.opts.openers or 0)
+    if k:
+        rows = _with_openers(state, prompts, rows, n - 2 * k, k)
     write_jsonl(state.out / "samples.jsonl", rows)
+
+
+def opener_plan(num_prompts: int, per_prompt: int, seed: int) -> tuple[list[str], list[str]]:
+    """Per prompt, ``per_prompt`` cautious then ``per_prompt`` compliant openers, drawn without
+    replacement from each list (with replacement past its length) by a seeded generator."""
+    rng = np.random.default_rng(seed)
+
+    def draw(pool: tuple[str, ...]) -> list[str]:
+        replace = per_prompt > len(pool)
+        return [pool[i] for i in rng.choice(len(pool), size=per_prompt, replace=replace)]
+
+    cautious: list[str] = []
+    compliant: list[str] = []
+    for _ in range(num_prompts):
+        cautious += draw(CAUTIOUS_OPENERS)
+        compliant += draw(COMPLIANT_OPENERS)
+    return cautious, compliant
+
+
+def _with_openers(
+    state: AlignState,
+    prompts: list[str],
+    rows: list[dict[str, Any]],
+    free: int,
+    k: int,
+) -> list[dict[str, Any]]:
+    """Keep ``free`` free samples per prompt and add ``k`` cautious and ``k`` compliant
+    continuations; each row records where its replies came from (``sources``)."""
+    cautious, compliant = opener_plan(len(prompts), k, state.seeds["samples"])
+    steered: dict[str, list[list[str]]] = {}
+    for offset, (name, openers) in enumerate((("cautious", cautious), ("compliant", compliant))):
+        state.log(f"  continuing {name} openers")
+        flat = policy_samples(
+            state,
+            [p for p in prompts for _ in range(k)],
+            1,
+            state.seeds["samples"] + offset + 1,
+            2 * int(state.opts.gen_batch_size or 1),
+            reply_prefixes=openers,
+        )
+        steered[name] = [[r[0] for r in flat[i * k : (i + 1) * k]] for i in range(len(prompts))]
+    out = []
+    for i, row in enumerate(rows):
+        replies = row["replies"][:free] + steered["cautious"][i] + steered["compliant"][i]
+        sources = ["free"] * free + ["cautious"] * k + ["compliant"] * k
+        out.append({"prompt": row["prompt"], "replies": replies, "sources": sources})
+    return out
 
 
 def selector_logits(
@@ -828,6 +960,7 @@ def _step_dpo(state: AlignState) -> None:
             batch_size=int(state.opts.batch_size or 1),
             learning_rate=float(state.opts.learning_rate or 0),
             seed=state.seeds["dpo"],
+            sft_weight=state.opts.sft_weight,
         )
         t0 = time.perf_counter()
         result = trainer.train()
@@ -852,6 +985,7 @@ def _step_dpo(state: AlignState) -> None:
             "epochs": float(trainer.state.epoch or 0),
             "train_seconds": round(seconds, 1),
             "train_loss": float(result.training_loss),
+            "sft_weight": state.opts.sft_weight,
             "projection_norm": float(injector.proj.weight.detach().norm()),
             "log": history,
         },
@@ -1051,18 +1185,9 @@ def _step_best_of_n(state: AlignState) -> None:
         return
     groups = _groups(state)
     prompts = [r["prompt"] for r in _prompts(state, "eval")]
-    policy = state.policy()
     state.log(f"  {n} base-policy candidates per prompt")
-    candidates = generate_batched(
-        policy.model,
-        policy.tokenizer,
-        prompts,
-        n_per_prompt=n,
-        max_new_tokens=int(state.opts.max_new_tokens or 0),
-        temperature=state.opts.temperature,
-        seed=state.seeds["best_of_n"],
-        batch_size=max(1, int(state.opts.gen_batch_size or 1) // n),
-        progress=state.log,
+    candidates = policy_samples(
+        state, prompts, n, state.seeds["best_of_n"], int(state.opts.gen_batch_size or 1)
     )
     scores = best_of_n(state.run, prompts, candidates, groups)
     choice = {name: np.argmax(s, axis=1) for name, s in scores.items()}

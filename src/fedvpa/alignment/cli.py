@@ -182,7 +182,23 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
                 "best-worst (each group's best and worst)."
             ),
         ] = None,
+        openers: Annotated[
+            int | None,
+            typer.Option(
+                help="Of the samples per DPO prompt, this many continue a cautious opener "
+                "(\"I'm sorry, but I can't help with that.\") and as many a compliant one "
+                '("Sure, here is how to do it."); the selector labels them like the rest. '
+                "0 = free samples only."
+            ),
+        ] = None,
         dpo_steps: Annotated[int | None, typer.Option(help="DPO optimiser steps.")] = None,
+        sft_weight: Annotated[
+            float,
+            typer.Option(
+                help="Add the chosen replies' token NLL to the DPO loss with this weight "
+                "(RPO-style; 0 = plain DPO)."
+            ),
+        ] = 0.0,
         batch_size: Annotated[int | None, typer.Option(help="DPO pairs per step.")] = None,
         lr: Annotated[float | None, typer.Option("--lr", help="DPO learning rate.")] = None,
         gen_batch_size: Annotated[int | None, typer.Option(help="Prompts per generate().")] = None,
@@ -241,7 +257,9 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
                 temperature=temperature,
                 samples_per_prompt=samples_per_prompt,
                 pair_rule=pair_rule,
+                openers=openers,
                 dpo_steps=dpo_steps,
+                sft_weight=sft_weight,
                 batch_size=batch_size,
                 learning_rate=lr,
                 gen_batch_size=gen_batch_size,

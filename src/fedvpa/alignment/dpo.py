@@ -162,18 +162,27 @@ def dpo_arguments(
     max_length: int = 512,
     progress: bool = True,
     gradient_checkpointing: bool | None = None,
+    sft_weight: float = 0.0,
 ) -> Any:
     """TRL's ``DPOConfig`` as both stage-2 trainers use it: beta 0.1, the reference
     log-probabilities computed once (adapter off), no checkpoints, no reporting.
+
+    ``sft_weight > 0`` adds the chosen replies' mean token NLL with that weight (TRL's ``sft``
+    loss next to ``sigmoid``, as in RPO): DPO alone can fit a pair by making the rejected reply
+    less likely while the chosen one, which the policy rarely samples, stays rare.
 
     Gradient checkpointing (TRL 1.16 turns it on by default) recomputes every layer's forward
     pass in the backward one to save activation memory. A 135M policy on short replies needs no
     saving on the CPU, where the recomputation is pure cost (``benchmarks/dpo_step.py``), so it
     is off there unless asked for; on CUDA TRL's default stays, for large policies."""
     _, (dpo_config, _), _ = _trl()
+    losses = {"loss_type": ["sigmoid"]}
+    if sft_weight > 0:
+        losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
     return dpo_config(
         output_dir=str(out_dir),
         beta=DPO_BETA,
+        **losses,
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
@@ -206,6 +215,7 @@ def build_z_dpo(
     seed: int = 0,
     max_length: int = 512,
     gradient_checkpointing: bool | None = None,
+    sft_weight: float = 0.0,
 ) -> tuple[Any, ZInjector]:
     """A ready ``ZDPOTrainer`` (LoRA r 8 / alpha 16 / dropout 0.05, beta 0.1) and its injector.
 
@@ -231,6 +241,7 @@ def build_z_dpo(
         seed=seed,
         max_length=max_length,
         gradient_checkpointing=gradient_checkpointing,
+        sft_weight=sft_weight,
     )
     trainer_class = make_trainer_class()
     trainer_class.injector = injector  # the reference is precomputed inside __init__

@@ -167,7 +167,12 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         "baselines": baselines,
         "prompts": meta,
         "eval_prompts": n,
-        "labels": _label_summary(labels, _pair_rule(out)),
+        "labels": _label_summary(
+            labels,
+            _pair_rule(out),
+            _jsonl(out / "samples.jsonl"),
+            [bool(r.get("risky")) for r in _jsonl(out / "prompts.jsonl") if r["split"] == "train"],
+        ),
         "dpo": {k: v for k, v in dpo.items() if k != "log"},
         "feddpo": feddpo,
         "judges": {
@@ -201,12 +206,17 @@ def _pair_rule(out: Path) -> str | None:
     return json.loads(path.read_text()).get("options", {}).get("pair_rule")
 
 
-def _label_summary(labels: list[dict[str, Any]], rule: str | None) -> dict[str, Any]:
+def _label_summary(
+    labels: list[dict[str, Any]],
+    rule: str | None,
+    samples: list[dict[str, Any]] | None = None,
+    risky: list[bool] | None = None,
+) -> dict[str, Any]:
     from fedvpa.alignment.align import label_disagreements
 
     # rows of n > 2 samples carry the n scores; the paper's pair has none
     per_prompt = next((len(r["scores"]) for r in labels if "scores" in r), 2)
-    return {
+    summary: dict[str, Any] = {
         "samples_per_prompt": per_prompt,
         "pair_rule": rule if per_prompt > 2 else None,
         "pairs": len({r["index"] for r in labels}),
@@ -214,6 +224,25 @@ def _label_summary(labels: list[dict[str, Any]], rule: str | None) -> dict[str, 
         "labelled": sum(r["chosen"] is not None for r in labels),
         "groups_disagree": label_disagreements(labels),
     }
+    if samples and any("sources" in s for s in samples):
+        summary["chosen_on_risky"] = chosen_sources(labels, samples, risky or [])
+    return summary
+
+
+def chosen_sources(
+    labels: list[dict[str, Any]], samples: list[dict[str, Any]], risky: list[bool]
+) -> dict[str, dict[str, int]]:
+    """Per group, where its chosen replies on risky DPO prompts came from (free sample,
+    cautious or compliant opener): what the selector made of the openers (``--openers``)."""
+    out: dict[str, dict[str, int]] = {}
+    for row in labels:
+        i = row["index"]
+        if row["chosen"] is None or i >= len(risky) or not risky[i]:
+            continue
+        source = samples[i].get("sources", [])[row["chosen"]]
+        counts = out.setdefault(row["group"], {"free": 0, "cautious": 0, "compliant": 0})
+        counts[source] = counts.get(source, 0) + 1
+    return out
 
 
 def _labels_line(labels: dict[str, Any]) -> str:
@@ -227,11 +256,19 @@ def _labels_line(labels: dict[str, Any]) -> str:
         )
     else:
         how = f"per group, the selector's best and worst of {n} samples per prompt"
-    return (
+    line = (
         f"- selector labels ({how}): {labels['labelled']} labelled pairs; the groups' pairs "
         f"differ on {labels['groups_disagree']} of {labels['pairs']} prompts "
         f"({labels['ties_dropped']} prompts with identical replies dropped)"
     )
+    chosen = labels.get("chosen_on_risky")
+    if chosen:
+        parts = [
+            f"{g}: {c.get('cautious', 0)} cautious, {c.get('compliant', 0)} compliant, "
+            f"{c.get('free', 0)} free" for g, c in chosen.items()
+        ]  # fmt: skip
+        line += "\n- chosen replies on risky DPO prompts, by origin: " + "; ".join(parts)
+    return line
 
 
 def _iv(d: dict[str, Any], percent: bool = True) -> str:
@@ -305,8 +342,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         _labels_line(report["labels"]),
         f"- DPO: {report['dpo']['steps']} steps on {report['dpo']['pairs']} pairs "
         f"({report['dpo']['epochs']:.1f} epochs, {report['dpo']['train_seconds']} s), final "
-        f"training loss {report['dpo']['train_loss']:.3f}, |W| = "
-        f"{report['dpo']['projection_norm']:.4f}",
+        f"training loss {report['dpo']['train_loss']:.3f}"
+        + (
+            f" (DPO plus {report['dpo']['sft_weight']} x the chosen replies' token NLL)"
+            if report["dpo"].get("sft_weight")
+            else ""
+        )
+        + f", |W| = {report['dpo']['projection_norm']:.4f}",
         *_feddpo_lines(report.get("feddpo", {})),
         *(
             [
