@@ -230,7 +230,9 @@ def test_generation_continues_each_prompts_prefix(tiny: Path) -> None:
     )
     assert [len(r) for r in out] == [2, 2, 2]
     for replies, prefix in zip(out, prefixes, strict=True):
-        assert all(r.startswith(prefix) and len(r) > len(prefix) for r in replies)
+        assert all(r.startswith(prefix) for r in replies)
+    # a continuation may be empty (an end-of-sequence token first), but not all of them
+    assert any(len(r) > len(pre) for rs, pre in zip(out, prefixes, strict=True) for r in rs)
     with pytest.raises(ValueError, match="2 reply prefixes for 3 prompts"):
         align_module.generate_batched(
             model, tokenizer, prompts, n_per_prompt=1, reply_prefixes=prefixes[:2], **kwargs
