@@ -190,6 +190,16 @@ def test_quick_profile_and_ranges() -> None:
     for bad in (-1, 3):  # 3 cautious + 3 compliant do not fit in 4 samples
         with pytest.raises(ConfigError, match="--openers"):
             resolve_options(AlignOptions(openers=bad))
+    each = resolve_options(
+        AlignOptions(samples_per_prompt=6, openers=1, pair_rule="contested-each")
+    )
+    assert each.pair_rule == "contested-each"
+    # no openers, or no two free samples left: one of the two parts would be empty
+    for n, k in ((4, 0), (4, 2), (3, 1)):
+        with pytest.raises(ConfigError, match="--pair-rule"):
+            resolve_options(
+                AlignOptions(samples_per_prompt=n, openers=k, pair_rule="contested-each")
+            )
     assert resolve_options(AlignOptions(sft_weight=0.5)).sft_weight == 0.5
     for bad_weight in (-0.1, float("nan")):
         with pytest.raises(ConfigError, match="--sft-weight"):
@@ -253,6 +263,42 @@ def test_chosen_sources_count_the_openers_each_group_picked_on_risky_prompts() -
     assert chosen_sources(labels, samples, [True, True, False]) == {
         "harmless": {"free": 1, "cautious": 1, "compliant": 0},
         "helpful": {"free": 0, "cautious": 0, "compliant": 1},
+    }
+
+
+def test_contested_each_picks_one_pair_among_free_samples_and_one_among_openers() -> None:
+    from fedvpa.alignment.report import chosen_sources
+
+    sources = [["free", "free", "free", "cautious", "compliant"]] * 2
+    replies = [["a", "b", "c", "no", "yes"], ["d", "e", "f", "no2", "yes2"]]
+    # prompt 0: the groups disagree most on the openers (3 vs 4) and, among the free samples,
+    # on (0, 2); prompt 1: they agree on everything
+    h = np.array([[2.0, 1.0, 0.0, 5.0, -5.0], [0.0, 1.0, 2.0, 1.0, 0.0]])
+    s = np.array([[0.0, 1.0, 2.0, -5.0, 5.0], [0.0, 2.0, 4.0, 2.0, 0.0]])
+    got = align_module.pair_labels_by_source({"h": h, "s": s}, replies, sources)
+    assert got["h"][:2] == [("free", 0, (0, 2)), ("openers", 0, (3, 4))]
+    assert got["s"][:2] == [("free", 0, (2, 0)), ("openers", 0, (4, 3))]
+    assert got["h"][2:] == [("free", 1, (2, 0)), ("openers", 1, (3, 4))]
+    assert got["s"][2:] == got["h"][2:]  # agreement: the same pairs in the same roles
+    # a contested pair is never drawn across the parts, whatever the scores say
+    assert all(
+        {i, j} <= {0, 1, 2} if part == "free" else {i, j} <= {3, 4}
+        for part, _, pair in got["h"] + got["s"]
+        if pair is not None
+        for i, j in [pair]
+    )
+    rows = [
+        {"index": p, "part": part, "group": g, "chosen": pair[0], "rejected": pair[1]}
+        for g, picked in got.items()
+        for part, p, pair in picked
+        if pair is not None
+    ]
+    assert align_module.label_disagreements(rows) == 1  # prompt 0 only, counted once
+    # the origin count leaves the free part out: its chosen reply is free by construction
+    samples = [{"sources": src} for src in sources]
+    assert chosen_sources(rows, samples, [True, True]) == {
+        "h": {"free": 0, "cautious": 2, "compliant": 0},
+        "s": {"free": 0, "cautious": 1, "compliant": 1},
     }
 
 
@@ -526,6 +572,25 @@ def test_openers_put_cautious_and_compliant_replies_in_the_dpo_samples(
     assert not any("[samples] done before" in line for line in logged)
     again = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert all("sources" not in row and len(row["replies"]) == 4 for row in again)
+
+
+def test_contested_each_labels_two_pairs_per_prompt_and_dpo_trains_on_both(
+    stage1: Path, tiny: Path, tmp_path: Path
+) -> None:
+    _needs_trl()
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "align"
+    opts = _opts(tiny, samples_per_prompt=4, pair_rule="contested-each", openers=1, best_of_n=0)
+    run_align(stage1, opts, out=out, stop_after="labels", log=lambda _: None)
+    labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    groups = sorted({r["group"] for r in labels})
+    assert len(labels) == 2 * 6 * len(groups)  # per group and prompt: a free and an opener pair
+    for r in labels:
+        if r["chosen"] is not None:
+            assert {r["chosen"], r["rejected"]} == ({0, 1} if r["part"] == "free" else {2, 3})
+    usable = sum(r["chosen"] is not None for r in labels)
+    assert len(align_module.z_preferences(out, AutoTokenizer.from_pretrained(tiny))) == usable
 
 
 @pytest.mark.slow

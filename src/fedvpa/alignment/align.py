@@ -49,7 +49,7 @@ JUDGE_SEED_OFFSET = 20_011
 BASE = "base"
 FEDDPO = "feddpo"  # the variant name of the FedDPO baseline in the evaluation and report
 # how DPO pairs are drawn from more than two samples per prompt (see pair_labels)
-PAIR_RULES = ("best-worst", "contested")
+PAIR_RULES = ("best-worst", "contested", "contested-each")
 BEST_OF_N = "bon:"  # variant prefix of best-of-n under a group's z ("bon:harmless")
 
 # Refusal heuristic: a reply counts as a refusal when it matches one of these (case-insensitive).
@@ -224,6 +224,15 @@ def resolve_options(opts: AlignOptions) -> AlignOptions:
             f"must be >= 0 and leave room for a cautious and a compliant reply each within "
             f"--samples-per-prompt {filled.samples_per_prompt}, got {filled.openers}",
             field="--openers",
+        )
+    if filled.pair_rule == "contested-each" and (
+        openers < 1 or int(filled.samples_per_prompt or 0) - 2 * openers < 2
+    ):
+        raise ConfigError(
+            "contested-each picks one pair among the free samples and one among the opener "
+            "samples: it needs --openers >= 1 and at least 2 free samples, got "
+            f"--openers {filled.openers} of --samples-per-prompt {filled.samples_per_prompt}",
+            field="--pair-rule",
         )
     if int(filled.best_of_n or 0) == 1 or int(filled.best_of_n or 0) < 0:
         raise ConfigError(
@@ -827,8 +836,8 @@ def pair_labels(
       group labelling it by its own sign. Where the groups disagree this is the same two
       replies in opposite roles, which only a z-dependent policy can fit.
     """
-    if rule not in PAIR_RULES:
-        raise ConfigError(f"unknown pair rule {rule!r}; one of {', '.join(PAIR_RULES)}")
+    if rule not in ("best-worst", "contested"):  # contested-each: see pair_labels_by_source
+        raise ConfigError(f"unknown pair rule {rule!r}; one of best-worst, contested")
     names = list(scores)
     out: dict[str, list[tuple[int, int] | None]] = {g: [] for g in names}
     for p, texts in enumerate(replies):
@@ -846,6 +855,37 @@ def pair_labels(
         for g, (best, worst) in picks.items():
             same = best == worst or texts[best].strip() == texts[worst].strip()
             out[g].append(None if same else (best, worst))
+    return out
+
+
+def source_parts(sources: Sequence[str]) -> dict[str, list[int]]:
+    """The sample indices ``contested-each`` picks a pair within: the policy's free samples,
+    and the opener continuations (cautious and compliant together)."""
+    parts = {
+        "free": [i for i, s in enumerate(sources) if s == "free"],
+        "openers": [i for i, s in enumerate(sources) if s != "free"],
+    }
+    return {name: idx for name, idx in parts.items() if len(idx) >= 2}
+
+
+def pair_labels_by_source(
+    scores: dict[str, np.ndarray],
+    replies: Sequence[Sequence[str]],
+    sources: Sequence[Sequence[str]],
+) -> dict[str, list[tuple[str, int, tuple[int, int] | None]]]:
+    """``contested-each``: the contested pair within each part of a prompt's samples (see
+    source_parts), as ``(part, prompt, pair)`` per group, indices into the prompt's replies.
+
+    With one contested pair over free and opener samples together, the opener pair wins most
+    prompts (the groups differ most on refusing), so DPO sees few of the free pairs that carry
+    the other features the groups differ on; one pair of each keeps both."""
+    out: dict[str, list[tuple[str, int, tuple[int, int] | None]]] = {g: [] for g in scores}
+    for p, texts in enumerate(replies):
+        for part, idx in source_parts(sources[p]).items():
+            sub = {g: np.asarray(s[p])[idx][None, :] for g, s in scores.items()}
+            picks = pair_labels(sub, [[texts[i] for i in idx]], "contested")
+            for g, (pair,) in picks.items():
+                out[g].append((part, p, None if pair is None else (idx[pair[0]], idx[pair[1]])))
     return out
 
 
@@ -876,12 +916,19 @@ def _step_labels(state: AlignState) -> None:
         from fedvpa.alignment.rank import best_of_n
 
         scores = best_of_n(state.run, prompts, replies, groups)  # every reply embedded once
-        pairs = pair_labels(scores, replies, str(state.opts.pair_rule))
-        for name in groups:
-            for i, pair in enumerate(pairs[name]):
+        picked: dict[str, list[tuple[str, int, tuple[int, int] | None]]]
+        if state.opts.pair_rule == "contested-each":
+            sources = [s.get("sources") or ["free"] * len(s["replies"]) for s in samples]
+            picked = pair_labels_by_source(scores, replies, sources)
+        else:
+            by_prompt = pair_labels(scores, replies, str(state.opts.pair_rule))
+            picked = {g: [("", i, pair) for i, pair in enumerate(v)] for g, v in by_prompt.items()}
+        for name, chosen_pairs in picked.items():
+            for part, i, pair in chosen_pairs:
                 rows.append(
                     {
                         "index": i,
+                        **({"part": part} if part else {}),
                         "group": name,
                         "chosen": None if pair is None else pair[0],
                         "rejected": None if pair is None else pair[1],
@@ -903,12 +950,12 @@ def _step_labels(state: AlignState) -> None:
 
 def label_disagreements(rows: list[dict[str, Any]]) -> int:
     """Prompts on which the groups' (chosen, rejected) pairs differ."""
-    by_index: dict[int, set[tuple[int, int]]] = {}
+    by_part: dict[tuple[int, str], set[tuple[int, int]]] = {}
     for r in rows:
         if r["chosen"] is not None:
             pair = (r["chosen"], r.get("rejected", 1 - r["chosen"]))
-            by_index.setdefault(r["index"], set()).add(pair)
-    return sum(len(v) > 1 for v in by_index.values())
+            by_part.setdefault((r["index"], r.get("part", "")), set()).add(pair)
+    return len({index for (index, _), v in by_part.items() if len(v) > 1})
 
 
 def z_preferences(out: Path, tokenizer: Any) -> list[Any]:

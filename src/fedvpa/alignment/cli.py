@@ -178,8 +178,9 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
             str | None,
             typer.Option(
                 help="With n > 2 samples: contested (default: one pair per prompt, the one "
-                "whose preference differs most between the groups, labelled by each group) or "
-                "best-worst (each group's best and worst)."
+                "whose preference differs most between the groups, labelled by each group), "
+                "best-worst (each group's best and worst) or contested-each (with --openers: "
+                "the contested pair among the free samples and the one among the openers)."
             ),
         ] = None,
         openers: Annotated[

@@ -233,11 +233,13 @@ def chosen_sources(
     labels: list[dict[str, Any]], samples: list[dict[str, Any]], risky: list[bool]
 ) -> dict[str, dict[str, int]]:
     """Per group, where its chosen replies on risky DPO prompts came from (free sample,
-    cautious or compliant opener): what the selector made of the openers (``--openers``)."""
+    cautious or compliant opener): what the selector made of the openers (``--openers``).
+    Pairs drawn among the free samples only (``contested-each``) are left out: their chosen
+    reply is free by construction."""
     out: dict[str, dict[str, int]] = {}
     for row in labels:
         i = row["index"]
-        if row["chosen"] is None or i >= len(risky) or not risky[i]:
+        if row["chosen"] is None or i >= len(risky) or not risky[i] or row.get("part") == "free":
             continue
         source = samples[i].get("sources", [])[row["chosen"]]
         counts = out.setdefault(row["group"], {"free": 0, "cautious": 0, "compliant": 0})
@@ -253,6 +255,12 @@ def _labels_line(labels: dict[str, Any]) -> str:
         how = (
             f"{n} samples per prompt; per prompt the pair whose preference differs most between "
             "the groups, labelled by each group"
+        )
+    elif labels.get("pair_rule") == "contested-each":
+        how = (
+            f"{n} samples per prompt; per prompt two pairs, the one among the free samples and "
+            "the one among the opener continuations whose preference differs most between the "
+            "groups, labelled by each group"
         )
     else:
         how = f"per group, the selector's best and worst of {n} samples per prompt"
