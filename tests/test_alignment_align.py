@@ -300,6 +300,14 @@ def test_contested_each_picks_one_pair_among_free_samples_and_one_among_openers(
         "h": {"free": 0, "cautious": 2, "compliant": 0},
         "s": {"free": 0, "cautious": 1, "compliant": 1},
     }
+    from fedvpa.alignment.report import _label_summary, _labels_line
+
+    summary = _label_summary(
+        [{**r, "scores": [0.0] * 5} for r in rows], "contested-each", samples, [True, True]
+    )
+    line = _labels_line(summary)
+    assert "two pairs" in line and "opener pairs on risky DPO prompts: h: 2 cautious" in line
+    assert "free" not in line.split("\n")[1]
 
 
 def test_best_and_worst_of_n_form_the_pair() -> None:

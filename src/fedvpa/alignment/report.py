@@ -270,7 +270,14 @@ def _labels_line(labels: dict[str, Any]) -> str:
         f"({labels['ties_dropped']} prompts with identical replies dropped)"
     )
     chosen = labels.get("chosen_on_risky")
-    if chosen:
+    if chosen and labels.get("pair_rule") == "contested-each":
+        # the free pairs' chosen replies are free by construction: only the opener pairs count
+        parts = [
+            f"{g}: {c.get('cautious', 0)} cautious, {c.get('compliant', 0)} compliant"
+            for g, c in chosen.items()
+        ]
+        line += "\n- chosen replies of the opener pairs on risky DPO prompts: " + "; ".join(parts)
+    elif chosen:
         parts = [
             f"{g}: {c.get('cautious', 0)} cautious, {c.get('compliant', 0)} compliant, "
             f"{c.get('free', 0)} free" for g, c in chosen.items()
