@@ -270,19 +270,21 @@ def _labels_line(labels: dict[str, Any]) -> str:
         f"({labels['ties_dropped']} prompts with identical replies dropped)"
     )
     chosen = labels.get("chosen_on_risky")
-    if chosen and labels.get("pair_rule") == "contested-each":
-        # the free pairs' chosen replies are free by construction: only the opener pairs count
+    if chosen:
+        # with contested-each the free pairs' chosen replies are free by construction (and
+        # left out of the count): only the opener pairs say something
+        each = labels.get("pair_rule") == "contested-each"
         parts = [
             f"{g}: {c.get('cautious', 0)} cautious, {c.get('compliant', 0)} compliant"
+            + ("" if each else f", {c.get('free', 0)} free")
             for g, c in chosen.items()
         ]
-        line += "\n- chosen replies of the opener pairs on risky DPO prompts: " + "; ".join(parts)
-    elif chosen:
-        parts = [
-            f"{g}: {c.get('cautious', 0)} cautious, {c.get('compliant', 0)} compliant, "
-            f"{c.get('free', 0)} free" for g, c in chosen.items()
-        ]  # fmt: skip
-        line += "\n- chosen replies on risky DPO prompts, by origin: " + "; ".join(parts)
+        what = (
+            "of the opener pairs on risky DPO prompts:"
+            if each
+            else "on risky DPO prompts, by origin:"
+        )
+        line += f"\n- chosen replies {what} " + "; ".join(parts)
     return line
 
 
