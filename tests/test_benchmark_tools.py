@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import fed_sweep  # noqa: E402
 import gpu_backbone  # noqa: E402
 import local_step  # noqa: E402
+import selector_diagnosis  # noqa: E402
 
 
 def test_a_sweep_variant_that_a_method_fixes_is_refused_not_measured_as_the_default() -> None:
@@ -109,3 +110,62 @@ def test_gpu_benchmark_smoke_run_on_the_cpu(tmp_path: Path) -> None:
         assert "skipped" in result["dpo"]
     else:
         assert result["dpo"]["seconds_per_step"] > 0
+
+
+def _opposed_types(n_clients: int = 20, pairs: int = 12, dim: int = 16):
+    """Two user types that label the same kind of pairs in opposite ways: no single preference
+    fits both, a preference conditioned on the type fits both."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fedvpa.embeddings.tensors import PairTensors
+
+    gen = torch.Generator().manual_seed(0)
+    axis = torch.randn(dim, generator=gen)
+    rows = []
+    for cid in range(n_clients):
+        a, b = torch.randn(pairs, dim, generator=gen), torch.randn(pairs, dim, generator=gen)
+        prefers_a = ((a - b) @ axis > 0).float()
+        t = cid % 2
+        label = prefers_a if t == 0 else 1 - prefers_a
+        rows.append((SimpleNamespace(client_id=cid), PairTensors(a, b, label), t))
+    return rows
+
+
+def test_a_selector_given_the_type_fits_opposed_types_and_a_constant_z_cannot() -> None:
+    import torch
+
+    from fedvpa.model.config import ModelConfig
+
+    cfg = ModelConfig(input_dim=16, feature_dim=8)
+    rows = _opposed_types()
+    one_hot = {c.client_id: torch.eye(2)[t] for c, _, t in rows}
+    same = {c.client_id: torch.ones(2) for c, _, _ in rows}
+
+    def train_accuracy(latent: dict) -> float:
+        model = selector_diagnosis.fit_fixed_latent(
+            [(c, p, latent[c.client_id]) for c, p, _ in rows], cfg, seed=0, steps=300, lr=1e-2
+        )
+        predictor = selector_diagnosis.FixedLatentPredictor(model, latent)
+        hits = [
+            ((predictor.prob_a_preferred(c, p) > 0.5).float() == p.label).float().mean()
+            for c, p, _ in rows
+        ]
+        return float(torch.stack(hits).mean())
+
+    assert train_accuracy(one_hot) > 0.9
+    assert train_accuracy(same) < 0.65
+
+
+def test_axis_separability_reads_each_axis_from_the_means() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    names = [f"{t}-{d}" for t in ("formal", "casual") for d in ("brief", "thorough")] * 10
+    means = np.array(
+        [[1.0 if n.startswith("formal") else -1.0, 0.0] for n in names]
+    ) + 0.1 * rng.standard_normal((len(names), 2))
+    tone, depth = selector_diagnosis.axis_separability(means, names)
+    assert tone == 1.0  # the first coordinate is the tone pole
+    assert depth < 0.75  # nothing in the means says the depth pole
