@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -40,6 +41,7 @@ from torch import nn
 
 from fedvpa.config import load_toml
 from fedvpa.embeddings.tensors import ClientTensors, PairTensors
+from fedvpa.errors import ConfigError
 from fedvpa.evaluation.accuracy import evaluate
 from fedvpa.evaluation.headroom import client_headroom
 from fedvpa.experiment import ExperimentConfig, prepare_clients
@@ -141,6 +143,8 @@ def diagnose(flat: dict[str, Any], seed: int, steps: int, disjoint: bool) -> dic
     exp = ExperimentConfig.from_flat({**flat, "seed": seed}, source="diagnosis")
     clients = prepare_clients(exp.data, exp.embedding, seed, progress=False).clients
     cfg = replace(exp.model, input_dim=clients[0].context.dim)
+    if cfg.selector != "logit-bias":  # the given / scaled / refit columns read its W
+        raise ConfigError("the diagnosis needs the logit-bias selector", field="selector")
     vpl_cfg = replace(cfg, use_ortho=False, prior="standard")
     seen = [c for c in clients if not c.unseen and len(c.labelled) >= 2]
     out: dict[str, Any] = {"seed": seed}
@@ -224,4 +228,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as exc:  # a bad file, key or combination: one line, as `fedvpa run`
+        print(f"selector_diagnosis: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -169,3 +169,17 @@ def test_axis_separability_reads_each_axis_from_the_means() -> None:
     tone, depth = selector_diagnosis.axis_separability(means, names)
     assert tone == 1.0  # the first coordinate is the tone pole
     assert depth < 0.75  # nothing in the means says the depth pole
+
+
+def test_selector_diagnosis_refuses_a_missing_config_in_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "selector_diagnosis.py")]
+        + ["--config", str(tmp_path / "missing.toml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"selector_diagnosis: {tmp_path / 'missing.toml'}: config file not found"
+    ]
