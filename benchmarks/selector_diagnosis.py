@@ -14,6 +14,10 @@ this prints, per seed, seen / unseen macro accuracy (%) of
   logistic regression of each taste axis's pole from the means; data whose type names are poles
   joined by ``-``, as in the ``plural-*`` family and ``synthetic-4``);
 - ``scaled``: ``vpl-all`` with ``z`` scaled by 2 at prediction (is ``z`` merely too small?);
+- ``population``: ``vpl-all`` with each client's ``z`` read as ``latent-inference =
+  "population"`` reads it (the posterior mean under the seen clients' posterior means as
+  equally weighted point masses, given the client's pairs): is the encoder's placement of a
+  client, rather than the selector, what is lost?
 - ``refit``: ``g`` and the selector trained afresh with each client's ``z`` fixed at its
   ``vpl-all`` posterior mean (from all of its labelled pairs, as at evaluation), early-stopped on
   20 % held-out clients; ``--disjoint`` reads ``z`` from two thirds of a client's pairs and fits
@@ -49,7 +53,7 @@ from fedvpa.model.config import ModelConfig
 from fedvpa.model.encoder import PairFeature
 from fedvpa.model.selector import LogitBiasSelector
 from fedvpa.training.centralised import client_means, train_centralised_vpl, train_oracle
-from fedvpa.training.local import posterior_of
+from fedvpa.training.local import PopulationPredictor, posterior_of
 
 PairLogit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -178,6 +182,14 @@ def diagnose(flat: dict[str, Any], seed: int, steps: int, disjoint: bool) -> dic
         out["scaled"] = accuracy(evaluate(vpl, clients))
         coupling.div_(2.0)
 
+    seen_ids = {c.client_id for c in seen}
+    population = torch.as_tensor(
+        means[[i for i, c in enumerate(clients) if c.client_id in seen_ids]]
+    )
+    out["population"] = accuracy(
+        evaluate(PopulationPredictor(vpl.model, population, torch.ones(len(population))), clients)
+    )
+
     latent = {c.client_id: torch.as_tensor(m) for c, m in zip(clients, means, strict=True)}
     gen = torch.Generator().manual_seed(seed)
     rows: list[tuple[ClientTensors, PairTensors, torch.Tensor]] = []
@@ -206,7 +218,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     flat = load_toml(args.config)
-    cols = ("ideal", "oracle", "given", "vpl", "vpl-all", "scaled", "refit")
+    cols = ("ideal", "oracle", "given", "vpl", "vpl-all", "scaled", "population", "refit")
     print("| seed | " + " | ".join(cols) + " | axis poles from the means | time |")
     print("|---" * (len(cols) + 3) + "|")
     for seed in args.seeds:

@@ -222,3 +222,85 @@ def test_read_only_model_is_built_once_per_weights_and_scores_like_a_fresh_one(c
     key = next(iter(arrays))
     arrays[key] += 1.0  # in place: the cache must notice
     assert method.predictor(arrays).model is not first.model
+
+
+def _pairs(emb_a, emb_b, label):
+    from fedvpa.embeddings.tensors import PairTensors
+
+    return PairTensors(
+        emb_a=torch.as_tensor(emb_a, dtype=torch.float32),
+        emb_b=torch.as_tensor(emb_b, dtype=torch.float32),
+        label=torch.as_tensor(label, dtype=torch.float32),
+    )
+
+
+def test_population_latent_is_the_closed_form_posterior_mean():
+    """Two points, one pair: weights n_j * P(choice | z_j), normalised; no pairs: the prior
+    mean; many pairs that only one point explains: that point."""
+    from fedvpa.training.local import population_latent
+
+    method = _method("fedvpa-gp")
+    model = method._model(method.init_server_state(0).arrays)
+    model.eval()
+    mu = torch.tensor([[1.0] + [0.0] * 7, [-1.0] + [0.0] * 7])
+    n = torch.tensor([1.0, 3.0])
+    none = _pairs(torch.zeros(0, DIM), torch.zeros(0, DIM), torch.zeros(0))
+    torch.testing.assert_close(population_latent(model, none, mu, n), (n @ mu) / n.sum())
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, DIM, generator=gen), torch.randn(1, DIM, generator=gen)
+    one = _pairs(a, b, [1.0])
+    with torch.no_grad():
+        p = torch.sigmoid(model.logit(a, b, mu.unsqueeze(1)))[:, 0]  # P(A | z_j)
+        w = n * p / (n * p).sum()
+        got = population_latent(model, one, mu, n)
+    torch.testing.assert_close(got, w @ mu)
+
+    # pairs whose choice follows the sign of the logit at point 0 and opposes it at point 1
+    a, b = torch.randn(40, DIM, generator=gen), torch.randn(40, DIM, generator=gen)
+    with torch.no_grad():
+        gap = model.logit(a, b, mu[0]) - model.logit(a, b, mu[1])
+    many = _pairs(a, b, (gap > 0).float())
+    with torch.no_grad():
+        got = population_latent(model, many, mu * 50, n)  # far apart: the choices decide
+    torch.testing.assert_close(got, mu[0] * 50, atol=1e-3, rtol=1e-4)
+
+
+def test_population_inference_sends_the_prior_rows_and_reads_z_from_them(clients):
+    from fedvpa.errors import ConfigError
+    from fedvpa.training.local import PopulationPredictor, VPLPredictor, context_pairs
+
+    method = _method("fedvpa-gp", steps=3, prior_warmup_rounds=1, latent_inference="population")
+    state = method.init_server_state(0)
+    before = method.evaluation_arrays(state)
+    assert "population_mu" not in before  # nothing reported yet: the encoder is read
+    assert isinstance(method.predictor(before), VPLPredictor)
+    state, _, _ = run_in_process(method, clients, rounds=2, per_round=6)
+    arrays = method.evaluation_arrays(state)
+    np.testing.assert_array_equal(arrays["population_mu"], state.extra["prior_mu"])
+    np.testing.assert_array_equal(arrays["population_n"], state.extra["prior_n"])
+    predictor = method.predictor(arrays)
+    assert isinstance(predictor, PopulationPredictor)
+    # the shared weights alone build the model: the same one the encoder path reads
+    weights = {k: v for k, v in arrays.items() if not k.startswith("population_")}
+    assert predictor.model is method.predictor(weights).model
+    unseen = next(c for c in clients if c.unseen)
+    z = predictor.latent(unseen)
+    pop = torch.as_tensor(state.extra["prior_mu"])
+    from fedvpa.training.local import population_latent
+
+    want = population_latent(
+        predictor.model, context_pairs(unseen), pop, torch.as_tensor(state.extra["prior_n"])
+    )
+    torch.testing.assert_close(z, want)
+    assert method.latent_stats(arrays, unseen)["mu"].shape == (SMALL["latent_dim"],)
+
+    assert _method("fedvpa-gp", latent_inference="auto").population_inference
+    assert not _method("fedvpl", latent_inference="auto").population_inference
+    assert not _method("fedvpa-gp", latent_inference="encoder").population_inference
+    # FedVPL keeps its posteriors unless asked for the population: then it reports them
+    assert _method("fedvpl").stats_shapes(1) == {}
+    asked = _method("fedvpl", latent_inference="population")
+    assert asked.population_inference and set(asked.stats_shapes(1)) == {"mu", "sigma2"}
+    with pytest.raises(ConfigError, match="latent_inference"):
+        _method("fedvpl", latent_inference="nearest")

@@ -49,9 +49,18 @@ from fedvpa.training.batched import (
     settings_batch_reason,
     train_local_batched,
 )
-from fedvpa.training.local import LocalResult, VPLPredictor, infer_posterior, train_local
+from fedvpa.training.local import (
+    LocalResult,
+    PopulationPredictor,
+    VPLPredictor,
+    infer_posterior,
+    train_local,
+)
 
 PROTOTYPES_KEY = "prototypes.weight"
+# Evaluation arrays beside the shared weights under latent-inference = "population": the prior
+# rows the clients would receive (means and weights), never trained on.
+POPULATION_KEYS = ("population_mu", "population_n")
 UNKNOWN = -1
 
 log = logging.getLogger(__name__)
@@ -210,8 +219,13 @@ class VariationalMethod(FederatedMethod):
     def uses_stats(self) -> bool:
         """Whether the server needs each client's posterior after training: for the mixture
         prior's components and the prototype store. FedVPL needs neither, so its clients keep
-        their posteriors (less to protect, and under DP one release a round fewer to pay for)."""
-        return self.cfg.prior == "mixture" or self.cfg.use_ortho
+        their posteriors (less to protect, and under DP one release a round fewer to pay for),
+        unless ``latent-inference = "population"`` asks for the population of posteriors."""
+        return (
+            self.cfg.prior == "mixture"
+            or self.cfg.use_ortho
+            or self.cfg.latent_inference == "population"
+        )
 
     def stats_shapes(self, server_round: int) -> dict[str, tuple[int, ...]]:
         d = self.cfg.latent_dim
@@ -571,12 +585,39 @@ class VariationalMethod(FederatedMethod):
             return int(model.prototypes.nearest(mu.unsqueeze(0), self._groups(payload))[0])
         return int(((anchors - mu.numpy()[None]) ** 2).sum(-1).argmin())
 
+    @property
+    def population_inference(self) -> bool:
+        """Whether evaluation reads ``z`` from the population of posterior means
+        (``latent-inference``); "auto" does wherever the server keeps them."""
+        mode = self.cfg.latent_inference
+        return mode == "population" or (mode == "auto" and self.uses_stats)
+
+    def evaluation_arrays(self, state: ServerState) -> Arrays:
+        """The evaluated weights, and under population inference the prior rows (as the
+        round's clients receive them, ``prior-max-components`` included); before the first
+        posterior reaches the server there are none and evaluation reads the encoder."""
+        arrays = super().evaluation_arrays(state)
+        if not self.population_inference or state.extra.get("prior_n", np.zeros(0)).size == 0:
+            return arrays
+        rows = self._prior_rows(state.extra)
+        return {**arrays, "population_mu": rows["prior_mu"], "population_n": rows["prior_n"]}
+
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
-        return VPLPredictor(self._frozen_model(global_arrays))
+        weights = {k: v for k, v in global_arrays.items() if k not in POPULATION_KEYS}
+        model = self._frozen_model(weights)
+        if "population_mu" not in global_arrays:
+            return VPLPredictor(model)
+        return PopulationPredictor(
+            model,
+            torch.as_tensor(np.asarray(global_arrays["population_mu"], np.float32)),
+            torch.as_tensor(np.asarray(global_arrays["population_n"], np.float32)),
+        )
 
     def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
-        """The evaluation posterior of a client (for KL, active units and the latent plot)."""
-        mu, logvar = infer_posterior(self._frozen_model(global_arrays), client)
+        """The evaluation posterior of a client (for KL, active units and the latent plot):
+        the encoder's, whichever ``z`` the predictor reads."""
+        weights = {k: v for k, v in global_arrays.items() if k not in POPULATION_KEYS}
+        mu, logvar = infer_posterior(self._frozen_model(weights), client)
         return {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
 
 

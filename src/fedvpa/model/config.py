@@ -18,6 +18,7 @@ SELECTORS = ("reward", "logit-bias")
 PRIORS = ("standard", "mixture")
 KL_ESTIMATORS = ("mc", "upper-bound")
 PROTOTYPE_INITS = ("qr", "centroids")
+LATENT_INFERENCE = ("auto", "encoder", "population")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,15 @@ class ModelConfig:
     tau: float = 1.0  # Gumbel-Softmax temperature of the mixture weights
     tau_final: float | None = None  # if set: tau anneals geometrically to it over the run
     exclude_own_component: bool = False  # a client's own component left out of its prior
+    # How a client's z is read at evaluation. "encoder": the set encoder's posterior mean from
+    # its labelled (seen) or context (unseen) pairs. "population": the posterior mean when the
+    # prior is the population of clients' latest posterior means that the server keeps for the
+    # mixture prior (point masses weighted by n_j), given the client's pairs through the
+    # selector's likelihood: a dozen pairs then pick among where real clients are instead of
+    # being placed by the encoder alone. "auto": population where the server keeps that
+    # store (mixture prior or prototype pull), else the encoder. "population" on FedVPL makes
+    # its clients send their posterior after training, as FedVPA-GP's do.
+    latent_inference: str = "auto"
     use_ortho: bool = True  # the orthogonal prototype loss
     # Prototype groups: a number, or "auto" (the server picks it from the clients' posterior
     # means at the first pull round, by silhouette over 2 .. max_groups; see plan_round).
@@ -136,6 +146,7 @@ class ModelConfig:
             "nll_reduction": ("sum", "mean"),
             "prototype_init": PROTOTYPE_INITS,
             "pull_on": ("z", "mu"),
+            "latent_inference": LATENT_INFERENCE,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

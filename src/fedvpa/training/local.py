@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from fedvpa.embeddings.tensors import ClientTensors, PairTensors
 from fedvpa.model.config import ModelConfig
@@ -122,6 +123,57 @@ class VPLPredictor:
                 return torch.sigmoid(self.model.logit(pairs.emb_a, pairs.emb_b, z))
         finally:
             self.model.train(was_training)
+
+
+def population_latent(
+    model: VariationalPreferenceModel,
+    pairs: PairTensors,
+    population_mu: torch.Tensor,
+    population_n: torch.Tensor,
+) -> torch.Tensor:
+    """Posterior mean of ``z`` when the prior is a population of point masses.
+
+    The prior puts weight ``n_j`` on each of the ``J`` points ``population_mu [J, d]`` (the
+    clients' latest posterior means); the client's oriented ``pairs`` weigh each point by the
+    selector's likelihood of its choices there. The result is the posterior-weighted mean of
+    the points: with few pairs it stays near where the population is dense, with many it moves
+    to the point whose preference fits the choices. No pairs give the prior mean.
+    """
+    log_w = torch.log(population_n.clamp_min(1e-12))
+    if len(pairs) > 0:
+        logits = model.logit(pairs.emb_a, pairs.emb_b, population_mu.unsqueeze(1))  # [J, n]
+        labels = pairs.label.expand_as(logits)
+        log_w = log_w - F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(-1)
+    return torch.softmax(log_w, dim=0) @ population_mu
+
+
+class PopulationPredictor(VPLPredictor):
+    """``VPLPredictor`` whose ``z`` is ``population_latent`` of the client's labelled pairs
+    (seen) or context pairs (unseen) instead of the encoder's posterior mean."""
+
+    def __init__(
+        self,
+        model: VariationalPreferenceModel,
+        population_mu: torch.Tensor,
+        population_n: torch.Tensor,
+    ):
+        super().__init__(model)
+        self.population_mu = population_mu.to(torch.float32)
+        self.population_n = population_n.to(torch.float32)
+
+    def latent(self, client: ClientTensors) -> torch.Tensor:
+        if self._last is None or self._last[0] is not client:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    z = population_latent(
+                        self.model, context_pairs(client), self.population_mu, self.population_n
+                    )
+            finally:
+                self.model.train(was_training)
+            self._last = (client, z)
+        return self._last[1]
 
 
 def moment_matched_posterior(
