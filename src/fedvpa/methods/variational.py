@@ -595,7 +595,9 @@ class VariationalMethod(FederatedMethod):
     def evaluation_arrays(self, state: ServerState) -> Arrays:
         """The evaluated weights, and under population inference the prior rows (as the
         round's clients receive them, ``prior-max-components`` included); before the first
-        posterior reaches the server there are none and evaluation reads the encoder."""
+        posterior reaches the server there are none and evaluation reads the encoder. The rows
+        are the current store's also when a validation share selected an earlier round's
+        weights (the store of that round is not kept)."""
         arrays = super().evaluation_arrays(state)
         if not self.population_inference or state.extra.get("prior_n", np.zeros(0)).size == 0:
             return arrays

@@ -134,7 +134,7 @@ def population_latent(
     """Posterior mean of ``z`` when the prior is a population of point masses.
 
     The prior puts weight ``n_j`` on each of the ``J`` points ``population_mu [J, d]`` (the
-    clients' latest posterior means); the client's oriented ``pairs`` weigh each point by the
+    clients' latest posterior means); the client's labelled ``pairs`` weigh each point by the
     selector's likelihood of its choices there. The result is the posterior-weighted mean of
     the points: with few pairs it stays near where the population is dense, with many it moves
     to the point whose preference fits the choices. No pairs give the prior mean.
