@@ -61,6 +61,13 @@ PROTOTYPES_KEY = "prototypes.weight"
 # Evaluation arrays beside the shared weights under latent-inference = "population": the prior
 # rows the clients would receive (means and weights), never trained on.
 POPULATION_KEYS = ("population_mu", "population_n")
+
+
+def without_population(arrays: Arrays) -> Arrays:
+    """The shared weights of evaluation arrays (``evaluation_arrays`` may add the population)."""
+    return {k: v for k, v in arrays.items() if k not in POPULATION_KEYS}
+
+
 UNKNOWN = -1
 
 log = logging.getLogger(__name__)
@@ -605,8 +612,7 @@ class VariationalMethod(FederatedMethod):
         return {**arrays, "population_mu": rows["prior_mu"], "population_n": rows["prior_n"]}
 
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
-        weights = {k: v for k, v in global_arrays.items() if k not in POPULATION_KEYS}
-        model = self._frozen_model(weights)
+        model = self._frozen_model(without_population(global_arrays))
         if "population_mu" not in global_arrays:
             return VPLPredictor(model)
         return PopulationPredictor(
@@ -618,8 +624,7 @@ class VariationalMethod(FederatedMethod):
     def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """The evaluation posterior of a client (for KL, active units and the latent plot):
         the encoder's, whichever ``z`` the predictor reads."""
-        weights = {k: v for k, v in global_arrays.items() if k not in POPULATION_KEYS}
-        mu, logvar = infer_posterior(self._frozen_model(weights), client)
+        mu, logvar = infer_posterior(self._frozen_model(without_population(global_arrays)), client)
         return {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
 
 

@@ -111,8 +111,12 @@ class VPLPredictor:
         if self.z_override is not None:
             return self.z_override
         if self._last is None or self._last[0] is not client:
-            self._last = (client, infer_posterior(self.model, client)[0])
+            self._last = (client, self._infer(client))
         return self._last[1]
+
+    def _infer(self, client: ClientTensors) -> torch.Tensor:
+        """A client's ``z`` (uncached): the encoder's posterior mean."""
+        return infer_posterior(self.model, client)[0]
 
     def prob_a_preferred(self, client: ClientTensors, pairs: PairTensors) -> torch.Tensor:
         z = self.latent(client)
@@ -161,19 +165,16 @@ class PopulationPredictor(VPLPredictor):
         self.population_mu = population_mu.to(torch.float32)
         self.population_n = population_n.to(torch.float32)
 
-    def latent(self, client: ClientTensors) -> torch.Tensor:
-        if self._last is None or self._last[0] is not client:
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                with torch.no_grad():
-                    z = population_latent(
-                        self.model, context_pairs(client), self.population_mu, self.population_n
-                    )
-            finally:
-                self.model.train(was_training)
-            self._last = (client, z)
-        return self._last[1]
+    def _infer(self, client: ClientTensors) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return population_latent(
+                    self.model, context_pairs(client), self.population_mu, self.population_n
+                )
+        finally:
+            self.model.train(was_training)
 
 
 def moment_matched_posterior(
