@@ -190,6 +190,46 @@ def test_context_pairs_give_the_z_of_their_user_type(stage1: Path, tmp_path: Pat
         assert np.linalg.norm(z - groups[user_type].z) < np.linalg.norm(z - groups[other].z)
 
 
+def test_context_z_is_read_as_stage1_read_unseen_clients(stage1: Path, tmp_path: Path) -> None:
+    """FedVPA-GP read an unseen client's ``z`` against the population of posterior means its
+    server kept (``latent-inference`` auto); ``--context`` reads a user's pairs the same way,
+    with the weights stage 1 evaluated. With ``latent-inference = "encoder"`` it is the
+    encoder's posterior mean, as before."""
+    from dataclasses import replace
+
+    from fedvpa.alignment.preferences import _embedder
+    from fedvpa.embeddings.pipeline import embed_pairs
+    from fedvpa.training.local import infer_posterior, population_latent
+
+    run = open_stage1_run(stage1)
+    population = run.population()
+    assert population is not None
+    mu, n = population
+    assert mu.shape[1] == run.latent_dim and len(n) == len(mu) >= 2
+    pairs = conflict_pairs(6)
+    path = tmp_path / "context.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+            for p in pairs
+        )
+    )
+    tensors = embed_pairs(read_pairs(path), *_embedder(run), progress=False)
+    z = choose_z(run, context=path).z
+    expected = population_latent(run.selector(), tensors, mu, n).numpy()
+    assert np.allclose(z, expected, atol=1e-6)
+    encoder_run = replace(
+        run,
+        model_cfg=replace(run.model_cfg, latent_inference="encoder"),
+        _selector=None,
+        _arrays=None,
+    )
+    assert encoder_run.population() is None
+    z_encoder = choose_z(encoder_run, context=path).z
+    assert np.allclose(z_encoder, infer_posterior(run.selector(), tensors)[0].numpy(), atol=1e-6)
+    assert not np.allclose(z, z_encoder, atol=1e-3)
+
+
 # ---------------------------------------------------------------------- rank
 
 

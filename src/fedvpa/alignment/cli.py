@@ -21,7 +21,10 @@ PreferOpt = Annotated[
 ]
 ContextOpt = Annotated[
     Path | None,
-    typer.Option("--context", help="A user's labelled pairs (.jsonl): z by the stage-1 encoder."),
+    typer.Option(
+        "--context",
+        help="A user's labelled pairs (.jsonl): z as stage 1 read an unseen client's context.",
+    ),
 ]
 MixOpt = Annotated[
     str | None, typer.Option("--mix", help="Convex mix of groups, e.g. helpful=0.3,harmless=0.7.")
