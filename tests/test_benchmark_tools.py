@@ -183,3 +183,21 @@ def test_selector_diagnosis_refuses_a_missing_config_in_one_line(tmp_path: Path)
     assert out.stderr.strip().splitlines() == [
         f"selector_diagnosis: {tmp_path / 'missing.toml'}: config file not found"
     ]
+
+
+def test_group_choice_places_every_seen_client_both_ways_and_scores_the_true_types() -> None:
+    import group_choice
+
+    flat = {"data": "synthetic-4", "num-clients": 24, "synthetic-pairs-per-type": 100}
+    flat |= {"clients-per-round": 6, "num-server-rounds": 3, "latent-dim": 4}
+    rows = group_choice.run(flat, "fedvpa-gp", 0, [1, 2])
+    assert [r["round"] for r in rows] == [1, 2]  # stops after the last asked round
+    for row in rows:  # after a round's aggregation the server holds its clients' posteriors
+        for placement in ("encoder", "population"):
+            found = row[placement]
+            assert 2 <= found["chosen_k"] <= 4  # at most latent-dim groups
+            assert set(found["silhouette_per_k"]) <= {"2", "3", "4"}
+            assert -1 <= found["silhouette_of_types"] <= 1
+            assert -1 <= found["ari_at_true_k"] <= 1
+    with pytest.raises(ConfigError, match="no latent z"):
+        group_choice.run({**flat, "baseline": ""}, "fedavg-bt", 0, [1])
