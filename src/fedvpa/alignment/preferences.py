@@ -349,8 +349,8 @@ def embed_texts(run: Stage1Run, texts: list[str]) -> torch.Tensor:
 def z_from_context(run: Stage1Run, path: str | Path, data_format: str = "auto") -> np.ndarray:
     """A user's ``z`` from a few labelled pairs, read as stage 1 read an unseen client's context
     pairs: under population inference the posterior mean over the population of clients'
-    means (a dozen pairs pick among where real clients are; measured 2-5 points better than
-    the encoder on four user types, README "Personalisation beyond two user types"), else the
+    means (a dozen pairs pick among where real clients are; 3-5 points better than
+    the encoder for unseen clients, README "Personalisation beyond two user types"), else the
     encoder's posterior mean."""
     from fedvpa.data.readers import read_pairs
     from fedvpa.embeddings.pipeline import embed_pairs
