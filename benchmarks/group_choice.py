@@ -73,6 +73,10 @@ def describe(points: np.ndarray, types: np.ndarray, k_max: int, seed: int) -> di
 
 def run(flat: dict[str, Any], method_name: str, seed: int, rounds: list[int]) -> list[dict]:
     exp = ExperimentConfig.from_flat({**flat, "seed": seed, "eval-every": 10**6}, source="bench")
+    last = exp.federation.num_server_rounds
+    if not rounds or min(rounds) < 1 or max(rounds) > last:
+        # a round the run never reaches would print nothing, silently
+        raise ConfigError(f"rounds must lie in 1 .. {last} (num-server-rounds), got {rounds}")
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=False)
     method = create_method(method_name, exp.method_kwargs(prepared.clients[0].context.dim))
     if not isinstance(method, VariationalMethod):

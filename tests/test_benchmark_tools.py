@@ -197,7 +197,22 @@ def test_group_choice_places_every_seen_client_both_ways_and_scores_the_true_typ
             found = row[placement]
             assert 2 <= found["chosen_k"] <= 4  # at most latent-dim groups
             assert set(found["silhouette_per_k"]) <= {"2", "3", "4"}
-            assert -1 <= found["silhouette_of_types"] <= 1
-            assert -1 <= found["ari_at_true_k"] <= 1
     with pytest.raises(ConfigError, match="no latent z"):
         group_choice.run({**flat, "baseline": ""}, "fedavg-bt", 0, [1])
+    with pytest.raises(ConfigError, match=r"rounds must lie in 1 \.\. 3"):
+        group_choice.run(flat, "fedvpa-gp", 0, [2, 4])  # round 4 would never be reached
+
+
+def test_group_choice_scores_separated_types_as_found_and_mixed_ones_as_not() -> None:
+    import group_choice
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(4)[:, :3] * 10.0  # four types, far apart in 3 dimensions
+    types = np.repeat(np.arange(4), 15)
+    points = centres[types] + rng.normal(scale=0.3, size=(60, 3))
+    found = group_choice.describe(points, types, k_max=6, seed=0)
+    assert found["chosen_k"] == 4 and found["ari_at_true_k"] == 1.0
+    assert found["silhouette_of_types"] > 0.8
+    shuffled = group_choice.describe(points, rng.permutation(types), k_max=6, seed=0)
+    assert abs(shuffled["ari_at_true_k"]) < 0.2 and shuffled["silhouette_of_types"] < 0.1
