@@ -44,7 +44,7 @@ from fedvpa.model.prototypes import choose_num_groups
 from fedvpa.protocol.in_process import run_in_process
 
 
-class _Done(Exception):
+class StopRun(Exception):
     """Raised after the last asked round: the rest of the run is not needed."""
 
 
@@ -71,17 +71,35 @@ def describe(points: np.ndarray, types: np.ndarray, k_max: int, seed: int) -> di
     }
 
 
-def run(flat: dict[str, Any], method_name: str, seed: int, rounds: list[int]) -> list[dict]:
+def latent_run(
+    flat: dict[str, Any], method_name: str, seed: int
+) -> tuple[ExperimentConfig, list[Any], VariationalMethod]:
+    """The experiment (evaluation left to the caller), its clients and a latent method."""
     exp = ExperimentConfig.from_flat({**flat, "seed": seed, "eval-every": 10**6}, source="bench")
-    last = exp.federation.num_server_rounds
-    if not rounds or min(rounds) < 1 or max(rounds) > last:
-        # a round the run never reaches would print nothing, silently
-        raise ConfigError(f"rounds must lie in 1 .. {last} (num-server-rounds), got {rounds}")
     prepared = prepare_clients(exp.data, exp.embedding, seed, progress=False)
     method = create_method(method_name, exp.method_kwargs(prepared.clients[0].context.dim))
     if not isinstance(method, VariationalMethod):
         raise ConfigError(f"{method_name} has no latent z to group", field="method")
-    seen = [c for c in prepared.clients if not c.unseen]
+    return exp, prepared.clients, method
+
+
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    """The options this benchmark and ``group_z.py`` share."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a conf/*.toml experiment file")
+    parser.add_argument("--method", default="fedvpa-gp")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    return parser
+
+
+def run(flat: dict[str, Any], method_name: str, seed: int, rounds: list[int]) -> list[dict]:
+    probe = ExperimentConfig.from_flat({**flat, "seed": seed}, source="bench")
+    last = probe.federation.num_server_rounds
+    if not rounds or min(rounds) < 1 or max(rounds) > last:
+        # a round the run never reaches would print nothing, silently
+        raise ConfigError(f"rounds must lie in 1 .. {last} (num-server-rounds), got {rounds}")
+    exp, clients, method = latent_run(flat, method_name, seed)
+    seen = [c for c in clients if not c.unseen]
     types = np.array([c.type_index for c in seen])
     k_max = min(method.cfg.max_groups, method.cfg.latent_dim)
     rows: list[dict] = []
@@ -95,19 +113,16 @@ def run(flat: dict[str, Any], method_name: str, seed: int, rounds: list[int]) ->
             print(json.dumps(entry), flush=True)
             rows.append(entry)
         if r >= max(rounds):
-            raise _Done
+            raise StopRun
 
     settings = replace(exp.federation, method=method_name)
-    with contextlib.suppress(_Done):
-        run_in_process(method, prepared.clients, settings, on_round)
+    with contextlib.suppress(StopRun):
+        run_in_process(method, clients, settings, on_round)
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="a conf/*.toml experiment file")
-    parser.add_argument("--method", default="fedvpa-gp")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser = base_parser(__doc__ or "")
     parser.add_argument("--rounds", type=int, nargs="+", default=[10, 30])
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: more threads only add overhead on 2 cores

@@ -18,6 +18,9 @@ this prints, per seed, seen / unseen macro accuracy (%) of
   "population"`` reads it (the posterior mean under the seen clients' posterior means as
   equally weighted point masses, given the client's pairs): is the encoder's placement of a
   client, rather than the selector, what is lost?
+- ``prior-draws``: the same Bayes step over ``PRIOR_DRAWS`` draws from the model's prior
+  ``N(0, I)`` instead of the clients' means (self-normalised importance sampling of the exact
+  posterior mean): does the gain need the population, which FedVPL's clients do not send?
 - ``refit``: ``g`` and the selector trained afresh with each client's ``z`` fixed at its
   ``vpl-all`` posterior mean (from all of its labelled pairs, as at evaluation), early-stopped on
   20 % held-out clients; ``--disjoint`` reads ``z`` from two thirds of a client's pairs and fits
@@ -55,6 +58,7 @@ from fedvpa.model.selector import LogitBiasSelector
 from fedvpa.training.centralised import client_means, train_centralised_vpl, train_oracle
 from fedvpa.training.local import PopulationPredictor, posterior_of
 
+PRIOR_DRAWS = 4096  # samples of N(0, I) for the ``prior-draws`` column
 PairLogit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -189,6 +193,10 @@ def diagnose(flat: dict[str, Any], seed: int, steps: int, disjoint: bool) -> dic
     out["population"] = accuracy(
         evaluate(PopulationPredictor(vpl.model, population, torch.ones(len(population))), clients)
     )
+    draws = torch.randn(PRIOR_DRAWS, cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
+    out["prior-draws"] = accuracy(
+        evaluate(PopulationPredictor(vpl.model, draws, torch.ones(PRIOR_DRAWS)), clients)
+    )
 
     latent = {c.client_id: torch.as_tensor(m) for c, m in zip(clients, means, strict=True)}
     gen = torch.Generator().manual_seed(seed)
@@ -218,7 +226,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     flat = load_toml(args.config)
-    cols = ("ideal", "oracle", "given", "vpl", "vpl-all", "scaled", "population", "refit")
+    cols = (
+        "ideal",
+        "oracle",
+        "given",
+        "vpl",
+        "vpl-all",
+        "scaled",
+        "population",
+        "prior-draws",
+        "refit",
+    )
     print("| seed | " + " | ".join(cols) + " | axis poles from the means | time |")
     print("|---" * (len(cols) + 3) + "|")
     for seed in args.seeds:

@@ -46,6 +46,9 @@ def test_one_dpo_step_changes_the_adapter_and_projection(tmp_path: Path) -> None
     save_z_policy(trainer, injector, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert torch.equal(ZInjector.load(tmp_path / "adapter").proj.weight, injector.proj.weight)
+    # the two one-hot z have root-mean-square coordinate sqrt(1/8); saved with W
+    assert injector.z_scale == pytest.approx(8**-0.5)
+    assert ZInjector.load(tmp_path / "adapter").z_scale == injector.z_scale
 
 
 def test_reference_pass_runs_once_per_distinct_pair(

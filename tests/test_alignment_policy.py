@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fedvpa.alignment.policy import check_causal_lm, load_policy
-from fedvpa.alignment.z_injection import ZInjector
+from fedvpa.alignment.z_injection import ZInjector, z_scale_of
 from fedvpa.errors import ConfigError
 
 transformers = pytest.importorskip("transformers")
@@ -116,6 +116,25 @@ def test_different_z_give_different_logits_and_none_the_base(tiny: Path) -> None
         assert torch.equal(policy.model(**ids).logits, base)
 
 
+def test_z_is_divided_by_its_scale_before_the_projection() -> None:
+    """``W (z / s)``: a z twice as large with twice the scale gives the same offset, so the
+    policy's input does not depend on the scale of stage 1's latent space."""
+    unit = ZInjector(LATENT, 16)
+    torch.nn.init.normal_(unit.proj.weight)
+    scaled = ZInjector(LATENT, 16, z_scale=2.0)
+    scaled.proj.weight.data.copy_(unit.proj.weight.data)
+    z = torch.randn(LATENT)
+    with unit.conditioned(z), scaled.conditioned(2 * z):
+        a = unit.offset(3, torch.float32, torch.device("cpu"))
+        b = scaled.offset(3, torch.float32, torch.device("cpu"))
+    assert a is not None and b is not None and a.shape == (3, 1, 16)
+    torch.testing.assert_close(a, b)
+    # the scale align uses: the root-mean-square coordinate of the groups' z
+    zs = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
+    assert z_scale_of(zs) == pytest.approx((25.0 / 4) ** 0.5)
+    assert z_scale_of(torch.zeros(2, 3)) == 1.0 and z_scale_of(torch.zeros(0, 3)) == 1.0
+
+
 def test_generate_follows_z(tiny: Path) -> None:
     policy = load_policy(tiny, device="cpu")
     ids = policy.tokenizer(["w1 w2 w3"], return_tensors="pt")
@@ -136,11 +155,18 @@ def test_generate_follows_z(tiny: Path) -> None:
 
 
 def test_projection_round_trips_and_checks_size(tmp_path: Path) -> None:
-    injector = ZInjector(LATENT, 32)
+    injector = ZInjector(LATENT, 32, z_scale=2.5)
     torch.nn.init.normal_(injector.proj.weight)
     injector.save(tmp_path)
     again = ZInjector.load(tmp_path)
-    assert torch.equal(again.proj.weight, injector.proj.weight)
+    assert torch.equal(again.proj.weight, injector.proj.weight) and again.z_scale == 2.5
+    # an adapter saved before z_scale existed was trained on z as it was
+    meta = tmp_path / "z_projection.json"
+    meta.write_text(json.dumps({"latent_dim": LATENT, "hidden_size": 32}))
+    assert ZInjector.load(tmp_path).z_scale == 1.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="z_scale"):
+            ZInjector(LATENT, 32, z_scale=bad)
     with pytest.raises(ConfigError):
         injector.set_z(torch.zeros(LATENT + 1))
     with pytest.raises(ConfigError):

@@ -135,12 +135,28 @@ def test_groups_are_user_types_and_prototypes_from_seen_clients(stage1: Path) ->
         for i, (t, u) in enumerate(zip(latent["user_type"], latent["unseen"], strict=True))
         if t == "helpful" and not u
     ]
-    expected = np.mean(np.asarray(latent["mu"], dtype=np.float32)[rows], axis=0)
-    assert np.allclose(groups["helpful"].z, expected, atol=1e-6)
+    # a group's z is the mean z stage 1's evaluation read (the population placement), which
+    # serves the group far better than the mean of the encoder means (README, "Stage 2")
+    mu = np.asarray(latent["mu"], dtype=np.float32)
+    z = np.asarray(latent["z"], dtype=np.float32)
+    assert z.shape == mu.shape and not np.allclose(z, mu, atol=1e-3)
+    assert np.allclose(groups["helpful"].z, z[rows].mean(axis=0), atol=1e-6)
     assert groups["helpful"].clients == len(rows)
     assert any(name.startswith("proto-") for name in groups)
     # the method folder names the same run
     assert open_stage1_run(stage1 / "fedvpa-gp").method_dir == run.method_dir
+
+
+def test_evaluated_z_falls_back_to_the_encoder_and_refuses_bad_rows() -> None:
+    from fedvpa.alignment.preferences import evaluated_z
+
+    mu = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert evaluated_z({"mu": mu.tolist()}, mu) is mu  # encoder inference: no z recorded
+    z = mu + 1
+    assert np.array_equal(evaluated_z({"z": z.tolist()}, mu), z)
+    for bad in (z[:2].tolist(), [[1.0, float("nan")]] * 3):
+        with pytest.raises(ConfigError, match="latent.z"):
+            evaluated_z({"z": bad}, mu)
 
 
 def test_mix_is_convex_and_unknown_groups_are_listed(stage1: Path) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedvpa.errors import ConfigError
@@ -216,3 +217,26 @@ def test_group_choice_scores_separated_types_as_found_and_mixed_ones_as_not() ->
     assert found["silhouette_of_types"] > 0.8
     shuffled = group_choice.describe(points, rng.permutation(types), k_max=6, seed=0)
     assert abs(shuffled["ari_at_true_k"]) < 0.2 and shuffled["silhouette_of_types"] < 0.1
+
+
+def test_group_z_scores_both_group_means_and_the_clients_own_z() -> None:
+    import group_z
+
+    flat = {"data": "synthetic-4", "num-clients": 24, "synthetic-pairs-per-type": 100}
+    flat |= {"clients-per-round": 6, "num-server-rounds": 2, "latent-dim": 4}
+    row = group_z.run(flat, "fedvpa-gp", 0)
+    assert row["round"] == 2
+    for name in ("own", "encoder", "population"):  # the server holds posteriors by round 2
+        seen, unseen, conflict = row[name]
+        assert 0 <= seen <= 100 and 0 <= unseen <= 100 and 0 <= conflict <= 100
+    with pytest.raises(ConfigError, match="no latent z"):
+        group_z.run({**flat, "baseline": ""}, "fedavg-bt", 0)
+
+
+def test_group_z_group_means_average_each_types_seen_placements() -> None:
+    import group_z
+
+    points = np.array([[0.0, 2.0], [2.0, 0.0], [4.0, 4.0], [10.0, 10.0]], dtype=np.float32)
+    means = group_z.group_means(points, np.array([0, 0, 1, 1]))
+    assert sorted(means) == [0, 1]
+    assert means[0].tolist() == [1.0, 1.0] and means[1].tolist() == [7.0, 7.0]

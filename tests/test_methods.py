@@ -293,7 +293,11 @@ def test_population_inference_sends_the_prior_rows_and_reads_z_from_them(clients
         predictor.model, context_pairs(unseen), pop, torch.as_tensor(state.extra["prior_n"])
     )
     torch.testing.assert_close(z, want)
-    assert method.latent_stats(arrays, unseen)["mu"].shape == (SMALL["latent_dim"],)
+    stats = method.latent_stats(arrays, unseen)
+    assert stats["mu"].shape == (SMALL["latent_dim"],)
+    # the evaluation reply also carries the z it read, for stage 2's group z
+    np.testing.assert_array_equal(stats["z"], want.detach().numpy())
+    assert "z" not in method.latent_stats(weights, unseen)  # the encoder is read: no z
 
     assert _method("fedvpa-gp", latent_inference="auto").population_inference
     assert not _method("fedvpl", latent_inference="auto").population_inference

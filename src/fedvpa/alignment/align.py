@@ -1035,6 +1035,7 @@ def _step_dpo(state: AlignState) -> None:
             "train_loss": float(result.training_loss),
             "sft_weight": state.opts.sft_weight,
             "projection_norm": float(injector.proj.weight.detach().norm()),
+            "z_scale": injector.z_scale,
             "log": history,
         },
     )

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedvpa.alignment.z_injection import ZInjector
+from fedvpa.alignment.z_injection import ZInjector, z_scale_of
 
 LORA_R = 8
 LORA_ALPHA = 16
@@ -224,7 +224,8 @@ def build_z_dpo(
     from datasets import Dataset
 
     peft_model = wrap_lora(model)
-    injector = ZInjector(latent_dim, int(model.config.hidden_size))
+    distinct = torch.tensor(sorted({tuple(float(x) for x in p.z) for p in pairs}))
+    injector = ZInjector(latent_dim, int(model.config.hidden_size), z_scale_of(distinct))
     injector.attach(peft_model)
     peft_model.add_module("z_injector", injector)  # trainable, and seen by the optimiser
     dataset = Dataset.from_list(

@@ -1,12 +1,15 @@
 """Which ``z`` stage 2 conditions on, read from a finished stage-1 run folder.
 
 Stage 1 leaves, per method folder, ``config.json`` (the method's effective model config),
-``final.json`` (each client's posterior mean ``mu``, user type and the prototypes) and the shared
-arrays. A ``z`` comes from one of:
+``final.json`` (each client's encoder posterior mean ``mu``, under population inference the ``z``
+its evaluation read, its user type, and the prototypes) and the shared arrays. A ``z`` comes
+from one of:
 
 - a **group**: a user type of stage 1 (``helpful``) or a prototype group (``proto-0``: the seen
-  clients nearest that prototype); its ``z`` is the mean posterior ``mu`` of the group's *seen*
-  clients, the ones whose posteriors the federation actually trained on;
+  clients whose encoder mean lies nearest that prototype); its ``z`` is the mean, over the
+  group's *seen* clients (the ones the federation trained on), of the ``z`` stage 1's last
+  evaluation read: the population placement under ``latent-inference``'s population, else the
+  encoder's posterior mean ``mu``;
 - a **mix** of groups (``helpful=0.3,harmless=0.7``): a convex combination of their ``z``;
 - a **file** with ``d`` floats (``.npy`` or a JSON list);
 - a user's **context**: labelled pairs, embedded by the stage-1 backbone and read the way
@@ -231,7 +234,8 @@ class Group:
 
 
 def preference_groups(run: Stage1Run) -> dict[str, Group]:
-    """The named groups of stage 1 with their ``z`` (mean ``mu`` of their seen clients).
+    """The named groups of stage 1 with their ``z``: the mean ``z`` of their seen clients as
+    stage 1's last evaluation read it (``evaluated_z``).
 
     User types when the data names them (the groups a person asks for: ``--prefer harmless``),
     and the prototype groups the server's orthogonal prototypes define (what FedVPA-GP found
@@ -239,24 +243,41 @@ def preference_groups(run: Stage1Run) -> dict[str, Group]:
     """
     latent = run.final["latent"]
     mu = np.asarray(latent["mu"], dtype=np.float32)
+    z = evaluated_z(latent, mu)
     seen = ~np.asarray(latent.get("unseen") or [False] * len(mu), dtype=bool)
     types = list(latent.get("user_type") or [None] * len(mu))
     groups: dict[str, Group] = {}
     for name in sorted({t for t, s in zip(types, seen, strict=True) if s and t is not None}):
         rows = np.array([t == name and s for t, s in zip(types, seen, strict=True)])
-        groups[str(name)] = Group(str(name), mu[rows].mean(axis=0), int(rows.sum()), "user-type")
+        groups[str(name)] = Group(str(name), z[rows].mean(axis=0), int(rows.sum()), "user-type")
     protos = latent.get("prototypes")
     if protos and seen.any():
+        # membership by the encoder means, where the server's pull placed the prototypes
         centres = np.asarray(protos, dtype=np.float32)
         nearest = ((mu[:, None, :] - centres[None, :, :]) ** 2).sum(-1).argmin(axis=1)
         for k in range(len(centres)):
             rows = seen & (nearest == k)
             if rows.any():
                 name = f"{PROTOTYPE_PREFIX}{k}"
-                groups[name] = Group(name, mu[rows].mean(axis=0), int(rows.sum()), "prototype")
+                groups[name] = Group(name, z[rows].mean(axis=0), int(rows.sum()), "prototype")
     if not groups:
         raise ConfigError("stage-1 run has no seen clients with a posterior", path=str(run.root))
     return groups
+
+
+def evaluated_z(latent: dict[str, Any], mu: np.ndarray) -> np.ndarray:
+    """Each client's ``z`` as stage 1's last evaluation read it: the population placement
+    where the run recorded one (``final.json``'s ``latent.z``, runs of population inference),
+    else the encoder mean. A run folder whose ``z`` rows do not match ``mu`` is refused."""
+    if latent.get("z") is None:
+        return mu
+    z = np.asarray(latent["z"], dtype=np.float32)
+    if z.shape != mu.shape or not np.isfinite(z).all():
+        raise ConfigError(
+            f"latent.z has shape {z.shape} or non-finite values; expected {mu.shape}",
+            field="latent.z",
+        )
+    return z
 
 
 def _unknown_group(name: str, groups: dict[str, Group]) -> ConfigError:

@@ -9,11 +9,19 @@ none of those APIs forward extra keyword arguments to the embedding layer.
 
 The projection starts at zero, so an untrained injector leaves the policy exactly as it was:
 ``z`` only has an effect once stage-2 training (``fedvpa align``) has learned ``W``.
+
+``z`` is divided by ``z_scale`` before the projection: ``fedvpa align`` sets it to the
+root-mean-square coordinate of the groups' ``z`` it trains with and saves it with ``W``. The
+offset ``W z`` is added to token embeddings whose size is the policy's, not the latent space's,
+and the scale of stage 1's latent space is arbitrary (population placements lie about 1.4 times
+as far out as encoder means): unscaled, a larger ``z`` made the same DPO recipe push one
+group's policy into incoherent text (README, "Which ``z`` a group gets").
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,10 +40,13 @@ class ZInjector(nn.Module):
     """``Linear(latent_dim -> hidden_size, bias=False)``, zero-initialised, hooked into a model's
     input embeddings by :meth:`attach`."""
 
-    def __init__(self, latent_dim: int, hidden_size: int) -> None:
+    def __init__(self, latent_dim: int, hidden_size: int, z_scale: float = 1.0) -> None:
         super().__init__()
+        if not (math.isfinite(z_scale) and z_scale > 0):
+            raise ConfigError(f"must be a positive number, got {z_scale!r}", field="z_scale")
         self.latent_dim = int(latent_dim)
         self.hidden_size = int(hidden_size)
+        self.z_scale = float(z_scale)
         self.proj = nn.Linear(self.latent_dim, self.hidden_size, bias=False)
         nn.init.zeros_(self.proj.weight)
         self._z: torch.Tensor | None = None
@@ -80,7 +91,7 @@ class ZInjector(nn.Module):
             if batch % z.shape[0]:
                 raise ValueError(f"z has {z.shape[0]} rows, the batch {batch}")
             z = z.repeat_interleave(batch // z.shape[0], dim=0)
-        return self.proj(z).to(dtype).unsqueeze(1)
+        return self.proj(z / self.z_scale).to(dtype).unsqueeze(1)
 
     # ------------------------------------------------------------------ hook
 
@@ -113,7 +124,14 @@ class ZInjector(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({"weight": self.proj.weight.detach().cpu()}, folder / WEIGHTS_FILE)
         (folder / META_FILE).write_text(
-            json.dumps({"latent_dim": self.latent_dim, "hidden_size": self.hidden_size}, indent=2)
+            json.dumps(
+                {
+                    "latent_dim": self.latent_dim,
+                    "hidden_size": self.hidden_size,
+                    "z_scale": self.z_scale,
+                },
+                indent=2,
+            )
         )
 
     @classmethod
@@ -127,7 +145,10 @@ class ZInjector(nn.Module):
                 field="--adapter",
             )
         meta = json.loads(meta_path.read_text())
-        injector = cls(int(meta["latent_dim"]), int(meta["hidden_size"]))
+        # adapters saved before z_scale existed were trained on z as it was
+        injector = cls(
+            int(meta["latent_dim"]), int(meta["hidden_size"]), float(meta.get("z_scale", 1.0))
+        )
         weight = torch.load(weights_path, map_location="cpu", weights_only=True)["weight"]
         if tuple(weight.shape) != tuple(injector.proj.weight.shape):
             raise ConfigError(
@@ -138,3 +159,11 @@ class ZInjector(nn.Module):
         with torch.no_grad():
             injector.proj.weight.copy_(weight)
         return injector
+
+
+def z_scale_of(zs: torch.Tensor) -> float:
+    """The root-mean-square coordinate of the ``[n, d]`` ``z`` a projection is trained with
+    (1 where they are all zero): dividing by it gives the projection inputs of unit size
+    whatever the scale of stage 1's latent space."""
+    rms = float(torch.as_tensor(zs, dtype=torch.float64).pow(2).mean().sqrt())
+    return rms if rms > 0 and math.isfinite(rms) else 1.0

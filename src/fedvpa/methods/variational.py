@@ -612,20 +612,34 @@ class VariationalMethod(FederatedMethod):
         return {**arrays, "population_mu": rows["prior_mu"], "population_n": rows["prior_n"]}
 
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
-        model = self._frozen_model(without_population(global_arrays))
+        population = self._population_predictor(global_arrays)
+        if population is not None:
+            return population
+        return VPLPredictor(self._frozen_model(without_population(global_arrays)))
+
+    def _population_predictor(self, global_arrays: Arrays) -> PopulationPredictor | None:
+        """The predictor of population inference, or None where the arrays carry no
+        population (the encoder is read)."""
         if "population_mu" not in global_arrays:
-            return VPLPredictor(model)
+            return None
         return PopulationPredictor(
-            model,
+            self._frozen_model(without_population(global_arrays)),
             torch.as_tensor(np.asarray(global_arrays["population_mu"], np.float32)),
             torch.as_tensor(np.asarray(global_arrays["population_n"], np.float32)),
         )
 
     def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
         """The evaluation posterior of a client (for KL, active units and the latent plot):
-        the encoder's, whichever ``z`` the predictor reads."""
+        the encoder's, whichever ``z`` the predictor reads; under population inference also
+        that ``z`` (``d`` floats), which stage 2's group ``z`` averages: the mean of a group's
+        encoder means serves the group far worse than the mean of the ``z`` the evaluation
+        read (README, "Stage 2")."""
         mu, logvar = infer_posterior(self._frozen_model(without_population(global_arrays)), client)
-        return {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
+        out = {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
+        population = self._population_predictor(global_arrays)
+        if population is not None:
+            out["z"] = population.latent(client).numpy().astype(np.float32)
+        return out
 
 
 VARIANTS = {

@@ -97,7 +97,8 @@ def evaluate_step(
     seed: int,
 ) -> EvalReply:
     """Counts on the client's own test pairs, and its evaluation posterior for a latent method
-    (2d floats, the size of what training sends: the server measures collapse from them)."""
+    (2d floats, the size of what training sends: the server measures collapse from them; under
+    population inference d more, the ``z`` read, which stage 2's group ``z`` averages)."""
     seeds.seed_everything(seed)
     predictor = method.predictor(global_arrays, state or None)
     counts = {

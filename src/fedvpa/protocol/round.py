@@ -60,7 +60,8 @@ class TrainJob:
 @dataclass(frozen=True)
 class EvalReply:
     """A client's evaluation: counts of correct predictions (by split of its test pairs) and,
-    for a latent method, its evaluation posterior (2d floats)."""
+    for a latent method, its evaluation posterior (2d floats; under population inference also
+    the ``z`` the evaluation read, d floats)."""
 
     counts: dict[str, float]
     latent: Arrays = field(default_factory=dict)
@@ -276,6 +277,8 @@ class RoundProtocol:
                 "unseen": [bool(info.unseen) for info, _ in latents],
                 "mu": [lat["mu"].astype(float).tolist() for _, lat in latents],
             }
+            if all("z" in lat for _, lat in latents):  # the z evaluation read (population)
+                self.last_latents["z"] = [lat["z"].astype(float).tolist() for _, lat in latents]
         return report
 
     # ------------------------------------------------------------------ the whole run
