@@ -164,6 +164,11 @@ def test_projection_round_trips_and_checks_size(tmp_path: Path) -> None:
     meta = tmp_path / "z_projection.json"
     meta.write_text(json.dumps({"latent_dim": LATENT, "hidden_size": 32}))
     assert ZInjector.load(tmp_path).z_scale == 1.0
+    # a damaged metadata file is one line naming it, not a traceback
+    for broken in ('{"latent_dim": 8}', '{"latent_dim": 8, "hidden_size": 32, "z_scale": 0}', "["):
+        meta.write_text(broken)
+        with pytest.raises(ConfigError, match="z_projection.json"):
+            ZInjector.load(tmp_path)
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ConfigError, match="z_scale"):
             ZInjector(LATENT, 32, z_scale=bad)

@@ -154,9 +154,9 @@ def test_evaluated_z_falls_back_to_the_encoder_and_refuses_bad_rows() -> None:
     assert evaluated_z({"mu": mu.tolist()}, mu) is mu  # encoder inference: no z recorded
     z = mu + 1
     assert np.array_equal(evaluated_z({"z": z.tolist()}, mu), z)
-    for bad in (z[:2].tolist(), [[1.0, float("nan")]] * 3):
-        with pytest.raises(ConfigError, match="latent.z"):
-            evaluated_z({"z": bad}, mu)
+    for bad in (z[:2].tolist(), [[1.0, float("nan")]] * 3, [[1.0], [1.0, 2.0], []], "x"):
+        with pytest.raises(ConfigError, match=r"final\.json.*latent\.z"):
+            evaluated_z({"z": bad}, mu, "run/fedvpa-gp/final.json")
 
 
 def test_mix_is_convex_and_unknown_groups_are_listed(stage1: Path) -> None:

@@ -225,12 +225,43 @@ def test_group_z_scores_both_group_means_and_the_clients_own_z() -> None:
     flat = {"data": "synthetic-4", "num-clients": 24, "synthetic-pairs-per-type": 100}
     flat |= {"clients-per-round": 6, "num-server-rounds": 2, "latent-dim": 4}
     row = group_z.run(flat, "fedvpa-gp", 0)
-    assert row["round"] == 2
-    for name in ("own", "encoder", "population"):  # the server holds posteriors by round 2
-        seen, unseen, conflict = row[name]
-        assert 0 <= seen <= 100 and 0 <= unseen <= 100 and 0 <= conflict <= 100
+    assert row["round"] == 2  # the run went to its last round, where evaluation reads z
+    # after round 1 the server holds posteriors, so both placements exist; conflict pairs of
+    # seen clients are scored (NaN would mean none were)
+    assert set(row) == {"data", "seed", "round", "own", "encoder", "population"}
+    for name in ("own", "encoder", "population"):
+        assert len(row[name]) == 3 and np.isfinite(row[name]).all(), (name, row[name])
     with pytest.raises(ConfigError, match="no latent z"):
         group_z.run({**flat, "baseline": ""}, "fedavg-bt", 0)
+
+
+def test_group_predictor_reads_its_types_z() -> None:
+    import group_z
+    import torch
+
+    from fedvpa.embeddings.tensors import PairTensors
+    from fedvpa.model.config import ModelConfig
+    from fedvpa.model.vpl import VariationalPreferenceModel
+
+    model = VariationalPreferenceModel(ModelConfig(input_dim=6, latent_dim=2)).eval()
+    torch.nn.init.normal_(model.selector.bias.weight)  # so that z moves the logit
+    zs = {0: torch.tensor([3.0, 0.0]), 1: torch.tensor([-3.0, 1.0])}
+    predictor = group_z.GroupPredictor(model, zs)
+    pairs = PairTensors(torch.randn(5, 6), torch.randn(5, 6), torch.ones(5))
+
+    class Client:
+        def __init__(self, type_index: int) -> None:
+            self.type_index = type_index
+
+    for t, z in zs.items():
+        with torch.no_grad():
+            want = torch.sigmoid(model.logit(pairs.emb_a, pairs.emb_b, z))
+        got = predictor.prob_a_preferred(Client(t), pairs)  # type: ignore[arg-type]
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(
+        predictor.prob_a_preferred(Client(0), pairs),  # type: ignore[arg-type]
+        predictor.prob_a_preferred(Client(1), pairs),  # type: ignore[arg-type]
+    )
 
 
 def test_group_z_group_means_average_each_types_seen_placements() -> None:

@@ -243,7 +243,7 @@ def preference_groups(run: Stage1Run) -> dict[str, Group]:
     """
     latent = run.final["latent"]
     mu = np.asarray(latent["mu"], dtype=np.float32)
-    z = evaluated_z(latent, mu)
+    z = evaluated_z(latent, mu, run.method_dir / FINAL_FILE)
     seen = ~np.asarray(latent.get("unseen") or [False] * len(mu), dtype=bool)
     types = list(latent.get("user_type") or [None] * len(mu))
     groups: dict[str, Group] = {}
@@ -265,16 +265,21 @@ def preference_groups(run: Stage1Run) -> dict[str, Group]:
     return groups
 
 
-def evaluated_z(latent: dict[str, Any], mu: np.ndarray) -> np.ndarray:
+def evaluated_z(latent: dict[str, Any], mu: np.ndarray, path: Path | str = "") -> np.ndarray:
     """Each client's ``z`` as stage 1's last evaluation read it: the population placement
     where the run recorded one (``final.json``'s ``latent.z``, runs of population inference),
-    else the encoder mean. A run folder whose ``z`` rows do not match ``mu`` is refused."""
+    else the encoder mean. A ``latent.z`` that is not a finite ``mu``-shaped matrix is refused
+    in one line naming ``path``."""
     if latent.get("z") is None:
         return mu
-    z = np.asarray(latent["z"], dtype=np.float32)
+    try:
+        z = np.asarray(latent["z"], dtype=np.float32)
+    except (TypeError, ValueError):
+        z = np.zeros(0, np.float32)  # ragged or not numbers: refused below
     if z.shape != mu.shape or not np.isfinite(z).all():
         raise ConfigError(
-            f"latent.z has shape {z.shape} or non-finite values; expected {mu.shape}",
+            f"expected a finite {mu.shape} matrix, got shape {z.shape}",
+            path=str(path),
             field="latent.z",
         )
     return z

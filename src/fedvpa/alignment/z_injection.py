@@ -144,11 +144,19 @@ class ZInjector(nn.Module):
                 path=str(folder),
                 field="--adapter",
             )
-        meta = json.loads(meta_path.read_text())
-        # adapters saved before z_scale existed were trained on z as it was
-        injector = cls(
-            int(meta["latent_dim"]), int(meta["hidden_size"]), float(meta.get("z_scale", 1.0))
-        )
+        try:
+            meta = json.loads(meta_path.read_text())
+            # adapters saved before z_scale existed were trained on z as it was
+            injector = cls(
+                int(meta["latent_dim"]), int(meta["hidden_size"]), float(meta.get("z_scale", 1.0))
+            )
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, path=str(meta_path), field=exc.field) from None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(
+                f"malformed z projection metadata ({type(exc).__name__}: {exc})",
+                path=str(meta_path),
+            ) from None
         weight = torch.load(weights_path, map_location="cpu", weights_only=True)["weight"]
         if tuple(weight.shape) != tuple(injector.proj.weight.shape):
             raise ConfigError(
