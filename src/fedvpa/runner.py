@@ -183,16 +183,16 @@ def secure_settings(
 
 def print_method_notes(exp: ExperimentConfig, names: Sequence[str], input_dim: int) -> None:
     """One stderr line per method whose settings will not do what they seem to: DP that would
-    leave it near chance (``encoder_advice``), ``batched-clients`` it cannot use
-    (``batching_note``)."""
+    leave it near chance (``encoder_advice``) or skip its group census (``census_note``),
+    ``batched-clients`` it cannot use (``batching_note``)."""
     from fedvpa.federation.registry import create_method
-    from fedvpa.privacy.guard import encoder_advice
+    from fedvpa.privacy.guard import census_note, encoder_advice
 
     for name in dict.fromkeys(names):
         method = create_method(name, exp.method_kwargs(input_dim))
         notes = [method.batching_note()]
         if exp.federation.dp_enabled:
-            notes.append(encoder_advice(method))
+            notes += [encoder_advice(method), census_note(method)]
         for note in notes:
             if note:
                 print(f"fedvpa: {note}", file=sys.stderr)

@@ -136,6 +136,19 @@ class FederatedMethod(ABC):
         (never raw data); ``{}`` if the method does not use it."""
         return {}
 
+    def census_arrays(self, state: ServerState, server_round: int) -> Arrays | None:
+        """What a census sends every seen client before ``server_round`` is planned, or
+        ``None`` (no census; the default). Each client answers with ``locate`` on these arrays,
+        and :meth:`take_census` decides from the answers. FedVPA-GP uses it once, to choose
+        its number of groups from where every client is placed under one model."""
+        return None
+
+    def take_census(
+        self, state: ServerState, placements: Mapping[int, Arrays], server_round: int
+    ) -> ServerState:
+        """The state after a census's ``placements`` (``locate`` replies by client id)."""
+        return state
+
     def plan_round(
         self,
         state: ServerState,

@@ -53,6 +53,25 @@ def check_method(method: FederatedMethod, settings: FederationSettings) -> None:
         )
 
 
+def census_note(method: FederatedMethod) -> str | None:
+    """A note for a DP run of a method that would take a census, or ``None``. The census asks
+    every seen client once, unsampled: under the run's noise multiplier that one release would
+    cost more epsilon than many sampled rounds, so the round protocol skips it under DP and the
+    method decides from what it already holds (FedVPA-GP: its store of noised posterior means).
+    """
+    from fedvpa.methods.variational import VariationalMethod
+
+    if not isinstance(method, VariationalMethod):
+        return None
+    cfg = method.cfg
+    if not (cfg.group_census and cfg.auto_groups and cfg.use_ortho and method.population_inference):
+        return None
+    return (
+        f"note: under DP {method.name} chooses its number of groups from its store of noised "
+        "posterior means, without the group census (an unsampled release of every client)"
+    )
+
+
 def encoder_advice(method: FederatedMethod) -> str | None:
     """A hint for a DP run of a latent method with a trained set encoder, or ``None``: its
     encoder weights take most of the noise, and at 100 clients such runs stayed at chance where

@@ -1,5 +1,5 @@
-"""The round protocol, without Flower: sample -> locate -> plan -> payload -> train -> aggregate ->
-evaluate, and the row a round leaves in the run log.
+"""The round protocol, without Flower: sample -> (census) -> locate -> plan -> payload -> train ->
+aggregate -> evaluate, and the row a round leaves in the run log.
 
 Every runtime runs rounds through :class:`RoundProtocol`: the Flower transport
 (``federation/transport.py``), the in-process loop of the tests and benchmarks
@@ -181,6 +181,17 @@ class RoundProtocol:
         located: dict[int, Arrays] | None = None
         phases: list[Replies[Any]] = []
         row: dict[str, Any] = {"round": server_round, "sampled": chosen}
+        census = method.census_arrays(self.state, server_round)
+        if census is not None and self.privacy is None:  # under DP: no census (privacy/guard.py)
+            placed = reject_malformed_located(
+                transport.locate(server_round, self.seen_ids, census),
+                method.locate_shapes(server_round),
+            )
+            self.require(placed, len(self.seen_ids), "census", server_round)
+            self.state = method.take_census(self.state, placed.ok, server_round)
+            phases.append(placed)
+            row["census_replies"] = len(placed.ok)
+            row["census_failures"] = placed.errors + placed.missing
         if method.needs_locate(server_round):
             found = reject_malformed_located(
                 transport.locate(server_round, chosen, self.state.arrays),
