@@ -258,3 +258,55 @@ def test_real_backbone_warm_run_never_loads_the_model(tmp_path: Path) -> None:
     assert warm_bb._model is None and cache.stats.model_calls == 0
     np.testing.assert_array_equal(warm, cold[:2])
     np.testing.assert_allclose(warm, cold_bb.encode(texts, 2, False), atol=1e-6)
+
+
+def _write_pairs(path: Path, flip: bool) -> None:
+    import json
+
+    rows = []
+    for t in ("a", "b"):
+        for i in range(40):
+            good, bad = f"answer {i} for {t}", f"other {i} for {t}"
+            chosen, rejected = (bad, good) if (t == "b") != flip else (good, bad)
+            rows.append({"prompt": f"question {i} {t}", "chosen": chosen, "rejected": rejected,
+                         "type": t})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_prepared_tensors_of_a_data_file_edited_in_place_are_rebuilt(tmp_path: Path) -> None:
+    """Regression: prepared client tensors are keyed by the data's path, so after the file was
+    edited in place they were reused, embeddings of the old texts under the new partition."""
+    import torch
+
+    from fedvpa.experiment import ExperimentConfig, prepare_clients
+
+    data = tmp_path / "pairs.jsonl"
+
+    def prepare(cache: Path):
+        flat = {"data": str(data), "num-clients": 10, "pairs-per-client": 6,
+                "cache-dir": str(cache)}  # fmt: skip
+        exp = ExperimentConfig.from_flat(flat, source="test")
+        return prepare_clients(exp.data, exp.embedding, 0, progress=False)
+
+    def same(a, b) -> bool:
+        return all(
+            torch.equal(x.context.emb_a, y.context.emb_a)
+            and torch.equal(x.test.label, y.test.label)
+            for x, y in zip(a.clients, b.clients, strict=True)
+        )
+
+    _write_pairs(data, flip=False)
+    first = prepare(tmp_path / "cache")
+    stamp = first.path.with_name(first.path.name + ".partition")
+    assert stamp.is_file()
+    built = first.path.stat().st_mtime_ns
+    again = prepare(tmp_path / "cache")
+    assert again.path == first.path and again.path.stat().st_mtime_ns == built  # reused
+    _write_pairs(data, flip=True)  # every chosen and rejected exchanged, same path
+    edited = prepare(tmp_path / "cache")
+    assert edited.path == first.path  # same key: a resumed run's identity is unchanged
+    assert same(edited, prepare(tmp_path / "fresh")) and not same(edited, first)
+    # Tensors without a digest (an older version's) are not trusted either.
+    stamp.unlink()
+    rebuilt = prepare(tmp_path / "cache")
+    assert stamp.is_file() and same(rebuilt, edited)

@@ -151,11 +151,21 @@ def prepare_clients(
     partition = make_partition(data_cfg, seed)
     root = emb_cfg.resolved_cache_dir()
     path = root / "clients" / f"{data_key(data_cfg, emb_cfg, seed)}.pt"
+    # The key names the data by its path, so the tensors of a data file edited in place would be
+    # reused under it (measured: the old embeddings with the new texts' partition). A digest of
+    # the partition next to the tensors says what they were built from; a missing or other one
+    # (the file changed, or tensors of a version before the digest) rebuilds them in place, so
+    # the path, which a resumed run's identity holds, stays the same.
+    digest = partition_digest(partition)
+    stamp = path.with_name(path.name + ".partition")
     if path.is_file():
-        try:
-            return PreparedData(partition, load_client_tensors(path), path)
-        except Exception:  # a corrupt or stale file is rebuilt from the embedding cache
-            path.unlink(missing_ok=True)
+        current = stamp.is_file() and stamp.read_text().strip() == digest
+        if current:
+            try:
+                return PreparedData(partition, load_client_tensors(path), path)
+            except Exception:  # a corrupt file is rebuilt from the embedding cache
+                pass
+        path.unlink(missing_ok=True)
     cache = EmbeddingCache(root / "embeddings")
     clients = embed_partition(
         partition,
@@ -165,8 +175,24 @@ def prepare_clients(
         progress=progress,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
     save_client_tensors(clients, path)
+    stamp.write_text(digest + "\n")  # written last: tensors without it are never trusted
     return PreparedData(partition, clients, path)
+
+
+def partition_digest(partition: FederatedPartition) -> str:
+    """What prepared client tensors are built from: every client's id, type, role and pairs
+    (texts and label, split by split, in order). Equal digests mean equal tensors for one
+    backbone."""
+    h = hashlib.sha256()
+    for c in partition.clients:
+        h.update(json.dumps([c.client_id, c.user_type, c.unseen]).encode())
+        for split in (c.context, c.train, c.test):
+            h.update(b"\x1e")
+            for p in split:
+                h.update(json.dumps([p.prompt, p.response_a, p.response_b, p.preferred]).encode())
+    return h.hexdigest()
 
 
 # Keys a method derives rather than reads: the backbone fixes input-dim, num-server-rounds
