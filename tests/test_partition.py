@@ -9,7 +9,9 @@ import pytest
 from fedvpa.data.partition import (
     FederatedPartition,
     largest_remainder,
+    partition_by_user,
     partition_pairs,
+    resolve_partition,
     split_sizes,
 )
 from fedvpa.data.schema import PreferencePair
@@ -140,3 +142,125 @@ def test_summaries_never_contain_text(pool: list[PreferencePair]) -> None:
     assert "user_types.helpful" in text and "pairs_per_split.context" in text
     sample = {w for p in pool[:200] for w in (p.response_a + p.response_b).split() if len(w) > 7}
     assert not any(w in text for w in sample)
+
+
+# ------------------------------------------------------------------- one client per user
+
+
+def _named(pool: list[PreferencePair], sizes: dict[str, tuple[str, int]]) -> list[PreferencePair]:
+    """Pairs of ``pool`` given to users: ``{user: (type, pairs)}``."""
+    from dataclasses import replace
+
+    by_type: dict[str | None, list[PreferencePair]] = {}
+    for p in pool:
+        by_type.setdefault(p.user_type, []).append(p)
+    out = []
+    for user, (t, n) in sizes.items():
+        out += [replace(by_type[t].pop(), user=user) for _ in range(n)]
+    return out
+
+
+def test_a_client_per_user_holds_exactly_its_users_pairs(pool: list[PreferencePair]) -> None:
+    types = sorted({p.user_type for p in pool})
+    sizes = {f"u{i:02d}": (types[i % 2], 3 + (i * 7) % 30) for i in range(40)}
+    sizes["tiny"] = (types[0], 2)  # cannot fill three splits: left out, counted
+    pairs = _named(pool, sizes)
+    part = partition_by_user(pairs, fraction_unseen=0.25, seed=3)
+    assert len(part.clients) == 40 and part.config["users_dropped"] == 1
+    owners = {id(p): p.user for p in pairs}  # the partition deals the same objects
+    held: dict[str, int] = {}
+    for c in part.clients:
+        mine = [*c.context, *c.train, *c.test]
+        users = {owners[id(p)] for p in mine}
+        assert len(users) == 1  # no pair of another user
+        user = users.pop()
+        assert c.user_type == sizes[user][0] and len(mine) == sizes[user][1]
+        held[user] = len(mine)
+        assert c.context and c.test and (c.unseen or c.train)
+        assert not c.unseen or not c.train
+    assert set(held) == set(sizes) - {"tiny"}
+    # unseen users stratified by type: round(0.25 * 20) = 5 of each
+    assert Counter(c.user_type for c in part.unseen) == dict.fromkeys(types, 5)
+    again = partition_by_user(pairs, fraction_unseen=0.25, seed=3)
+    assert [keys(c.context) for c in again.clients] == [keys(c.context) for c in part.clients]
+    other = partition_by_user(pairs, fraction_unseen=0.25, seed=4)
+    assert [keys(c.context) for c in other.clients] != [keys(c.context) for c in part.clients]
+
+
+def test_auto_partitions_by_user_only_where_every_pair_names_one(
+    pool: list[PreferencePair],
+) -> None:
+    types = sorted({p.user_type for p in pool})
+    named = _named(pool, {"a": (types[0], 8), "b": (types[1], 8)})
+    assert resolve_partition("auto", named) == "users"
+    assert resolve_partition("types", named) == "types"
+    assert resolve_partition("auto", pool[:50]) == "types"  # generated data names no user
+    assert resolve_partition("auto", named + pool[:1]) == "types"
+    assert resolve_partition("auto", named[:8]) == "types"  # one user is no federation
+    with pytest.raises(ConfigError, match="partition"):
+        resolve_partition("people", named)
+
+
+def test_bad_user_data_is_one_error_naming_what(pool: list[PreferencePair]) -> None:
+    from dataclasses import replace
+
+    types = sorted({p.user_type for p in pool})
+    named = _named(pool, {"a": (types[0], 8), "b": (types[1], 8)})
+    mixed = [*named, replace(named[-1], user="a")]  # user a with pairs of both types
+    with pytest.raises(ConfigError, match="user 'a' has pairs of 2 user types") as info:
+        partition_by_user(mixed)
+    assert info.value.field == "type"
+    with pytest.raises(ConfigError, match="needs a user on every pair; 1 of 17"):
+        partition_by_user([*named, pool[0]])
+    with pytest.raises(ConfigError, match="at least 2 users"):
+        partition_by_user(_named(pool, {"a": (types[0], 8), "b": (types[1], 2)}))
+
+
+def test_the_prepared_tensors_key_of_a_dealt_partition_is_unchanged() -> None:
+    """Tensors prepared before the partition key existed keep their path (a resumed run's
+    identity holds it); a by-user partition gets another."""
+    import hashlib
+    import json
+
+    from fedvpa.config import DataConfig, EmbeddingConfig, to_flat
+    from fedvpa.experiment import data_key
+
+    cfg, emb = DataConfig(), EmbeddingConfig()
+    before = {k: v for k, v in to_flat(cfg).items() if k != "partition"}
+    blob = json.dumps({"data": before, "backbone": emb.backbone, "seed": 0}, sort_keys=True)
+    assert data_key(cfg, emb, 0) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert data_key(cfg, emb, 0, "users") != data_key(cfg, emb, 0)
+
+
+def test_a_data_file_naming_its_users_is_partitioned_by_user(tmp_path) -> None:
+    """The ``partition`` key end to end: ``auto`` reads the users of a generic JSONL file,
+    ``types`` deals its pairs from type pools as before."""
+    import json
+
+    from fedvpa.experiment import ExperimentConfig, make_partition
+
+    rows = [
+        {
+            "prompt": f"q{u}-{i}",
+            "chosen": f"good {u} {i}",
+            "rejected": f"bad {u} {i}",
+            "type": "ab"[u % 2],
+            "user": f"person-{u}",
+        }  # fmt: skip
+        for u in range(10)
+        for i in range(5 + u)
+    ]
+    path = tmp_path / "named.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def clients(**keys: object) -> FederatedPartition:
+        flat = {"data": str(path), "num-clients": 4, "pairs-per-client": 5, "clients-per-round": 2}
+        flat.update(keys)
+        return make_partition(ExperimentConfig.from_flat(flat, source="test").data, seed=0)
+
+    by_user = clients()
+    assert by_user.config["partition"] == "users" and len(by_user.clients) == 10
+    assert sorted(c.num_pairs for c in by_user.clients) == list(range(5, 15))
+    dealt = clients(partition="types")
+    assert "partition" not in dealt.config and len(dealt.clients) == 4
+    assert {c.num_pairs for c in dealt.clients} == {5}

@@ -98,6 +98,9 @@ def data_summary(
     type_ratio: Annotated[str, typer.Option(help="e.g. 0.3,0.7 (default: equal).")] = "",
     fraction_unseen: Annotated[float, typer.Option(help="Share of held-out clients.")] = 0.2,
     partition: Annotated[bool, typer.Option(help="Also partition and summarise.")] = True,
+    partition_by: Annotated[
+        str, typer.Option(help="How pairs become clients: auto, types or users (key partition).")
+    ] = "auto",
 ) -> None:
     """Rows, user types, conflict share, lengths; and the federated partition."""
     from fedvpa.config import DataConfig
@@ -114,6 +117,7 @@ def data_summary(
         max_pairs_per_client=max_pairs_per_client,
         type_ratio=_ratio(type_ratio),
         fraction_unseen=fraction_unseen,
+        partition=partition_by,
     )
     pairs, report = load_pairs(cfg, opts.seed)
     summary: dict[str, object] = {"read": report, "pairs": summarise_pairs(pairs)}

@@ -102,10 +102,14 @@ def run_fingerprint(
     not silently reuse a result computed under the old one."""
     effective = None if input_dim is None else effective_method_config(exp, method, input_dim)
     # clients-per-node changes the speed, never the result (tested): every value hashes as 1,
-    # the value every comparison before the automatic default was run with
+    # the value every comparison before the automatic default was run with. The partition key
+    # is left out: the clients' digest holds the partition it resolved to, and comparisons made
+    # before the key existed keep their fingerprints.
+    config = {**exp.to_flat(), "clients-per-node": 1}
+    config.pop("partition", None)
     blob = json.dumps(
         {
-            "config": {**exp.to_flat(), "clients-per-node": 1},
+            "config": config,
             "effective": effective,
             "method": method,
             "seed": seed,

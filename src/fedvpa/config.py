@@ -205,8 +205,17 @@ class DataConfig:
     type_ratio: tuple[float, ...] = ()  # empty: equal shares over user types
     split: tuple[float, ...] = (0.5, 0.25, 0.25)  # context / train / test
     fraction_unseen: float = 0.2  # share of clients held out of training (evaluated only)
+    # How pairs become clients. "types": num-clients clients dealt from per-type pools
+    # (pairs-per-client, type-ratio). "users": one client per user of the data, holding exactly
+    # that user's pairs (those four keys do not apply; users with fewer than 3 pairs are left
+    # out). "auto": users where every pair names its user, types otherwise (README, "Partition").
+    partition: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.partition not in ("auto", "types", "users"):
+            raise ConfigError(
+                f"must be auto, types or users, got {self.partition!r}", field="partition"
+            )
         if self.num_clients < 2:
             raise ConfigError("need at least 2 clients", field="num-clients")
         if self.pairs_per_client < 3:

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from fedvpa.config import DataConfig, EmbeddingConfig, FederationSettings, from_flat, to_flat
 from fedvpa.data.family import FAMILY, generate_family
-from fedvpa.data.partition import FederatedPartition, partition_pairs
+from fedvpa.data.partition import (
+    FederatedPartition,
+    partition_by_user,
+    partition_pairs,
+    resolve_partition,
+)
 from fedvpa.data.readers import ReadReport, read_pairs
 from fedvpa.data.schema import PreferencePair
 from fedvpa.data.synthetic import generate_synthetic
@@ -110,6 +115,10 @@ def make_partition(
     """The federated split of ``cfg``'s pairs (read again unless the caller has them)."""
     if pairs is None:
         pairs, _ = load_pairs(cfg, seed)
+    if resolve_partition(cfg.partition, pairs) == "users":
+        return partition_by_user(
+            pairs, split=cfg.split, fraction_unseen=cfg.fraction_unseen, seed=seed
+        )
     return partition_pairs(
         pairs,
         num_clients=cfg.num_clients,
@@ -128,11 +137,18 @@ class PreparedData:
     path: Path  # where the client tensors were saved (what Flower clients load)
 
 
-def data_key(data_cfg: DataConfig, emb_cfg: EmbeddingConfig, seed: int) -> str:
-    """A stable id of (data, partition, backbone, seed): prepared tensors are reused under it."""
-    blob = json.dumps(
-        {"data": to_flat(data_cfg), "backbone": emb_cfg.backbone, "seed": seed}, sort_keys=True
-    )
+def data_key(
+    data_cfg: DataConfig, emb_cfg: EmbeddingConfig, seed: int, partition: str = "types"
+) -> str:
+    """A stable id of (data, partition, backbone, seed): prepared tensors are reused under it.
+
+    ``partition`` is the resolved way pairs became clients; the ``partition`` key itself is
+    left out, so that the dealt partitions of every version keep their key (a resumed run's
+    identity holds the tensors' path)."""
+    flat = {k: v for k, v in to_flat(data_cfg).items() if k != "partition"}
+    if partition != "types":
+        flat["partition"] = partition
+    blob = json.dumps({"data": flat, "backbone": emb_cfg.backbone, "seed": seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -150,7 +166,8 @@ def prepare_clients(
 
     partition = make_partition(data_cfg, seed)
     root = emb_cfg.resolved_cache_dir()
-    path = root / "clients" / f"{data_key(data_cfg, emb_cfg, seed)}.pt"
+    mode = str(partition.config.get("partition", "types"))
+    path = root / "clients" / f"{data_key(data_cfg, emb_cfg, seed, mode)}.pt"
     # The key names the data by its path, so the tensors of a data file edited in place would be
     # reused under it (measured: the old embeddings with the new texts' partition). A digest of
     # the partition next to the tensors says what they were built from; a missing or other one

@@ -1,5 +1,11 @@
 """Split typed preference pairs into N scarce clients: context / train / test, seen / unseen.
 
+Two ways (the ``partition`` key): deal ``num-clients`` single-type clients from per-type pools
+(``partition_pairs``, for data that does not say who labelled what: the generated sets,
+relabeled HH-RLHF), or one client per user of the data (``partition_by_user``, for data whose
+pairs name their user: each client then holds exactly its user's pairs). The rest of this
+docstring describes the first.
+
 Each client has one user type and draws its pairs without replacement from that type's pool, so
 no pair is ever seen by two clients and a client's three splits are disjoint: the ``z`` used to
 score a test pair can never have read that pair's label.
@@ -38,6 +44,7 @@ from fedvpa.errors import ConfigError
 
 MIN_PAIRS_PER_CLIENT = 3
 UNTYPED = "all"
+PARTITIONS = ("auto", "types", "users")
 
 
 @dataclass(frozen=True)
@@ -252,6 +259,104 @@ def partition_pairs(
         "pairs_per_client": pairs_per_client if lo == hi else (lo, hi),
         "type_ratio": dict(zip(types, [round(r, 6) for r in ratio], strict=True)),
         "clients_per_type": dict(zip(types, per_type, strict=True)),
+        "split": tuple(fractions),
+        "fraction_unseen": fraction_unseen,
+        "seed": seed,
+    }
+    return FederatedPartition(clients, types, config)
+
+
+# ------------------------------------------------------------------- one client per user
+
+
+def resolve_partition(mode: str, pairs: Sequence[PreferencePair]) -> str:
+    """``"types"`` or ``"users"`` for ``mode``: "auto" deals one client per user where every
+    pair names its user (the data then says who the clients are), type pools otherwise."""
+    if mode not in PARTITIONS:
+        raise ConfigError(
+            f"must be one of {', '.join(PARTITIONS)}, got {mode!r}", field="partition"
+        )
+    if mode != "auto":
+        return mode
+    named = bool(pairs) and all(p.user is not None for p in pairs)
+    return "users" if named and len({p.user for p in pairs}) >= 2 else "types"
+
+
+def partition_by_user(
+    pairs: Sequence[PreferencePair],
+    split: Sequence[float] = (0.5, 0.25, 0.25),
+    fraction_unseen: float = 0.2,
+    seed: int = 0,
+) -> FederatedPartition:
+    """One client per user of the data, holding exactly that user's pairs: the federation of
+    real data, where a client is a person or a device and no pair moves to another client.
+
+    Each user needs one user type (or the data none at all) and at least
+    ``MIN_PAIRS_PER_CLIENT`` pairs (one per split); users with fewer are left out and counted
+    (``users_dropped``), since a client that cannot fill its splits can be neither trained nor
+    scored. The splits, the rounding and the type-stratified unseen clients are those of
+    :func:`partition_pairs`; the keys that size a dealt partition (``num-clients``,
+    ``pairs-per-client``, ``max-pairs-per-client``, ``type-ratio``) do not apply.
+    """
+    fractions = _validate_fractions(split)
+    if not 0.0 <= fraction_unseen < 1.0:
+        raise ConfigError(
+            f"fraction_unseen must be in [0, 1), got {fraction_unseen}", field="fraction_unseen"
+        )
+    unnamed = [p for p in pairs if p.user is None]
+    if unnamed:
+        raise ConfigError(
+            f"partition = users needs a user on every pair; {len(unnamed)} of {len(pairs)} have "
+            f"none (first: {unnamed[0].source or 'unknown line'})",
+            field="user",
+        )
+    _type_pools(pairs)  # all typed or none
+    by_user: dict[str, list[PreferencePair]] = {}
+    for p in pairs:
+        by_user.setdefault(str(p.user), []).append(p)
+    kept: dict[str, list[PreferencePair]] = {}
+    for user in sorted(by_user):
+        own = by_user[user]
+        types = {p.user_type for p in own}
+        if len(types) > 1:
+            raise ConfigError(
+                f"user {user!r} has pairs of {len(types)} user types "
+                f"({', '.join(sorted(str(t) for t in types))}); a client holds one",
+                field="type",
+            )
+        if len(own) >= MIN_PAIRS_PER_CLIENT:
+            kept[user] = own
+    if len(kept) < 2:
+        raise ConfigError(
+            f"partition = users needs at least 2 users with {MIN_PAIRS_PER_CLIENT} or more pairs; "
+            f"the data has {len(kept)} (of {len(by_user)} users)",
+            field="partition",
+        )
+    rng = random.Random(seed)
+    users = sorted(kept)
+    rng.shuffle(users)  # client ids carry no information about the user or the type
+    type_of = {u: kept[u][0].user_type or UNTYPED for u in users}
+    types = sorted(set(type_of.values()))
+    unseen_users: set[str] = set()
+    for t in types:
+        members = [u for u in users if type_of[u] == t]
+        n_unseen = math.floor(fraction_unseen * len(members) + 0.5)
+        unseen_users |= set(rng.sample(members, n_unseen))
+    clients: list[ClientData] = []
+    for cid, user in enumerate(users):
+        drawn = rng.sample(kept[user], len(kept[user]))
+        n_ctx, n_train, _ = split_sizes(len(drawn), fractions)
+        context, train = drawn[:n_ctx], drawn[n_ctx : n_ctx + n_train]
+        test = drawn[n_ctx + n_train :]
+        unseen = user in unseen_users
+        if unseen:
+            train, test = [], train + test
+        clients.append(ClientData(cid, type_of[user], context, train, test, unseen))
+    config = {
+        "partition": "users",
+        "num_clients": len(clients),
+        "users_dropped": len(by_user) - len(kept),
+        "clients_per_type": {t: sum(type_of[u] == t for u in users) for t in types},
         "split": tuple(fractions),
         "fraction_unseen": fraction_unseen,
         "seed": seed,
