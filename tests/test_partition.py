@@ -190,6 +190,8 @@ def test_a_client_per_user_holds_exactly_its_users_pairs(pool: list[PreferencePa
 def test_auto_partitions_by_user_only_where_every_pair_names_one(
     pool: list[PreferencePair],
 ) -> None:
+    from dataclasses import replace
+
     types = sorted({p.user_type for p in pool})
     named = _named(pool, {"a": (types[0], 8), "b": (types[1], 8)})
     assert resolve_partition("auto", named) == "users"
@@ -197,6 +199,10 @@ def test_auto_partitions_by_user_only_where_every_pair_names_one(
     assert resolve_partition("auto", pool[:50]) == "types"  # generated data names no user
     assert resolve_partition("auto", named + pool[:1]) == "types"
     assert resolve_partition("auto", named[:8]) == "types"  # one user is no federation
+    mixed = [*named, replace(named[-1], user="a")]  # user a with pairs of two types
+    assert resolve_partition("auto", mixed) == "types"  # explicit "users" names the problem
+    short = _named(pool, {"a": (types[0], 8), "b": (types[1], 2)})
+    assert resolve_partition("auto", short) == "types"
     with pytest.raises(ConfigError, match="partition"):
         resolve_partition("people", named)
 

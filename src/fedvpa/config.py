@@ -208,7 +208,8 @@ class DataConfig:
     # How pairs become clients. "types": num-clients clients dealt from per-type pools
     # (pairs-per-client, type-ratio). "users": one client per user of the data, holding exactly
     # that user's pairs (those four keys do not apply; users with fewer than 3 pairs are left
-    # out). "auto": users where every pair names its user, types otherwise (README, "Partition").
+    # out). "auto": users where every pair names its user, each user has one user type and two
+    # or more users have 3 pairs, types otherwise (README, "Partition").
     partition: str = "auto"
 
     def __post_init__(self) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,16 +271,27 @@ def partition_pairs(
 
 
 def resolve_partition(mode: str, pairs: Sequence[PreferencePair]) -> str:
-    """``"types"`` or ``"users"`` for ``mode``: "auto" deals one client per user where every
-    pair names its user (the data then says who the clients are), type pools otherwise."""
+    """``"types"`` or ``"users"`` for ``mode``. "auto" takes one client per user where the data
+    says who the clients are: every pair names its user, every user has one user type, and at
+    least two users can fill the three splits; otherwise it deals from type pools, as every
+    version before did (``partition = "users"`` says what is missing instead)."""
     if mode not in PARTITIONS:
         raise ConfigError(
             f"must be one of {', '.join(PARTITIONS)}, got {mode!r}", field="partition"
         )
     if mode != "auto":
         return mode
-    named = bool(pairs) and all(p.user is not None for p in pairs)
-    return "users" if named and len({p.user for p in pairs}) >= 2 else "types"
+    if not pairs or any(p.user is None for p in pairs):
+        return "types"
+    types: dict[str, set[str | None]] = {}
+    counts: Counter[str] = Counter()
+    for p in pairs:
+        types.setdefault(str(p.user), set()).add(p.user_type)
+        counts[str(p.user)] += 1
+    if any(len(t) > 1 for t in types.values()):
+        return "types"
+    usable = sum(n >= MIN_PAIRS_PER_CLIENT for n in counts.values())
+    return "users" if usable >= 2 else "types"
 
 
 def partition_by_user(
