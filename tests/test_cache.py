@@ -310,3 +310,41 @@ def test_prepared_tensors_of_a_data_file_edited_in_place_are_rebuilt(tmp_path: P
     stamp.unlink()
     rebuilt = prepare(tmp_path / "cache")
     assert stamp.is_file() and same(rebuilt, edited)
+
+
+def test_backbone_identity_follows_a_local_checkpoint_rewritten_in_place(tmp_path: Path) -> None:
+    from fedvpa.embeddings.backbone import backbone_identity
+
+    ckpt = tmp_path / "model"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"\0" * 16)
+    first = backbone_identity(f"st:{ckpt}")
+    assert first.startswith(f"st:{ckpt}#") and backbone_identity(f"st:{ckpt}") == first
+    (ckpt / "model.safetensors").write_bytes(b"\0" * 32)  # weights rewritten in place
+    assert backbone_identity(f"st:{ckpt}") != first
+    assert backbone_identity(f"causal-lm:{ckpt}").startswith(f"causal-lm:{ckpt}#")
+    assert backbone_identity("minilm") == "minilm"  # pinned by its package version
+    assert backbone_identity("st:org/model") == "st:org/model"  # a hub name: no files here
+
+
+def test_prepared_tensors_follow_the_backbones_identity(tmp_path: Path, monkeypatch) -> None:
+    """A local checkpoint rewritten in place keeps its spec (the tensors' key) but not its
+    identity: the tensors are rebuilt, not reused."""
+    import fedvpa.embeddings.backbone as backbone
+    from fedvpa.experiment import ExperimentConfig, prepare_clients
+
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, flip=False)
+    flat = {"data": str(data), "num-clients": 10, "pairs-per-client": 6,
+            "cache-dir": str(tmp_path / "cache")}  # fmt: skip
+    exp = ExperimentConfig.from_flat(flat, source="test")
+    first = prepare_clients(exp.data, exp.embedding, 0, progress=False)
+    built = first.path.stat().st_mtime_ns
+    assert prepare_clients(exp.data, exp.embedding, 0, progress=False).path.stat().st_mtime_ns == (
+        built
+    )
+    time.sleep(0.01)
+    monkeypatch.setattr(backbone, "backbone_identity", lambda spec: f"{spec}#rewritten")
+    again = prepare_clients(exp.data, exp.embedding, 0, progress=False)
+    assert again.path == first.path and again.path.stat().st_mtime_ns != built

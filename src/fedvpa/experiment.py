@@ -160,7 +160,7 @@ def prepare_clients(
     progress: bool = True,
 ) -> PreparedData:
     """Partition and embed (through the cache), saving the client tensors once per data key."""
-    from fedvpa.embeddings.backbone import make_backbone
+    from fedvpa.embeddings.backbone import backbone_identity, make_backbone
     from fedvpa.embeddings.cache import EmbeddingCache
     from fedvpa.embeddings.pipeline import embed_partition, load_client_tensors, save_client_tensors
 
@@ -168,12 +168,13 @@ def prepare_clients(
     root = emb_cfg.resolved_cache_dir()
     mode = str(partition.config.get("partition", "types"))
     path = root / "clients" / f"{data_key(data_cfg, emb_cfg, seed, mode)}.pt"
-    # The key names the data by its path, so the tensors of a data file edited in place would be
-    # reused under it (measured: the old embeddings with the new texts' partition). A digest of
-    # the partition next to the tensors says what they were built from; a missing or other one
-    # (the file changed, or tensors of a version before the digest) rebuilds them in place, so
-    # the path, which a resumed run's identity holds, stays the same.
-    digest = partition_digest(partition)
+    # The key names the data by its path and the backbone by its spec, so the tensors of a data
+    # file edited in place, or of a local checkpoint rewritten in place, would be reused under it
+    # (measured for the data: the old embeddings with the new texts' partition). A digest of the
+    # partition and the backbone's identity next to the tensors says what they were built from;
+    # a missing or other one (the file or checkpoint changed, or tensors of a version before the
+    # digest) rebuilds them in place, so the path, which a resumed run's identity holds, stays.
+    digest = partition_digest(partition, backbone_identity(emb_cfg.backbone))
     stamp = path.with_name(path.name + ".partition")
     if path.is_file():
         current = stamp.is_file() and stamp.read_text().strip() == digest
@@ -198,11 +199,11 @@ def prepare_clients(
     return PreparedData(partition, clients, path)
 
 
-def partition_digest(partition: FederatedPartition) -> str:
+def partition_digest(partition: FederatedPartition, backbone: str = "") -> str:
     """What prepared client tensors are built from: every client's id, type, role and pairs
-    (texts and label, split by split, in order). Equal digests mean equal tensors for one
-    backbone."""
-    h = hashlib.sha256()
+    (texts and label, split by split, in order), and the backbone's identity
+    (``embeddings.backbone.backbone_identity``). Equal digests mean equal tensors."""
+    h = hashlib.sha256(backbone.encode() + b"\x1d")
     for c in partition.clients:
         h.update(json.dumps([c.client_id, c.user_type, c.unseen]).encode())
         for split in (c.context, c.train, c.test):

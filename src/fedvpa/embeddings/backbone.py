@@ -71,6 +71,20 @@ def checkpoint_fingerprint(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def backbone_identity(spec: str) -> str:
+    """What embeddings depend on besides the texts, without loading a model: the backbone spec,
+    and for a local checkpoint (``st:PATH``, ``causal-lm:PATH``) its ``checkpoint_fingerprint``,
+    so that weights rewritten in place change it. Prepared client tensors record it
+    (``experiment.prepare_clients``); the bundled MiniLM is pinned by its package version."""
+    spec = spec.strip()
+    kind, sep, arg = spec.partition(":")
+    if sep and arg and kind in ("st", "causal-lm"):
+        path = Path(arg).expanduser()
+        if path.exists():
+            return f"{spec}#{checkpoint_fingerprint(path)}"
+    return spec
+
+
 def _offline_for_local_models() -> None:
     """Keep Hugging Face libraries off the network when the model is on disk.
 
