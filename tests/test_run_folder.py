@@ -478,3 +478,40 @@ def test_cli_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path) -> None:
     assert after["resumed_from"] == 2 and after["eval"] == before["eval"]
     assert [r for r, _ in run_folder.checkpoint_files(run_dir)] == [2, 3]
     assert run_folder.read_checkpoint(newest).server_round == 3
+
+
+def test_a_run_resumes_only_on_the_data_it_started_with(tmp_path: Path) -> None:
+    """The client tensors' path stays when their data file is edited in place (they are rebuilt
+    under it), so the identity carries their digest: another digest is refused, and a checkpoint
+    of a version before the digest (none recorded) still resumes."""
+    old = tmp_path / "old"
+    folder = RunFolder(old, IDENTITY, num_rounds=5)  # an earlier version: no data digest
+    folder.begin(resume=False, record={})
+    folder.record(1, make_checkpoint(1).state, [{"round": 1}])
+    assert RunFolder(old, {**IDENTITY, "data_digest": "d1"}, 5).check(resume=True) is not None
+    new = tmp_path / "new"
+    folder = RunFolder(new, {**IDENTITY, "data_digest": "d1"}, num_rounds=5)
+    folder.begin(resume=False, record={})
+    folder.record(1, make_checkpoint(1).state, [{"round": 1}])
+    assert RunFolder(new, {**IDENTITY, "data_digest": "d1"}, 5).check(resume=True) is not None
+    with pytest.raises(ConfigError, match=r"differs .*\['data_digest'\]"):
+        RunFolder(new, {**IDENTITY, "data_digest": "d2"}, 5).check(resume=True)
+    with pytest.raises(ConfigError, match=r"differs .*\['seed'\]"):  # other keys stay strict
+        RunFolder(old, {**IDENTITY, "seed": 9, "data_digest": "d1"}, 5).check(resume=True)
+
+
+def test_the_identity_carries_the_tensors_digest_where_they_have_one(tmp_path: Path) -> None:
+    from fedvpa.config import FederationSettings
+    from fedvpa.federation.run_config import FederationConfig
+
+    tensors = tmp_path / "clients.pt"
+    config = FederationConfig(
+        settings=FederationSettings(method="fedavg-bt"),
+        method_kwargs={},
+        data_path=str(tensors),
+        run_dir=str(tmp_path / "run"),
+        num_clients=4,
+    )
+    assert "data_digest" not in config.identity()  # tensors prepared elsewhere
+    (tmp_path / "clients.pt.partition").write_text("abc\n")
+    assert config.identity()["data_digest"] == "abc"

@@ -143,7 +143,20 @@ class FederationConfig:
             "method_effective": self.method_effective(),
             # Noise and accounting must not change mid-run (the spend would be meaningless).
             "dp": {k: v for k, v in to_flat(s).items() if k.startswith("dp-")},
+            **self.data_identity(),
         }
+
+    def data_identity(self) -> dict[str, str]:
+        """The digest of what the client tensors were built from (the partition and the
+        backbone; ``experiment.prepare_clients`` writes it beside them), where there is one.
+
+        The tensors' path stays the same when their data file or checkpoint is edited in place
+        (they are then rebuilt under it), so the path alone would let a resumed run continue on
+        other data. Tensors prepared elsewhere (a deployment's ``data-path``) have no digest."""
+        stamp = Path(self.data_path + ".partition")
+        if not stamp.is_file():
+            return {}
+        return {"data_digest": stamp.read_text().strip()}
 
     def record(self) -> dict[str, Any]:
         """What the run folder's ``config.json`` holds: every key of the run, flat."""

@@ -463,6 +463,11 @@ def finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+# Identity keys that checkpoints of earlier versions do not hold: such a checkpoint still
+# resumes (it was written before the key existed); one that holds another value does not.
+LATER_IDENTITY = frozenset({"data_digest"})
+
+
 class RunFolder:
     """One run's folder: starts it (or resumes it, under the same identity only), records each
     round (checkpoint, then the metrics row) and finishes it. ``identity`` is what a resumed run
@@ -488,7 +493,11 @@ class RunFolder:
         if located is None:
             return None
         path, found = located
-        diff = sorted(k for k, v in self.identity.items() if found.config.get(k) != v)
+        diff = sorted(
+            k
+            for k, v in self.identity.items()
+            if found.config.get(k) != v and not (k in LATER_IDENTITY and k not in found.config)
+        )
         if diff:
             raise ConfigError(
                 f"resume: configuration differs from the checkpointed run in {diff}",
