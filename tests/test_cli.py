@@ -89,6 +89,32 @@ def test_data_summary_on_the_embedded_data(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_file_naming_its_users_runs_one_client_per_user(tmp_path):
+    """``partition = auto`` on a generic JSONL file whose pairs name their users: the run on
+    Flower has one client per user (the 3-pair user left out) and says so in one line."""
+    rows = []
+    for u in range(9):
+        for i in range(2 if u == 8 else 6 + u):
+            good, bad = f"a clear answer {u} {i}", f"a rude reply {u} {i}"
+            chosen, rejected = (good, bad) if u % 2 else (bad, good)
+            rows.append({"prompt": f"question {u} {i}", "chosen": chosen, "rejected": rejected,
+                         "type": "ab"[u % 2], "user": f"person {u}"})  # fmt: skip
+    data = tmp_path / "named.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    result = fedvpa(
+        "--out", str(out), "run", "--data", str(data), "--rounds", "1",
+        "--clients-per-round", "2", "--baseline", "", "--method", "fedavg-bt",
+        env={"FEDVPA_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "one client per user of the data (8 users, 1 with fewer than 3 pairs" in result.stderr
+    assert "8 clients" in result.stdout
+    final = json.loads((out / "fedavg-bt" / "final.json").read_text())
+    assert len(final["seen_clients"]) + len(final["unseen_clients"]) == 8
+
+
+@pytest.mark.slow
 def test_fedvpa_run_end_to_end_and_resume_of_a_finished_run(tmp_path):
     """The main job, shrunk: real data generation, MiniLM embeddings, two methods on Flower."""
     out = tmp_path / "run"

@@ -232,6 +232,15 @@ def run_experiment(
     if progress:
         names = [n for n in (fed.method, fed.baseline) if n]
         print_method_notes(exp, names, prepared.clients[0].context.dim)
+        if prepared.partition.config.get("partition") == "users":
+            dropped = int(prepared.partition.config.get("users_dropped", 0))
+            print(
+                f"fedvpa: partition: one client per user of the data ({len(prepared.clients)} "
+                f"users{f', {dropped} with fewer than 3 pairs left out' if dropped else ''}; "
+                "num-clients and pairs-per-client do not apply; --set partition=types deals "
+                "from type pools instead)",
+                file=sys.stderr,
+            )
     secure = {  # with the data: DP resolved, an impossible budget refused before the folder
         name: secure_settings(exp, name, prepared.path, prepared.clients[0].context.dim)
         for name in (fed.method, fed.baseline)
