@@ -374,7 +374,8 @@ def prepare(data_cfg, emb_cfg, seed, *, progress=True):
     clients = make_clients(4, 2, dim=8)
     path = Path({data!r})
     save_client_tensors(clients, path)
-    return PreparedData(types.SimpleNamespace(user_types=["helpful", "harmless"]), clients, path)
+    partition = types.SimpleNamespace(user_types=["helpful", "harmless"], config={{}})
+    return PreparedData(partition, clients, path)
 
 fedvpa.runner.prepare_clients = prepare
 from fedvpa.cli import main
