@@ -247,9 +247,12 @@ class FederatedMethod(ABC):
         use), for the latent plot; ``None`` for a method without any."""
         return None
 
-    def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
+    def latent_stats(
+        self, global_arrays: Arrays, client: ClientTensors, predictor: Predictor | None = None
+    ) -> Arrays:
         """Evaluation-time latent of a client (``{"mu", "logvar"}``) for diagnostics; ``{}`` if
-        the method has no latent."""
+        the method has no latent. ``predictor``: the one that just scored the client on
+        ``global_arrays`` (``evaluate_step``), whose model and ``z`` need not be built again."""
         return {}
 
     def client_payload(self, state: ServerState, client_id: int, server_round: int) -> Arrays:

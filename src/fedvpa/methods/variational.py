@@ -271,10 +271,7 @@ class VariationalMethod(FederatedMethod):
             and int(state.extra["num_groups"][0]) == 0
             and state.extra.get("prior_n", np.zeros(0)).size > 0
         )
-        if not wanted:
-            return None
-        rows = self._prior_rows(state.extra)
-        return {**state.arrays, "population_mu": rows["prior_mu"], "population_n": rows["prior_n"]}
+        return self._with_population(state.arrays, state.extra) if wanted else None
 
     def take_census(
         self, state: ServerState, placements: Mapping[int, Arrays], server_round: int
@@ -284,16 +281,21 @@ class VariationalMethod(FederatedMethod):
         if not placements or int(state.extra["num_groups"][0]) != 0:
             return state
         mus = np.stack([placements[c]["mu"] for c in sorted(placements)]).astype(np.float32)
-        k, scores = choose_num_groups(
-            mus, min(self.cfg.max_groups, self.cfg.latent_dim), server_round
-        )
-        extra = {**state.extra, "num_groups": np.array([k])}
-        info = {
-            **state.info,
-            "group_scores": {str(j): round(v, 4) for j, v in scores.items()},
-            "group_census": len(placements),
-        }
+        extra, info = dict(state.extra), {**state.info, "group_census": len(placements)}
+        self._choose_groups(mus, server_round, extra, info)
         return ServerState(arrays=state.arrays, extra=extra, info=info)
+
+    def _choose_groups(
+        self, points: np.ndarray, server_round: int, extra: Arrays, info: dict[str, Any]
+    ) -> int:
+        """``num-prototypes = "auto"``: the silhouette's group count for ``points``, kept in
+        ``extra`` (and its scores in ``info``); returned."""
+        k, scores = choose_num_groups(
+            points, min(self.cfg.max_groups, self.cfg.latent_dim), server_round
+        )
+        extra["num_groups"] = np.array([k])
+        info["group_scores"] = {str(j): round(v, 4) for j, v in scores.items()}
+        return k
 
     def plan_round(
         self,
@@ -321,11 +323,7 @@ class VariationalMethod(FederatedMethod):
         extra.update(update_store(extra, ids, mus))
         k = int(extra["num_groups"][0])
         if k == 0:  # "auto", first pull round: choose from every client's latest mean
-            k, scores = choose_num_groups(
-                extra["store_mu"], min(self.cfg.max_groups, self.cfg.latent_dim), server_round
-            )
-            extra["num_groups"] = np.array([k])
-            info["group_scores"] = {str(j): round(v, 4) for j, v in scores.items()}
+            k = self._choose_groups(extra["store_mu"], server_round, extra, info)
         info["num_groups"] = k
         arrays = state.arrays
         extra["label_ids"] = ids
@@ -653,7 +651,12 @@ class VariationalMethod(FederatedMethod):
         arrays = super().evaluation_arrays(state)
         if not self.population_inference or state.extra.get("prior_n", np.zeros(0)).size == 0:
             return arrays
-        rows = self._prior_rows(state.extra)
+        return self._with_population(arrays, state.extra)
+
+    def _with_population(self, arrays: Arrays, extra: Arrays) -> Arrays:
+        """``arrays`` and the prior rows as the round's clients receive them
+        (``prior-max-components`` included), under the names population inference reads."""
+        rows = self._prior_rows(extra)
         return {**arrays, "population_mu": rows["prior_mu"], "population_n": rows["prior_n"]}
 
     def predictor(self, global_arrays: Arrays, client_state: Arrays | None = None) -> Predictor:
@@ -673,17 +676,23 @@ class VariationalMethod(FederatedMethod):
             torch.as_tensor(np.asarray(global_arrays["population_n"], np.float32)),
         )
 
-    def latent_stats(self, global_arrays: Arrays, client: ClientTensors) -> Arrays:
+    def latent_stats(
+        self, global_arrays: Arrays, client: ClientTensors, predictor: Predictor | None = None
+    ) -> Arrays:
         """The evaluation posterior of a client (for KL, active units and the latent plot):
         the encoder's, whichever ``z`` the predictor reads; under population inference also
         that ``z`` (``d`` floats), which stage 2's group ``z`` averages: the mean of a group's
         encoder means serves the group far worse than the mean of the ``z`` the evaluation
-        read (README, "Stage 2")."""
-        mu, logvar = infer_posterior(self._frozen_model(without_population(global_arrays)), client)
+        read (README, "Stage 2"). The evaluation's own ``predictor`` is reused: it holds the
+        model and, having just scored the client, its ``z`` (building them again was half of a
+        client's evaluation time)."""
+        if not isinstance(predictor, VPLPredictor) or predictor.z_override is not None:
+            predictor = self.predictor(global_arrays)
+        assert isinstance(predictor, VPLPredictor)
+        mu, logvar = infer_posterior(predictor.model, client)
         out = {"mu": mu.numpy().astype(np.float32), "logvar": logvar.numpy().astype(np.float32)}
-        population = self._population_predictor(global_arrays)
-        if population is not None:
-            out["z"] = population.latent(client).numpy().astype(np.float32)
+        if isinstance(predictor, PopulationPredictor):
+            out["z"] = predictor.latent(client).numpy().astype(np.float32)
         return out
 
 

@@ -108,7 +108,7 @@ def evaluate_step(
         and not isinstance(v, bool)
         and k not in _SERVER_KNOWS
     }
-    return EvalReply(counts, method.latent_stats(global_arrays, client))
+    return EvalReply(counts, method.latent_stats(global_arrays, client, predictor))
 
 
 # ---------------------------------------------------------------- private state files
