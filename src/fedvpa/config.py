@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_type_hints
 
+from fedvpa.data.partition import PARTITIONS
 from fedvpa.errors import ConfigError
 
 T = TypeVar("T")
@@ -213,9 +214,10 @@ class DataConfig:
     partition: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.partition not in ("auto", "types", "users"):
+        if self.partition not in PARTITIONS:
             raise ConfigError(
-                f"must be auto, types or users, got {self.partition!r}", field="partition"
+                f"must be one of {', '.join(PARTITIONS)}, got {self.partition!r}",
+                field="partition",
             )
         if self.num_clients < 2:
             raise ConfigError("need at least 2 clients", field="num-clients")

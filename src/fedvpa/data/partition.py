@@ -331,9 +331,11 @@ def partition_by_user(
         own = by_user[user]
         types = {p.user_type for p in own}
         if len(types) > 1:
+            other = next(p for p in own if p.user_type != own[0].user_type)
             raise ConfigError(
                 f"user {user!r} has pairs of {len(types)} user types "
-                f"({', '.join(sorted(str(t) for t in types))}); a client holds one",
+                f"({', '.join(sorted(str(t) for t in types))}; {own[0].source or '?'} is "
+                f"{own[0].user_type}, {other.source or '?'} {other.user_type}); a client holds one",
                 field="type",
             )
         if len(own) >= MIN_PAIRS_PER_CLIENT:

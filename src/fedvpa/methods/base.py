@@ -136,6 +136,12 @@ class FederatedMethod(ABC):
         (never raw data); ``{}`` if the method does not use it."""
         return {}
 
+    @property
+    def takes_census(self) -> bool:
+        """Whether the method's settings ask for a census at some round (``census_arrays``);
+        under DP the round protocol skips it and the run says so at start-up."""
+        return False
+
     def census_arrays(self, state: ServerState, server_round: int) -> Arrays | None:
         """What a census sends every seen client before ``server_round`` is planned, or
         ``None`` (no census; the default). Each client answers with ``locate`` on these arrays,

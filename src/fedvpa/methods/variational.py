@@ -264,14 +264,19 @@ class VariationalMethod(FederatedMethod):
         consistently with its user type than the population does (``benchmarks/group_choice.py``:
         adjusted Rand index 0.03-0.14 against 0.32-0.59 at round 10 on ``synthetic-4``)."""
         wanted = (
-            self.cfg.group_census
-            and self.cfg.auto_groups
-            and self.population_inference
+            self.takes_census
             and self.needs_locate(server_round)
             and int(state.extra["num_groups"][0]) == 0
             and state.extra.get("prior_n", np.zeros(0)).size > 0
         )
         return self._with_population(state.arrays, state.extra) if wanted else None
+
+    @property
+    def takes_census(self) -> bool:
+        """``group-census`` where it has something to choose (``num-prototypes = "auto"`` with
+        the prototype pull) and a population to place clients by."""
+        cfg = self.cfg
+        return cfg.group_census and cfg.auto_groups and cfg.use_ortho and self.population_inference
 
     def take_census(
         self, state: ServerState, placements: Mapping[int, Arrays], server_round: int

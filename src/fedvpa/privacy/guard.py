@@ -59,12 +59,7 @@ def census_note(method: FederatedMethod) -> str | None:
     cost more epsilon than many sampled rounds, so the round protocol skips it under DP and the
     method decides from what it already holds (FedVPA-GP: its store of noised posterior means).
     """
-    from fedvpa.methods.variational import VariationalMethod
-
-    if not isinstance(method, VariationalMethod):
-        return None
-    cfg = method.cfg
-    if not (cfg.group_census and cfg.auto_groups and cfg.use_ortho and method.population_inference):
+    if not method.takes_census:
         return None
     return (
         f"note: under DP {method.name} chooses its number of groups from its store of noised "
