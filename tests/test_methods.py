@@ -298,6 +298,10 @@ def test_population_inference_sends_the_prior_rows_and_reads_z_from_them(clients
     # the evaluation reply also carries the z it read, for stage 2's group z
     np.testing.assert_array_equal(stats["z"], want.detach().numpy())
     assert "z" not in method.latent_stats(weights, unseen)  # the encoder is read: no z
+    # given the evaluation's predictor (evaluate_step), the same statistics without a rebuild
+    reused = method.latent_stats(arrays, unseen, predictor)
+    for key in ("mu", "logvar", "z"):
+        np.testing.assert_array_equal(reused[key], stats[key])
 
     assert _method("fedvpa-gp", latent_inference="auto").population_inference
     assert not _method("fedvpl", latent_inference="auto").population_inference
