@@ -18,9 +18,13 @@ method or a bad number is refused in one line (exit 2) before any work.
 ``--clients-per-node 1 100`` measures every run once per value in the same invocation (the
 default, 0, is what a simulation does by itself: 100 at 1,000 clients on a 2-core machine); with
 k > 1 each virtual SuperNode holds k clients and gets one message per phase for all of them
-(the ``clients-per-node`` key). ``--deployment N`` runs on Flower's deployment engine instead:
-a SuperLink and N SuperNodes on localhost (``--insecure``), each holding ``clients / N``
-clients, the run submitted with ``flwr run``; every process is stopped afterwards.
+(the ``clients-per-node`` key). ``--variant NAME:KEY=VALUE,...`` also runs each latent method
+with those keys (labelled ``method+NAME``) in the same invocation, e.g. the settings meant for
+thousands of clients (``--variant scale:batched-clients=true,prior-max-components=16``);
+``--batched`` is ``--variant batched:batched-clients=true``. ``--deployment N`` runs on
+Flower's deployment engine instead: a SuperLink and N SuperNodes on localhost
+(``--insecure``), each holding ``clients / N`` clients, the run submitted with ``flwr run``;
+every process is stopped afterwards.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from fed_sweep import parse_variant
 
 from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.errors import FedvpaInputError
@@ -205,6 +210,8 @@ def run_deployed(
 
 
 BATCHED = "+batched"
+Variant = tuple[str, dict[str, Any]]  # a name and the keys it sets
+BATCHED_VARIANT: Variant = ("batched", {"batched-clients": True})
 LATENT = ("fedvpl", "fedvpl+gp", "fedvpl+ortho", "fedvpa-gp")
 
 
@@ -217,14 +224,18 @@ def run_one(
     out: Path,
     per_node: int = 1,
     deployment: int = 0,
+    variant: Variant | None = None,
 ) -> dict[str, Any]:
-    label = method
-    name = method.replace(":", "-") + (f"-k{per_node}" if per_node > 1 else "")
-    run_dir = out / (name + (f"-deployed{deployment}" if deployment else ""))
+    """One run; ``variant`` (name, keys) runs the method with those keys set, labelled
+    ``method+name`` (``--batched`` is the variant ``batched: batched-clients = true``)."""
     if method.endswith(BATCHED):  # the same method, its clients trained together per node
-        method = method.removesuffix(BATCHED)
+        method, variant = method.removesuffix(BATCHED), BATCHED_VARIANT
+    label = method + (f"+{variant[0]}" if variant else "")
+    name = label.replace(":", "-") + (f"-k{per_node}" if per_node > 1 else "")
+    run_dir = out / (name + (f"-deployed{deployment}" if deployment else ""))
+    if variant is not None:
         exp = ExperimentConfig.from_flat(
-            {**exp.to_flat(), "batched-clients": True}, source="scale.py --batched"
+            {**exp.to_flat(), **variant[1]}, source=f"scale.py variant {variant[0]}"
         )
     fed = replace(exp.federation, clients_per_node=per_node)
     exp = replace(exp, federation=fed)
@@ -277,6 +288,20 @@ def run_one(
     }
 
 
+def plan_runs(
+    methods: list[str], floor: bool, variants: list[Variant], variants_only: bool = False
+) -> list[tuple[str, Variant | None]]:
+    """The runs of one invocation in order: the floor, then each method, each latent method's
+    variants right after its own run (a variant of FedAvg-BT's keys would measure nothing new);
+    ``variants_only``: a latent method with variants runs only as those."""
+    plain = ([NOOP] if floor else []) + list(methods)
+    runs: list[tuple[str, Variant | None]] = []
+    for m in plain:
+        own = [(m, v) for v in variants if m in LATENT]
+        runs += own if (own and variants_only) else [(m, None), *own]
+    return runs
+
+
 def main() -> None:
     # SIGTERM (kill, a CI timeout) ends like Ctrl-C, so run_deployed's cleanup stops the
     # SuperLink and SuperNodes it started instead of leaving them running
@@ -317,7 +342,30 @@ def measure() -> None:
         action="store_true",
         help="also run each latent method with batched-clients = true (its name + '+batched')",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="also run each latent method with these keys (its name + '+NAME'), e.g. "
+        "'scale:batched-clients=true,prior-max-components=16'",
+    )
+    parser.add_argument(
+        "--variants-only",
+        action="store_true",
+        help="run the latent methods only as their variants (not with the defaults too)",
+    )
     args = parser.parse_args()
+    variants = [parse_variant(v) for v in args.variant]
+    for vname, keys in variants:
+        if not vname or not keys:
+            parser.error(f"--variant {vname!r}: give NAME:KEY=VALUE[,KEY=VALUE]")
+        try:  # a bad key or value fails here, in one line, not after the floor
+            ExperimentConfig.from_flat(keys, source=f"--variant {vname}")
+        except FedvpaInputError as exc:
+            parser.error(exc.one_line())
+    if args.batched:
+        variants.insert(0, BATCHED_VARIANT)
     for name in ("clients", "pairs", "per_round", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -349,9 +397,7 @@ def measure() -> None:
     prepared = prepare_clients(exp.data, exp.embedding, args.seed, progress=True)
     print(f"data: {len(prepared.clients)} clients in {time.perf_counter() - t0:.0f} s", flush=True)
     out = Path(args.out or tempfile.mkdtemp(prefix="fedvpa-scale-"))
-    runs = ([] if args.no_floor else [NOOP]) + list(args.methods)
-    if args.batched:  # each latent method right after its one-client-at-a-time run
-        runs = [x for m in runs for x in ([m, m + BATCHED] if m in LATENT else [m])]
+    runs = plan_runs(args.methods, not args.no_floor, variants, args.variants_only)
     header = (
         "| run | runtime | clients per node | clients (per round) | rounds | wall | first round "
         "| per round | per client update | second half, per round | peak RSS "
@@ -361,8 +407,10 @@ def measure() -> None:
     dim, n = prepared.clients[0].context.dim, len(prepared.clients)
     for requested in args.clients_per_node:
         per_node = resolve_clients_per_node(requested, n, simulated=True)
-        for method in runs:
-            res = run_one(exp, method, prepared.path, dim, n, out, per_node, args.deployment)
+        for method, variant in runs:
+            res = run_one(
+                exp, method, prepared.path, dim, n, out, per_node, args.deployment, variant
+            )
             results.append(res)
             if args.json:
                 with open(args.json, "a") as fh:

@@ -110,6 +110,24 @@ def test_batched_pass_is_train_local_per_client(prior, labels, estimator, encode
             assert out.pi_logits is None
 
 
+@pytest.mark.parametrize("odd", [True, False])
+def test_fused_encoder_read_is_the_two_reads(odd):
+    """The batched step reads a view's choices and their reversal in one encoder call; that is
+    the odd encoder's two calls up to rounding, padding included (sets of unequal length)."""
+    cfg = ModelConfig(input_dim=DIM, odd_encoder=odd)
+    model = VariationalPreferenceModel(cfg, seed=4)
+    gen = torch.Generator().manual_seed(0)
+    oriented = torch.randn(5, 6, cfg.feature_dim, generator=gen)
+    mask = torch.arange(6).unsqueeze(0) < torch.tensor([[1], [6], [3], [2], [5]])
+    mu, logvar = model.encode(oriented, mask)
+    mu_f, logvar_f = model.encode(oriented, mask, fused=True)
+    torch.testing.assert_close(mu_f, mu, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logvar_f, logvar, rtol=0, atol=1e-6)
+    if odd:  # still odd: reversing every choice negates mu
+        mu_rev, _ = model.encode(-oriented, mask, fused=True)
+        torch.testing.assert_close(mu_rev, -mu_f, rtol=0, atol=1e-6)
+
+
 def test_batched_adam_draws_the_same_random_numbers():
     """With Adam and a learning rate too small to move anything, the per-step losses (metrics)
     depend only on the splits and noise: they must match ``train_local``'s."""

@@ -4,6 +4,7 @@ wrong number)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,26 @@ def test_group_z_group_means_average_each_types_seen_placements() -> None:
     means = group_z.group_means(points, np.array([0, 0, 1, 1]))
     assert sorted(means) == [0, 1]
     assert means[0].tolist() == [1.0, 1.0] and means[1].tolist() == [7.0, 7.0]
+
+
+def test_faults_benchmark_draws_other_failing_clients_per_faulty_run(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "num-clients = 8\npairs-per-client = 8\nfraction-unseen = 0.25\nnum-server-rounds = 2\n"
+        "clients-per-round = 4\neval-every = 1\n"
+    )
+    rows = tmp_path / "faults.jsonl"
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "faults.py"), "--config", str(config)]
+        + ["--methods", "fedavg-bt", "--seeds", "3", "--fault-draws", "2", "--json", str(rows)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert [row[k]["fault_seed"] for k in ("clean", "faulty", "faulty1")] == [3, 3, 1003]
+    assert row["clean"]["failures"] == 0
+    assert row["faulty"]["failures"] == row["faulty1"]["failures"] == 2  # 1 of 4, 2 rounds
+    assert "faulty runs apart by" in out.stdout
+    assert "(faulty1)" in out.stdout

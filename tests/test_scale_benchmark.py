@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from method_loop import run_in_process  # noqa: E402
-from scale import Monitor, NoOpClients  # noqa: E402
+from scale import BATCHED_VARIANT, NOOP, Monitor, NoOpClients, plan_runs  # noqa: E402
 from toy_method import make_clients  # noqa: E402
 
 from fedvpa.methods.reward_heads import FedAvgBT  # noqa: E402
@@ -76,3 +76,22 @@ def test_bad_arguments_end_in_one_line_before_any_work(tmp_path: Path) -> None:
     assert scale("--rounds", "0").returncode == 2
     assert scale("--clients-per-node", "1", "-1").returncode == 2
     assert scale("--deployment", "-1").returncode == 2
+    for bad in ("x:no-such-key=1", "x", "x:prior-max-components=many"):
+        refused = scale("--variant", bad, "--out", str(tmp_path / "c"))
+        last = refused.stderr.strip().splitlines()[-1]
+        assert refused.returncode == 2 and last.startswith("scale.py: error: --variant"), bad
+        assert "Traceback" not in refused.stderr and not (tmp_path / "c").exists()
+
+
+def test_variants_run_right_after_their_latent_method_and_not_for_fedavg_bt() -> None:
+    small = ("small", {"prior-max-components": 16})
+    assert plan_runs(["fedvpa-gp", "fedavg-bt"], True, [BATCHED_VARIANT, small]) == [
+        (NOOP, None),
+        ("fedvpa-gp", None),
+        ("fedvpa-gp", BATCHED_VARIANT),
+        ("fedvpa-gp", small),
+        ("fedavg-bt", None),
+    ]
+    assert plan_runs(["fedavg-bt"], False, [small]) == [("fedavg-bt", None)]
+    only = plan_runs(["fedvpa-gp", "fedavg-bt"], False, [small], variants_only=True)
+    assert only == [("fedvpa-gp", small), ("fedavg-bt", None)]

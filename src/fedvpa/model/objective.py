@@ -181,6 +181,7 @@ def local_objective(
     noise: StepNoise | None = None,
     validate: bool = True,
     featurised: bool = False,
+    fused_encoder: bool = False,
 ) -> LossTerms:
     """Paper Eq. 10 for a batch of ``B`` clients (or ``B`` context/query views of one client).
 
@@ -189,14 +190,16 @@ def local_objective(
     to the prototypes in use. ``noise`` (``draw_step_noise``) replaces the draws from
     ``generator``; with it and ``validate=False`` the objective is a pure function of tensors,
     which the batched local step maps over clients. ``featurised``: the context and query
-    tensors hold the pair feature's outputs ``g(h)`` instead of embeddings ``h``.
+    tensors hold the pair feature's outputs ``g(h)`` instead of embeddings ``h``;
+    ``fused_encoder`` (with ``featurised``): see ``VariationalPreferenceModel.encode``.
     """
     if isinstance(queries, list):
         queries = pad_queries(queries)
     if noise is None:
         noise = draw_step_noise(cfg, prior, context.mask.shape[0], model.training, generator)
     if featurised:
-        mu, logvar = model.encode(context.chosen - context.rejected, context.mask, validate)
+        oriented = context.chosen - context.rejected
+        mu, logvar = model.encode(oriented, context.mask, validate, fused=fused_encoder)
     else:
         mu, logvar = model.posterior(context.chosen, context.rejected, context.mask, validate)
     z = reparameterise(mu, logvar, cfg.z_samples, eps=noise.z_eps.to(mu))  # [S, B, d]

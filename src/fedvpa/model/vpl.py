@@ -65,11 +65,20 @@ class VariationalPreferenceModel(nn.Module):
         return self.encode(self.feature.pair(ctx_chosen, ctx_rejected), mask, validate)
 
     def encode(
-        self, oriented: torch.Tensor, mask: torch.Tensor, validate: bool = True
+        self,
+        oriented: torch.Tensor,
+        mask: torch.Tensor,
+        validate: bool = True,
+        fused: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar) [B, d]`` from context pair *features* ``g(chosen) - g(rejected)``
         ``[B, K, F]``: ``posterior`` after the pair feature, for a caller that computed the
-        features of a client's pairs once instead of once per view."""
+        features of a client's pairs once instead of once per view.
+
+        ``fused``: the odd encoder reads the choices and their reversal in one encoder call
+        (``[2B, K, F]``) instead of two. The same function, other floating-point rounding
+        (a batched matrix product sums in another order), so only the batched local step, which
+        already rounds differently from one-client training, uses it."""
         if self.cfg.encoder == "laplace":
             if validate and not bool(mask.bool().any(dim=1).all()):
                 raise ValueError("every context set needs at least one valid pair")
@@ -86,8 +95,14 @@ class VariationalPreferenceModel(nn.Module):
         if self.cfg.odd_encoder:
             # z(reversed choices) = -z(choices): no constant z can fit a client, so a client of
             # one user type moves the encoder only through what its choices say (see config).
-            mu_fwd, logvar_fwd = self.encoder(oriented, mask, validate)
-            mu_rev, logvar_rev = self.encoder(-oriented, mask, validate)
+            if fused:
+                both = torch.cat([oriented, -oriented], dim=0)
+                mu_both, logvar_both = self.encoder(both, torch.cat([mask, mask]), validate)
+                mu_fwd, mu_rev = mu_both.chunk(2)
+                logvar_fwd, logvar_rev = logvar_both.chunk(2)
+            else:
+                mu_fwd, logvar_fwd = self.encoder(oriented, mask, validate)
+                mu_rev, logvar_rev = self.encoder(-oriented, mask, validate)
             return 0.5 * (mu_fwd - mu_rev), 0.5 * (logvar_fwd + logvar_rev)
         return self.encoder(oriented, mask, validate)
 
