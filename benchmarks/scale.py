@@ -209,7 +209,6 @@ def run_deployed(
     return dict(json.loads(final_path.read_text()))
 
 
-BATCHED = "+batched"
 Variant = tuple[str, dict[str, Any]]  # a name and the keys it sets
 BATCHED_VARIANT: Variant = ("batched", {"batched-clients": True})
 LATENT = ("fedvpl", "fedvpl+gp", "fedvpl+ortho", "fedvpa-gp")
@@ -228,8 +227,6 @@ def run_one(
 ) -> dict[str, Any]:
     """One run; ``variant`` (name, keys) runs the method with those keys set, labelled
     ``method+name`` (``--batched`` is the variant ``batched: batched-clients = true``)."""
-    if method.endswith(BATCHED):  # the same method, its clients trained together per node
-        method, variant = method.removesuffix(BATCHED), BATCHED_VARIANT
     label = method + (f"+{variant[0]}" if variant else "")
     name = label.replace(":", "-") + (f"-k{per_node}" if per_node > 1 else "")
     run_dir = out / (name + (f"-deployed{deployment}" if deployment else ""))

@@ -145,6 +145,17 @@ class _MappedMixture:
         )
 
 
+def _pair_features(
+    model: VariationalPreferenceModel, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``g`` on each of a client's padded pairs ``[n + 1, D]`` once: ``g(A)``, ``g(B)`` and the
+    same features as chosen / rejected by the pair's label."""
+    emb_a, emb_b, label = pairs
+    g_a, g_b = model.feature(emb_a), model.feature(emb_b)
+    a_pref = label.bool().unsqueeze(-1)
+    return g_a, g_b, torch.where(a_pref, g_a, g_b), torch.where(a_pref, g_b, g_a)
+
+
 class _Objective(nn.Module):
     """One client's step as a module's forward, so ``functional_call`` can swap in the client's
     slice of the weights: the pair feature ``g`` on each of the client's pairs once, then
@@ -165,10 +176,8 @@ class _Objective(nn.Module):
         cfg: ModelConfig,
         **kwargs: object,
     ) -> object:
-        emb_a, emb_b, label = pairs  # [n + 1, D], [n + 1, D], [n + 1]
-        g_a, g_b = self.model.feature(emb_a), self.model.feature(emb_b)
-        a_pref = label.bool().unsqueeze(-1)
-        chosen, rejected = torch.where(a_pref, g_a, g_b), torch.where(a_pref, g_b, g_a)
+        g_a, g_b, chosen, rejected = _pair_features(self.model, pairs)
+        label = pairs[2]
         (c_index, c_mask), (q_index, q_mask) = context, queries
         return local_objective(
             self.model,
@@ -197,11 +206,10 @@ class _PosteriorReader(nn.Module):
         pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         context: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        emb_a, emb_b, label = pairs
-        g_a, g_b = self.model.feature(emb_a), self.model.feature(emb_b)
-        oriented = torch.where(label.bool().unsqueeze(-1), g_a - g_b, g_b - g_a)
+        _, _, chosen, rejected = _pair_features(self.model, pairs)
         index, mask = context
-        return self.model.encode(oriented[index], mask, validate=False, fused=True)
+        oriented = chosen[index] - rejected[index]
+        return self.model.encode(oriented, mask, validate=False, fused=True)
 
 
 class _Store:
