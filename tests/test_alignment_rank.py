@@ -244,6 +244,22 @@ def test_context_z_is_read_as_stage1_read_unseen_clients(stage1: Path, tmp_path:
     z_encoder = choose_z(encoder_run, context=path).z
     assert np.allclose(z_encoder, infer_posterior(run.selector(), tensors)[0].numpy(), atol=1e-6)
     assert not np.allclose(z, z_encoder, atol=1e-3)
+    # "prior" (FedVPL's default): the same Bayes step over the prior's fixed draws
+    from fedvpa.model.priors import standard_normal_draws
+
+    prior_run = replace(
+        run,
+        model_cfg=replace(run.model_cfg, latent_inference="prior"),
+        _selector=None,
+        _arrays=None,
+    )
+    draws, weights = prior_run.population()
+    torch.testing.assert_close(
+        draws, standard_normal_draws(run.latent_dim, run.model_cfg.prior_draws)
+    )
+    z_prior = choose_z(prior_run, context=path).z
+    want = population_latent(run.selector(), tensors, draws, weights).numpy()
+    assert np.allclose(z_prior, want, atol=1e-6)
 
 
 # ---------------------------------------------------------------------- rank

@@ -305,6 +305,7 @@ def test_population_inference_sends_the_prior_rows_and_reads_z_from_them(clients
 
     assert _method("fedvpa-gp", latent_inference="auto").population_inference
     assert not _method("fedvpl", latent_inference="auto").population_inference
+    assert _method("fedvpl", latent_inference="auto").latent_reading == "prior"
     assert not _method("fedvpa-gp", latent_inference="encoder").population_inference
     # FedVPL keeps its posteriors unless asked for the population: then it reports them
     assert _method("fedvpl").stats_shapes(1) == {}
@@ -312,3 +313,77 @@ def test_population_inference_sends_the_prior_rows_and_reads_z_from_them(clients
     assert asked.population_inference and set(asked.stats_shapes(1)) == {"mu", "sigma2"}
     with pytest.raises(ConfigError, match="latent_inference"):
         _method("fedvpl", latent_inference="nearest")
+
+
+def test_standard_normal_draws_are_fixed_and_standard():
+    from fedvpa.errors import ConfigError
+    from fedvpa.model.priors import standard_normal_draws
+
+    draws = standard_normal_draws(8, 4096)
+    assert draws.shape == (4096, 8) and draws.dtype == torch.float32
+    assert torch.isfinite(draws).all()
+    torch.testing.assert_close(draws, standard_normal_draws(8, 4096))  # the same points
+    assert not torch.equal(draws, standard_normal_draws(8, 4096, seed=1))
+    # quasi-random: the moments sit far closer to N(0, I)'s than 4,096 random draws' would
+    # (sd of a random mean about 0.016)
+    assert draws.mean(0).abs().max() < 2e-3
+    assert (draws.std(0) - 1).abs().max() < 5e-3
+    cov = torch.cov(draws.T)
+    assert (cov - torch.diag(torch.diagonal(cov))).abs().max() < 5e-3
+    with pytest.raises(ConfigError):
+        standard_normal_draws(0, 10)
+
+
+def test_prior_inference_is_the_bayes_posterior_mean_under_n01():
+    """With one latent dimension the posterior mean under the model's N(0, 1) prior is a 1-D
+    integral: the prior draws' importance-weighted mean must match it by quadrature."""
+    from fedvpa.training.local import population_latent
+
+    method = _method(
+        "fedvpl", latent_dim=1, num_prototypes=1, latent_inference="prior", prior_draws=4096
+    )
+    model = method._model(method.init_server_state(0).arrays)
+    model.eval()
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(6, DIM, generator=gen), torch.randn(6, DIM, generator=gen)
+    pairs = _pairs(a, b, [1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    with torch.no_grad():
+        grid = torch.linspace(-8, 8, 20001).unsqueeze(1)
+        logits = model.logit(a, b, grid.unsqueeze(1))  # [G, n]
+        loglik = -torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, pairs.label.expand_as(logits), reduction="none"
+        ).sum(-1)
+        log_post = loglik - grid[:, 0] ** 2 / 2
+        want = (torch.softmax(log_post.double(), 0) * grid[:, 0].double()).sum()
+        draws, weights = method.inference_points({})
+        got = population_latent(model, pairs, draws, weights)
+    assert draws.shape == (4096, 1) and torch.equal(weights, torch.ones(4096))
+    assert abs(float(got[0]) - float(want)) < 0.01, (float(got[0]), float(want))
+    assert abs(float(want)) > 0.05  # the pairs moved it: the check is not at the prior mean
+
+
+def test_fedvpl_reads_z_under_its_prior_without_sending_anything(clients):
+    """FedVPL's default ("auto") reads ``z`` as the posterior mean over the prior's fixed
+    draws: no posterior travels (the statistics stay empty), the evaluation reply carries the
+    ``z`` it read (stage 2's group ``z``), and the Laplace encoder keeps its own reading."""
+    from fedvpa.model.priors import standard_normal_draws
+    from fedvpa.training.local import PopulationPredictor, context_pairs, population_latent
+
+    method = _method("fedvpl", steps=3)
+    assert method.latent_reading == "prior" and method.stats_shapes(1) == {}
+    state, _, _ = run_in_process(method, clients, rounds=2, per_round=6)
+    arrays = method.evaluation_arrays(state)
+    assert not any(k.startswith("population_") for k in arrays)  # nothing extra is sent
+    predictor = method.predictor(arrays)
+    assert isinstance(predictor, PopulationPredictor)
+    unseen = next(c for c in clients if c.unseen)
+    draws = standard_normal_draws(SMALL["latent_dim"], method.cfg.prior_draws)
+    want = population_latent(predictor.model, context_pairs(unseen), draws, torch.ones(len(draws)))
+    torch.testing.assert_close(predictor.latent(unseen), want)
+    stats = method.latent_stats(arrays, unseen, predictor)
+    np.testing.assert_array_equal(stats["z"], want.detach().numpy())
+
+    assert _method("fedvpl", latent_inference="encoder").inference_points(arrays) is None
+    laplace = _method("fedvpl", encoder="laplace")
+    assert laplace.latent_reading == "encoder" and laplace.inference_points(arrays) is None
+    assert _method("fedvpl", encoder="laplace", latent_inference="prior").latent_reading == "prior"

@@ -92,6 +92,19 @@ def test_swapping_a_and_b_flips_the_logit_exactly(selector: str) -> None:
 
 
 @pytest.mark.parametrize("selector", ["reward", "logit-bias"])
+def test_logit_grid_equals_the_logit_at_every_point(selector: str) -> None:
+    """The one-product grid (population and prior inference) is the broadcast logit."""
+    model = VariationalPreferenceModel(small_cfg(selector=selector), seed=0)
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(7, 16, generator=gen), torch.randn(7, 16, generator=gen)
+    points = 3 * torch.randn(300, 8, generator=gen)
+    grid = model.logit_grid(a, b, points)
+    assert grid.shape == (300, 7)
+    torch.testing.assert_close(grid, model.logit(a, b, points.unsqueeze(1)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.logit_grid(b, a, points), -grid, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("selector", ["reward", "logit-bias"])
 def test_z_changes_the_prediction(selector: str) -> None:
     model = VariationalPreferenceModel(small_cfg(selector=selector), seed=0)
     gen = torch.Generator().manual_seed(2)

@@ -1,21 +1,21 @@
 """Which ``z`` stage 2 conditions on, read from a finished stage-1 run folder.
 
 Stage 1 leaves, per method folder, ``config.json`` (the method's effective model config),
-``final.json`` (each client's encoder posterior mean ``mu``, under population inference the ``z``
-its evaluation read, its user type, and the prototypes) and the shared arrays. A ``z`` comes
-from one of:
+``final.json`` (each client's encoder posterior mean ``mu``, under population or prior
+inference the ``z`` its evaluation read, its user type, and the prototypes) and the shared
+arrays. A ``z`` comes from one of:
 
 - a **group**: a user type of stage 1 (``helpful``) or a prototype group (``proto-0``: the seen
   clients whose encoder mean lies nearest that prototype); its ``z`` is the mean, over the
   group's *seen* clients (the ones the federation trained on), of the ``z`` stage 1's last
-  evaluation read: the population placement under ``latent-inference``'s population, else the
-  encoder's posterior mean ``mu``;
+  evaluation read: the placement among the population's points (or the prior's draws) under
+  ``latent-inference``'s population or prior, else the encoder's posterior mean ``mu``;
 - a **mix** of groups (``helpful=0.3,harmless=0.7``): a convex combination of their ``z``;
 - a **file** with ``d`` floats (``.npy`` or a JSON list);
 - a user's **context**: labelled pairs, embedded by the stage-1 backbone and read the way
   stage 1 read an unseen client's context pairs at evaluation: under ``latent-inference``'s
-  population (``population_latent`` over the clients' posterior means the run's server kept),
-  else by the stage-1 encoder (``infer_posterior``).
+  population or prior (``population_latent`` over the clients' posterior means the run's server
+  kept, or over the prior's fixed draws), else by the stage-1 encoder (``infer_posterior``).
 
 Everything here raises a one-line ``ConfigError`` on bad input (the CLI's exit code 2).
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ import torch
 from fedvpa.errors import ConfigError
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.vpl import VariationalPreferenceModel
+
+if TYPE_CHECKING:
+    from fedvpa.methods.variational import VariationalMethod
 
 EXPERIMENT_CONFIG = "config.json"
 COMPARE_RESULTS = "results.json"  # fedvpa compare's (compare.RESULTS_FILE)
@@ -77,15 +80,11 @@ class Stage1Run:
         return self._arrays
 
     def population(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The population a user's ``z`` is read against, or None where stage 1 read ``z``
-        with the encoder (FedVPL by default, or no posterior had reached the server)."""
-        arrays = self.evaluation_arrays()
-        if "population_mu" not in arrays:
-            return None
-        return (
-            torch.from_numpy(np.asarray(arrays["population_mu"], dtype=np.float32)),
-            torch.from_numpy(np.asarray(arrays["population_n"], dtype=np.float32)),
-        )
+        """The points and weights a user's ``z`` is read against (the population of posterior
+        means, or the prior's draws under ``latent-inference = "prior"``), or None where stage
+        1 read ``z`` with the encoder (the Laplace encoder, or no posterior had reached the
+        server)."""
+        return stage1_method(self).inference_points(self.evaluation_arrays())
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -190,7 +189,6 @@ def stage1_evaluation_arrays(run: Stage1Run) -> dict[str, np.ndarray]:
     through ``run_folder.load_checkpoint``, the folder's own reader); everything else in stage
     2 reads ``final.json`` / ``config.json``.
     """
-    from fedvpa.methods.variational import VariationalMethod
     from fedvpa.protocol.run_folder import load_checkpoint
 
     try:
@@ -204,10 +202,15 @@ def stage1_evaluation_arrays(run: Stage1Run) -> dict[str, np.ndarray]:
         ) from exc
     if checkpoint is None:
         raise ConfigError("stage-1 run has no saved weights", path=str(run.method_dir))
+    return dict(stage1_method(run).evaluation_arrays(checkpoint.state))
+
+
+def stage1_method(run: Stage1Run) -> VariationalMethod:
+    """The stage-1 method as the run configured it (its effective model and local settings)."""
+    from fedvpa.methods.variational import VariationalMethod
+
     local = run.method_effective.get("local")
-    local = local if isinstance(local, dict) else None
-    method = VariationalMethod(run.method, run.model_cfg, local)
-    return dict(method.evaluation_arrays(checkpoint.state))
+    return VariationalMethod(run.method, run.model_cfg, local if isinstance(local, dict) else None)
 
 
 def build_selector(run: Stage1Run) -> VariationalPreferenceModel:
@@ -267,7 +270,8 @@ def preference_groups(run: Stage1Run) -> dict[str, Group]:
 
 def evaluated_z(latent: dict[str, Any], mu: np.ndarray, path: Path | str = "") -> np.ndarray:
     """Each client's ``z`` as stage 1's last evaluation read it: the population placement
-    where the run recorded one (``final.json``'s ``latent.z``, runs of population inference),
+    where the run recorded one (``final.json``'s ``latent.z``, runs of population or prior
+    inference),
     else the encoder mean. A ``latent.z`` that is not a finite ``mu``-shaped matrix is refused
     in one line naming ``path``."""
     if latent.get("z") is None:
@@ -374,10 +378,10 @@ def embed_texts(run: Stage1Run, texts: list[str]) -> torch.Tensor:
 
 def z_from_context(run: Stage1Run, path: str | Path, data_format: str = "auto") -> np.ndarray:
     """A user's ``z`` from a few labelled pairs, read as stage 1 read an unseen client's context
-    pairs: under population inference the posterior mean over the population of clients'
-    means (a dozen pairs pick among where real clients are; 3-5 points better than
-    the encoder for unseen clients, README "Personalisation beyond two user types"), else the
-    encoder's posterior mean."""
+    pairs: under population (or prior) inference the posterior mean over the population of
+    clients' means (or the prior's draws): a dozen pairs pick among where real clients are,
+    3-5 points better than the encoder for unseen clients (README "Personalisation beyond two
+    user types"); else the encoder's posterior mean."""
     from fedvpa.data.readers import read_pairs
     from fedvpa.embeddings.pipeline import embed_pairs
     from fedvpa.training.local import infer_posterior, population_latent

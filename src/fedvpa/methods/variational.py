@@ -34,7 +34,12 @@ from fedvpa.methods.base import (
 from fedvpa.methods.local_config import LocalConfig
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.prior_compression import compress_mixture
-from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrior
+from fedvpa.model.priors import (
+    FederatedMixturePrior,
+    Prior,
+    StandardNormalPrior,
+    standard_normal_draws,
+)
 from fedvpa.model.prototypes import (
     assign_prototype_labels,
     balanced_kmeans_with_centroids,
@@ -641,11 +646,38 @@ class VariationalMethod(FederatedMethod):
         return int(((anchors - mu.numpy()[None]) ** 2).sum(-1).argmin())
 
     @property
-    def population_inference(self) -> bool:
-        """Whether evaluation reads ``z`` from the population of posterior means
-        (``latent-inference``); "auto" does wherever the server keeps them."""
+    def latent_reading(self) -> str:
+        """How evaluation (and stage 2) reads a client's ``z``: "population", "prior" or
+        "encoder" (``latent-inference``, with "auto" resolved). "auto" reads the population
+        wherever the server keeps it; else the model's own prior, which needs no message and
+        took FedVPL from 4-8 points short of the ideal to within 2-3 (README); the Laplace
+        encoder already reads the selector's posterior, so it keeps its own."""
         mode = self.cfg.latent_inference
-        return mode == "population" or (mode == "auto" and self.uses_stats)
+        if mode != "auto":
+            return mode
+        if self.uses_stats:
+            return "population"
+        return "encoder" if self.cfg.encoder == "laplace" else "prior"
+
+    @property
+    def population_inference(self) -> bool:
+        """Whether evaluation reads ``z`` from the population of posterior means."""
+        return self.latent_reading == "population"
+
+    def inference_points(self, arrays: Arrays) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The points (``[J, d]``) and weights (``[J]``) a client's pairs choose among when its
+        ``z`` is read (``population_latent``): the population rows the evaluation arrays carry,
+        the prior's fixed draws under "prior" (nothing travels for them), or None where the
+        encoder is read."""
+        if "population_mu" in arrays:
+            return (
+                torch.as_tensor(np.asarray(arrays["population_mu"], np.float32)),
+                torch.as_tensor(np.asarray(arrays["population_n"], np.float32)),
+            )
+        if self.latent_reading != "prior":
+            return None
+        draws = standard_normal_draws(self.cfg.latent_dim, self.cfg.prior_draws)
+        return draws, torch.ones(len(draws))
 
     def evaluation_arrays(self, state: ServerState) -> Arrays:
         """The evaluated weights, and under population inference the prior rows (as the
@@ -671,15 +703,12 @@ class VariationalMethod(FederatedMethod):
         return VPLPredictor(self._frozen_model(without_population(global_arrays)))
 
     def _population_predictor(self, global_arrays: Arrays) -> PopulationPredictor | None:
-        """The predictor of population inference, or None where the arrays carry no
-        population (the encoder is read)."""
-        if "population_mu" not in global_arrays:
+        """The predictor of population or prior inference, or None where the encoder is read
+        (``inference_points``)."""
+        points = self.inference_points(global_arrays)
+        if points is None:
             return None
-        return PopulationPredictor(
-            self._frozen_model(without_population(global_arrays)),
-            torch.as_tensor(np.asarray(global_arrays["population_mu"], np.float32)),
-            torch.as_tensor(np.asarray(global_arrays["population_n"], np.float32)),
-        )
+        return PopulationPredictor(self._frozen_model(without_population(global_arrays)), *points)
 
     def latent_stats(
         self, global_arrays: Arrays, client: ClientTensors, predictor: Predictor | None = None

@@ -18,7 +18,7 @@ SELECTORS = ("reward", "logit-bias")
 PRIORS = ("standard", "mixture")
 KL_ESTIMATORS = ("mc", "upper-bound")
 PROTOTYPE_INITS = ("qr", "centroids")
-LATENT_INFERENCE = ("auto", "encoder", "population")
+LATENT_INFERENCE = ("auto", "encoder", "population", "prior")
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,13 @@ class ModelConfig:
     # mixture prior (point masses weighted by n_j), given the client's pairs through the
     # selector's likelihood: a dozen pairs then pick among where real clients are instead of
     # being placed by the encoder alone. "auto": population where the server keeps that
-    # store (mixture prior or prototype pull), else the encoder. "population" on FedVPL makes
-    # its clients send their posterior after training, as FedVPA-GP's do.
+    # store (mixture prior or prototype pull), else "prior" (the encoder for the laplace
+    # encoder, which already reads the selector's own posterior). "population" on FedVPL makes
+    # its clients send their posterior after training, as FedVPA-GP's do. "prior": the same
+    # Bayes step over prior_draws fixed quasi-random draws of N(0, I), the model's own prior, so
+    # it needs no message; FedVPL's default (README, "Personalisation beyond two user types").
     latent_inference: str = "auto"
+    prior_draws: int = 4096  # draws of N(0, I) that latent-inference = "prior" weighs
     use_ortho: bool = True  # the orthogonal prototype loss
     # Prototype groups: a number, or "auto" (the server picks it at the first pull round, by
     # silhouette over 2 .. max_groups; see group_census and plan_round).
@@ -140,6 +144,7 @@ class ModelConfig:
             "kl_samples",
             "z_samples",
             "posterior_subsamples",
+            "prior_draws",
         )
         for name in positive_ints:
             value = getattr(self, name)

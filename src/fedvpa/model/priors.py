@@ -179,6 +179,20 @@ def mixture_kl(
     )
 
 
+def standard_normal_draws(latent_dim: int, num: int, seed: int = 0) -> torch.Tensor:
+    """``num`` fixed draws of N(0, I) in ``latent_dim`` dimensions, ``[num, latent_dim]``.
+
+    Scrambled Sobol points pushed through the normal quantile: low-discrepancy, so a few
+    thousand cover the prior evenly enough for a self-normalised importance-sampling posterior
+    mean, and fixed by ``seed``, so every client and every evaluation weighs the same points
+    (latent-inference = "prior")."""
+    if latent_dim < 1 or num < 1:
+        raise ConfigError(f"need latent_dim >= 1 and num >= 1, got {latent_dim}, {num}")
+    u = torch.quasirandom.SobolEngine(latent_dim, scramble=True, seed=seed).draw(num)
+    u = u.clamp(1e-6, 1 - 1e-6).to(torch.float32)  # Sobol may return exactly 0
+    return torch.special.ndtri(u)
+
+
 class StandardNormalPrior(nn.Module):
     """``N(0, I)``: the FedVPL prior, closed-form KL, no parameters."""
 

@@ -110,6 +110,17 @@ class VariationalPreferenceModel(nn.Module):
         """``logit P(A preferred | z)``; ``z [..., d]`` broadcasts against ``emb_a [..., D]``."""
         return self.selector(self.feature(emb_a), self.feature(emb_b), z)
 
+    def logit_grid(
+        self, emb_a: torch.Tensor, emb_b: torch.Tensor, points: torch.Tensor
+    ) -> torch.Tensor:
+        """``logit`` of pairs ``emb [n, D]`` at each of ``points [J, d]``, ``[J, n]``: the
+        selector's one-product form where it has one (logit-bias), else broadcast."""
+        g_a, g_b = self.feature(emb_a), self.feature(emb_b)
+        grid = getattr(self.selector, "grid", None)
+        if grid is not None:
+            return grid(g_a, g_b, points)
+        return self.selector(g_a, g_b, points.unsqueeze(1))
+
     def logit_from_features(
         self, g_a: torch.Tensor, g_b: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:

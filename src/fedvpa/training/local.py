@@ -145,7 +145,7 @@ def population_latent(
     """
     log_w = torch.log(population_n.clamp_min(1e-12))
     if len(pairs) > 0:
-        logits = model.logit(pairs.emb_a, pairs.emb_b, population_mu.unsqueeze(1))  # [J, n]
+        logits = model.logit_grid(pairs.emb_a, pairs.emb_b, population_mu)  # [J, n]
         labels = pairs.label.expand_as(logits)
         log_w = log_w - F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(-1)
     return torch.softmax(log_w, dim=0) @ population_mu
