@@ -650,7 +650,7 @@ class VariationalMethod(FederatedMethod):
         """How evaluation (and stage 2) reads a client's ``z``: "population", "prior" or
         "encoder" (``latent-inference``, with "auto" resolved). "auto" reads the population
         wherever the server keeps it; else the model's own prior, which needs no message and
-        took FedVPL from 4-8 points short of the ideal to within 2-3 (README); the Laplace
+        brought FedVPL 1-8 points closer to the ideal than its encoder (README); the Laplace
         encoder already reads the selector's posterior, so it keeps its own."""
         mode = self.cfg.latent_inference
         if mode != "auto":
