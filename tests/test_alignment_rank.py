@@ -249,7 +249,7 @@ def test_context_z_is_read_as_stage1_read_unseen_clients(stage1: Path, tmp_path:
 
     prior_run = replace(
         run,
-        model_cfg=replace(run.model_cfg, latent_inference="prior"),
+        model_cfg=replace(run.model_cfg, latent_inference="prior", prior="standard"),
         _selector=None,
         _arrays=None,
     )

@@ -387,3 +387,8 @@ def test_fedvpl_reads_z_under_its_prior_without_sending_anything(clients):
     laplace = _method("fedvpl", encoder="laplace")
     assert laplace.latent_reading == "encoder" and laplace.inference_points(arrays) is None
     assert _method("fedvpl", encoder="laplace", latent_inference="prior").latent_reading == "prior"
+    # the mixture prior is not N(0, I): refused in one line, not read against the wrong prior
+    from fedvpa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="latent_inference"):
+        _method("fedvpa-gp", latent_inference="prior")

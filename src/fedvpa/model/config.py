@@ -192,6 +192,12 @@ class ModelConfig:
             raise ConfigError(
                 f"must be 1 or 2, got {self.feature_layers!r}", field="feature_layers"
             )
+        if self.latent_inference == "prior" and self.prior != "standard":
+            raise ConfigError(
+                '"prior" reads z over draws of N(0, I), which is not the mixture prior; '
+                'use "population" or "encoder"',
+                field="latent_inference",
+            )
         if self.encoder == "laplace" and self.selector != "logit-bias":
             raise ConfigError(
                 "the laplace encoder needs the logit-bias selector (linear in z)", field="encoder"

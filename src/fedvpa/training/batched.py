@@ -31,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fedvpa.embeddings.tensors import ClientTensors
 from fedvpa.model.config import ModelConfig
+from fedvpa.model.diagnostics import moment_match
 from fedvpa.model.objective import (
     ContextBatch,
     QueryBatch,
@@ -366,11 +367,10 @@ def train_local_batched(
         with torch.no_grad():
             sums += torch.stack([t.detach().double() for t in terms])
     mu, logvar = _posteriors(model, weights, buffers, store, sizes, gens, cfg)
-    sigma2 = torch.exp(logvar).mean(dim=1) + mu.var(dim=1, unbiased=False)  # moment_match
     results = []
     for c, job in enumerate(jobs):
         metrics = {key: float(sums[i, c]) / max(steps, 1) for i, key in enumerate(TERMS)}
-        result = LocalResult(mu[c].mean(dim=0), sigma2[c], job.client.num_examples, metrics)
+        result = LocalResult(*moment_match(mu[c], logvar[c]), job.client.num_examples, metrics)
         logits = pi[c].detach().clone() if pi is not None else None
         results.append(BatchedResult(_client_arrays(model, weights, c), result, logits))
     return results
