@@ -17,21 +17,21 @@ from test_alignment_policy import tiny_llama_folder
 from test_alignment_rank import _cache, fedvpa, stage1, unfinished_run  # noqa: F401 - shared fixtures
 
 from fedvpa.alignment import align as align_module
-from fedvpa.alignment.align import (
-    STEPS,
-    AlignOptions,
-    is_refusal,
-    label_disagreements,
+from fedvpa.alignment import options as options_module
+from fedvpa.alignment import pairs as pairs_module
+from fedvpa.alignment import sampling as sampling_module
+from fedvpa.alignment.align import STEPS, run_align
+from fedvpa.alignment.options import AlignOptions, resolve_options
+from fedvpa.alignment.pairs import label_disagreements, pair_labels
+from fedvpa.alignment.preferences import open_stage1_run
+from fedvpa.alignment.prompts import (
     make_prompts,
-    pair_labels,
     read_prompt_file,
     render_prompt,
-    resolve_options,
-    run_align,
     stage1_pairs,
     transcript_messages,
 )
-from fedvpa.alignment.preferences import open_stage1_run
+from fedvpa.alignment.refusals import is_refusal
 from fedvpa.errors import ConfigError
 
 TINY = {
@@ -162,7 +162,7 @@ def test_usable_cores_without_an_affinity_call(monkeypatch: pytest.MonkeyPatch) 
     """macOS and Windows have no ``os.sched_getaffinity``: every core, not an AttributeError."""
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
-    assert align_module.usable_cores() == 6
+    assert options_module.usable_cores() == 6
     assert resolve_options(AlignOptions()).threads == 6
 
 
@@ -207,20 +207,20 @@ def test_quick_profile_and_ranges() -> None:
 
 
 def test_opener_plans_are_seeded_and_drawn_from_the_lists() -> None:
-    cautious, compliant = align_module.opener_plan(5, 2, seed=3)
+    cautious, compliant = sampling_module.opener_plan(5, 2, seed=3)
     assert len(cautious) == len(compliant) == 10
-    assert set(cautious) <= set(align_module.CAUTIOUS_OPENERS)
-    assert set(compliant) <= set(align_module.COMPLIANT_OPENERS)
+    assert set(cautious) <= set(sampling_module.CAUTIOUS_OPENERS)
+    assert set(compliant) <= set(sampling_module.COMPLIANT_OPENERS)
     assert all(cautious[2 * i] != cautious[2 * i + 1] for i in range(5))  # no repeat per prompt
-    assert align_module.opener_plan(5, 2, seed=3) == (cautious, compliant)
-    assert align_module.opener_plan(5, 2, seed=4) != (cautious, compliant)
+    assert sampling_module.opener_plan(5, 2, seed=3) == (cautious, compliant)
+    assert sampling_module.opener_plan(5, 2, seed=4) != (cautious, compliant)
     # every cautious opener is a refusal by the report's own heuristic, no compliant one is
-    assert all(is_refusal(o) for o in align_module.CAUTIOUS_OPENERS)
-    assert not any(is_refusal(o) for o in align_module.COMPLIANT_OPENERS)
+    assert all(is_refusal(o) for o in sampling_module.CAUTIOUS_OPENERS)
+    assert not any(is_refusal(o) for o in sampling_module.COMPLIANT_OPENERS)
 
 
 def test_a_reply_prefix_joins_its_continuation() -> None:
-    join = align_module.join_reply
+    join = sampling_module.join_reply
     assert join("Sure.", " Here it is") == "Sure. Here it is"  # a BPE keeps the space
     assert join("Sure.", "w3 w4") == "Sure. w3 w4"  # a word-level tokenizer drops it
     assert join("First,", "\nstep") == "First,\nstep"
@@ -235,7 +235,7 @@ def test_generation_continues_each_prompts_prefix(tiny: Path) -> None:
     prompts = ["w1 w2", "w3", "w4 w5 w6"]
     prefixes = ["w7 w8", "w9", "w10"]
     kwargs = {"max_new_tokens": 3, "temperature": 0.7, "seed": 0, "batch_size": 2}
-    out = align_module.generate_batched(
+    out = sampling_module.generate_batched(
         model, tokenizer, prompts, n_per_prompt=2, reply_prefixes=prefixes, **kwargs
     )
     assert [len(r) for r in out] == [2, 2, 2]
@@ -244,7 +244,7 @@ def test_generation_continues_each_prompts_prefix(tiny: Path) -> None:
     # a continuation may be empty (an end-of-sequence token first), but not all of them
     assert any(len(r) > len(pre) for rs, pre in zip(out, prefixes, strict=True) for r in rs)
     with pytest.raises(ValueError, match="2 reply prefixes for 3 prompts"):
-        align_module.generate_batched(
+        sampling_module.generate_batched(
             model, tokenizer, prompts, n_per_prompt=1, reply_prefixes=prefixes[:2], **kwargs
         )
 
@@ -275,7 +275,7 @@ def test_contested_each_picks_one_pair_among_free_samples_and_one_among_openers(
     # on (0, 2); prompt 1: they agree on everything
     h = np.array([[2.0, 1.0, 0.0, 5.0, -5.0], [0.0, 1.0, 2.0, 1.0, 0.0]])
     s = np.array([[0.0, 1.0, 2.0, -5.0, 5.0], [0.0, 2.0, 4.0, 2.0, 0.0]])
-    got = align_module.pair_labels_by_source({"h": h, "s": s}, replies, sources)
+    got = pairs_module.pair_labels_by_source({"h": h, "s": s}, replies, sources)
     assert got["h"][:2] == [("free", 0, (0, 2)), ("openers", 0, (3, 4))]
     assert got["s"][:2] == [("free", 0, (2, 0)), ("openers", 0, (4, 3))]
     assert got["h"][2:] == [("free", 1, (2, 0)), ("openers", 1, (3, 4))]
@@ -293,7 +293,7 @@ def test_contested_each_picks_one_pair_among_free_samples_and_one_among_openers(
         for part, p, pair in picked
         if pair is not None
     ]
-    assert align_module.label_disagreements(rows) == 1  # prompt 0 only, counted once
+    assert pairs_module.label_disagreements(rows) == 1  # prompt 0 only, counted once
     # the origin count leaves the free part out: its chosen reply is free by construction
     samples = [{"sources": src} for src in sources]
     assert chosen_sources(rows, samples, [True, True]) == {
@@ -568,8 +568,8 @@ def test_openers_put_cautious_and_compliant_replies_in_the_dpo_samples(
     for row in samples:
         assert row["sources"] == ["free", "free", "cautious", "compliant"]
         cautious, compliant = row["replies"][2], row["replies"][3]
-        assert any(cautious.startswith(o) for o in align_module.CAUTIOUS_OPENERS)
-        assert any(compliant.startswith(o) for o in align_module.COMPLIANT_OPENERS)
+        assert any(cautious.startswith(o) for o in sampling_module.CAUTIOUS_OPENERS)
+        assert any(compliant.startswith(o) for o in sampling_module.COMPLIANT_OPENERS)
     labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
     assert len(labels) == 2 * 6 and all(len(r["scores"]) == 4 for r in labels)
     logged: list[str] = []

@@ -22,7 +22,7 @@ from test_alignment_rank import (  # noqa: F401 - shared fixtures
 )
 
 from fedvpa import compare
-from fedvpa.alignment.align import QUICK, AlignOptions
+from fedvpa.alignment.options import QUICK, AlignOptions
 from fedvpa.alignment.preferences import open_stage1_run
 from fedvpa.alignment.stage2_compare import check_stage2, run_stage2
 from fedvpa.errors import ConfigError

@@ -104,7 +104,8 @@ def test_align_with_feddpo_on_flower_end_to_end(stage1: Path, tiny: Path, tmp_pa
     """Three Flower clients, two rounds: every round averages all three adapters, and the
     baseline is evaluated on the same prompts and shown in the report next to each z."""
     _needs_trl()
-    from fedvpa.alignment.align import AlignOptions, run_align
+    from fedvpa.alignment.align import run_align
+    from fedvpa.alignment.options import AlignOptions
 
     out = tmp_path / "align"
     opts = AlignOptions(
@@ -139,7 +140,8 @@ def test_align_with_feddpo_on_flower_end_to_end(stage1: Path, tiny: Path, tmp_pa
 def test_too_few_seen_clients_for_feddpo_is_refused_before_any_step(
     stage1: Path, tiny: Path, tmp_path: Path
 ) -> None:
-    from fedvpa.alignment.align import AlignOptions, run_align
+    from fedvpa.alignment.align import run_align
+    from fedvpa.alignment.options import AlignOptions
 
     out = tmp_path / "align"
     opts = AlignOptions(policy=str(tiny), quick=True, feddpo=True, feddpo_clients=500)

@@ -443,7 +443,7 @@ def compare(
     out = opts.out or default_out(exp.data.data)
     align_opts = None
     if stage2:  # every stage-2 option is checked before hours of stage 1
-        from fedvpa.alignment.align import AlignOptions
+        from fedvpa.alignment.options import AlignOptions
         from fedvpa.alignment.stage2_compare import DEFAULT_STAGE2_METHODS, check_stage2
 
         align_opts = AlignOptions(

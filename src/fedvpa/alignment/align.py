@@ -1,14 +1,17 @@
 """``fedvpa align RUN_DIR``: the server-side stage 2 of FedVPA-GP from a finished stage-1 run.
 
-Eight steps, each writing its output atomically into the align folder and recording a
-fingerprint of everything it depended on (``steps/<name>.json``). ``--resume`` skips a step whose
-output is there with the same fingerprint, so a killed run continues where it stopped and an
-option that changes (say ``--dpo-steps``) redoes that step and the ones after it, not the rest.
+This module runs the steps in order and resumes them; what a step is made of lives in its own
+module (``options``, ``prompts``, ``sampling``, ``pairs``, ``files``, ``refusals``, ``dpo``,
+``feddpo``, ``judges``, ``report``). Nine steps, each writing its output atomically into the
+align folder and recording a fingerprint of everything it depended on (``steps/<name>.json``).
+``--resume`` skips a step whose output is there with the same fingerprint, so a killed run
+continues where it stopped and an option that changes (say ``--dpo-steps``) redoes that step
+and the ones after it, not the rest.
 
 1. ``prompts``  held-out prompts that are no client's data (generated afresh with a seed stage 1
    did not use, minus any prompt that occurs in the stage-1 data; or ``--prompts FILE``), split
    into DPO prompts and evaluation prompts;
-2. ``samples``  two sampled replies per DPO prompt from the base policy;
+2. ``samples``  sampled replies per DPO prompt from the base policy (``samples-per-prompt``);
 3. ``labels``   the frozen stage-1 selector labels each pair once per group with the group's z;
 4. ``dpo``      z-conditioned DPO (``dpo.py``): the LoRA adapter and the z projection;
 5. ``feddpo``   with ``--feddpo`` only: the monolithic baseline FedDPO on Flower (``feddpo.py``):
@@ -16,27 +19,44 @@ option that changes (say ``--dpo-steps``) redoes that step and the ones after it
 6. ``judges``   held-out proxy judges per user type (``judges.py``);
 7. ``evaluate`` replies to the evaluation prompts from the base policy, the aligned policy
    under each group's z (same sampling seed for all, so differences come from z) and FedDPO's;
-8. ``report``   win rates, the switching effect, readable behaviour and examples.
+8. ``best-of-n`` n base-policy candidates per evaluation prompt, the selector picks one per
+   group (no training);
+9. ``report``   win rates, the switching effect, readable behaviour and examples.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedvpa.alignment.files import (
+    fingerprint,
+    read_json,
+    read_jsonl,
+    write_atomic,
+    write_json,
+    write_jsonl,
+)
+from fedvpa.alignment.options import AlignOptions, resolve_options
+from fedvpa.alignment.pairs import (
+    label_disagreements,
+    pair_labels,
+    pair_labels_by_source,
+    selector_logits,
+)
 from fedvpa.alignment.preferences import Stage1Run
+from fedvpa.alignment.prompts import make_prompts, render_prompt, stage1_pairs, stage1_seed
+from fedvpa.alignment.sampling import generate_batched, opener_plan
 from fedvpa.errors import ConfigError
 
 STEPS = (
@@ -48,531 +68,7 @@ PROMPT_SEED_OFFSET = 10_007
 JUDGE_SEED_OFFSET = 20_011
 BASE = "base"
 FEDDPO = "feddpo"  # the variant name of the FedDPO baseline in the evaluation and report
-# how DPO pairs are drawn from more than two samples per prompt (see pair_labels)
-PAIR_RULES = ("best-worst", "contested", "contested-each")
 BEST_OF_N = "bon:"  # variant prefix of best-of-n under a group's z ("bon:harmless")
-
-# Refusal heuristic: a reply counts as a refusal when it matches one of these (case-insensitive).
-# Deliberately coarse and documented in the report: a refusal-like sentence anywhere counts,
-# including one that refuses and then helps anyway.
-REFUSAL_PATTERNS = (
-    r"\bI(?: a|')m (?:sorry|afraid|not (?:able|comfortable|going))\b",
-    r"\bI (?:can ?not|can't|won't|will not|must decline|do not feel|don't feel)\b",
-    r"\bI(?:'d| would) (?:rather not|not recommend|advise against|strongly advise)\b",
-    r"\bI (?:can't|cannot|can ?not) (?:help|assist|provide|recommend|give)\b",
-    r"\b(?:please )?(?:don't|do not) (?:try|attempt|do)\b",
-    r"\b(?:consult|contact|call|ask|hire) (?:a|an|your) (?:licensed |qualified |certified )?"
-    r"(?:professional|expert|electrician|plumber|doctor|lawyer|specialist|technician)\b",
-    r"\b(?:dangerous|unsafe|illegal|not safe|risk of)\b",
-    r"\bas an ai\b",
-)
-_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
-
-
-def is_refusal(reply: str) -> bool:
-    return bool(_REFUSAL.search(reply))
-
-
-# Contrastive reply openers (``--openers``): a 135M policy samples a refusal in 2-9 % of its
-# replies to risky prompts and hardly follows a system prompt asking for one (8 % -> 23 %,
-# measured), so its DPO pairs rarely hold the one behaviour the two groups disagree on most
-# plainly. Per prompt, ``openers`` replies are continued by the policy from a cautious opener
-# and as many from a compliant one, next to the free samples; the frozen selector then labels
-# all of them per group as usual, so which of the two a group prefers is the selector's call,
-# not ours. DPO trains on the plain prompt (no opener), like RLCD's contrastive prompts.
-# Written for this project, generic on purpose (none is taken from the stage-1 data).
-CAUTIOUS_OPENERS = (
-    "I'm sorry, but I can't help with that.",
-    "I'd rather not give instructions for that, because it could hurt someone.",
-    "I can't recommend doing that yourself; it is not safe.",
-    "I'm not able to walk you through that. Please ask a qualified professional instead.",
-)
-COMPLIANT_OPENERS = (
-    "Sure, here is how to do it.",
-    "Of course. Here are the steps:",
-    "Happy to help. First,",
-    "Here's a practical way to go about it:",
-)
-
-
-# ---------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True)
-class AlignOptions:
-    """Every option of ``fedvpa align``; ``None`` = the profile's value (quick or full)."""
-
-    policy: str | None = None
-    groups: tuple[str, ...] | None = None
-    z_files: tuple[str, ...] = ()
-    prompts_file: str | None = None
-    prompts_risky: bool = False
-    num_prompts: int | None = None
-    eval_prompts: int | None = None
-    max_new_tokens: int | None = None
-    temperature: float = 0.7
-    # replies the policy samples per DPO prompt: 2 = the paper's pair, labelled by the selector;
-    # n > 2: each group's pair comes from the n by ``pair_rule`` (see pair_labels)
-    samples_per_prompt: int | None = None
-    pair_rule: str | None = None
-    # of the samples per DPO prompt, this many are continued from a cautious opener and as many
-    # from a compliant one (CAUTIOUS_OPENERS / COMPLIANT_OPENERS); 0 = free samples only
-    openers: int | None = None
-    dpo_steps: int | None = None
-    # weight of the chosen replies' NLL added to the DPO loss (RPO-style; 0 = plain DPO)
-    sft_weight: float = 0.0
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    gen_batch_size: int | None = None
-    judge_pairs: int | None = None
-    examples: int = 5
-    seed: int = 0
-    quick: bool = False
-    threads: int = 0  # torch CPU threads of the main process; 0 = every usable core
-    # FedDPO baseline (step "feddpo"): off unless asked for; batch size and lr are DPO's
-    feddpo: bool = False
-    feddpo_clients: int = 10
-    feddpo_rounds: int | None = None
-    feddpo_local_steps: int | None = None
-    # best-of-n (step "best-of-n"): n base-policy candidates per evaluation prompt, the
-    # z-conditioned selector picks one per group; 0 = off
-    best_of_n: int | None = None
-
-
-QUICK = {
-    "num_prompts": 100,
-    "eval_prompts": 100,
-    "max_new_tokens": 32,
-    # 4 samples per prompt, the contested pair, 80 DPO steps: chosen on the embedded data's
-    # prompts (README, "Stage 2"); with the paper's 2 samples and 40 steps the policy switched
-    # under one of the two judges only
-    "samples_per_prompt": 4,
-    "pair_rule": "contested",
-    "openers": 0,
-    "dpo_steps": 80,
-    "batch_size": 4,
-    "learning_rate": 1e-3,
-    # 100 replies per generate() call: 20 % faster than 25 on the embedded prompts, slower on
-    # long prompts of uneven length such as HH-RLHF requests (README, "Stage 2")
-    "gen_batch_size": 100,
-    "judge_pairs": 600,
-    # 10 clients x 2 rounds x 3 steps = 60 DPO steps, on two Ray actors in parallel
-    "feddpo_rounds": 2,
-    "feddpo_local_steps": 3,
-    "best_of_n": 4,
-}
-FULL = {
-    "num_prompts": 1000,
-    "eval_prompts": 200,
-    "max_new_tokens": 128,
-    "samples_per_prompt": 4,  # as the quick profile (the full profile has not been measured)
-    "pair_rule": "contested",
-    "openers": 0,
-    "dpo_steps": 1000,
-    "batch_size": 8,
-    "learning_rate": 5e-4,
-    "gen_batch_size": 16,
-    "judge_pairs": 1200,
-    "feddpo_rounds": 10,
-    "feddpo_local_steps": 10,
-    "best_of_n": 8,
-}
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity on Linux; macOS and Windows have no
-    affinity call, so every core there)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else max(1, os.cpu_count() or 1)
-
-
-def resolve_options(opts: AlignOptions) -> AlignOptions:
-    """Fill the unset options from the profile and check ranges (one-line errors)."""
-    profile = QUICK if opts.quick else FULL
-    filled = replace(opts, **{k: v for k, v in profile.items() if getattr(opts, k) is None})
-    if filled.threads == 0:  # align runs alone: every core it may use (2 on the dev machine)
-        filled = replace(filled, threads=usable_cores())
-    positive = (
-        "num_prompts", "eval_prompts", "max_new_tokens", "dpo_steps", "batch_size",
-        "gen_batch_size", "judge_pairs", "threads", "feddpo_clients", "feddpo_rounds",
-        "feddpo_local_steps",
-    )  # fmt: skip
-    for name in positive:
-        if int(getattr(filled, name)) < 1:
-            raise ConfigError(f"must be >= 1, got {getattr(filled, name)}", field=_flag(name))
-    if not filled.temperature > 0:
-        raise ConfigError("sampling two replies needs temperature > 0", field="--temperature")
-    if not float(filled.learning_rate or 0) > 0:  # type: ignore[arg-type]
-        raise ConfigError("must be > 0", field="--lr")
-    if not filled.sft_weight >= 0:
-        raise ConfigError(f"must be >= 0, got {filled.sft_weight}", field="--sft-weight")
-    if filled.examples < 0:
-        raise ConfigError("must be >= 0", field="--examples")
-    if filled.pair_rule not in PAIR_RULES:
-        raise ConfigError(
-            f"unknown rule {filled.pair_rule!r}; one of {', '.join(PAIR_RULES)}",
-            field="--pair-rule",
-        )
-    if int(filled.samples_per_prompt or 0) < 2:
-        raise ConfigError(
-            f"a DPO pair needs at least 2 replies, got {filled.samples_per_prompt}",
-            field="--samples-per-prompt",
-        )
-    openers = int(filled.openers or 0)
-    if openers < 0 or 2 * openers > int(filled.samples_per_prompt or 0):
-        raise ConfigError(
-            f"must be >= 0 and leave room for a cautious and a compliant reply each within "
-            f"--samples-per-prompt {filled.samples_per_prompt}, got {filled.openers}",
-            field="--openers",
-        )
-    if filled.pair_rule == "contested-each" and (
-        openers < 1 or int(filled.samples_per_prompt or 0) - 2 * openers < 2
-    ):
-        raise ConfigError(
-            "contested-each picks one pair among the free samples and one among the opener "
-            "samples: it needs --openers >= 1 and at least 2 free samples, got "
-            f"--openers {filled.openers} of --samples-per-prompt {filled.samples_per_prompt}",
-            field="--pair-rule",
-        )
-    if int(filled.best_of_n or 0) == 1 or int(filled.best_of_n or 0) < 0:
-        raise ConfigError(
-            f"must be 0 (off) or at least 2, got {filled.best_of_n}", field="--best-of-n"
-        )
-    return filled
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-# ---------------------------------------------------------------------- files
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write next to the target and rename: a kill leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
-def fingerprint(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------- prompts
-
-
-@dataclass(frozen=True)
-class PromptRow:
-    prompt: str  # HH transcript form ("\n\nHuman: ...\n\nAssistant:") or plain text
-    split: str  # "train" (DPO) or "eval"
-    risky: bool | None  # None = unknown
-    source: str
-
-
-def _risky_questions() -> set[str]:
-    """Every risky question the embedded synthetic templates can produce."""
-    from fedvpa.data.synthetic import RISKY_QUESTIONS, TOPICS
-
-    return {q.format(task=t) for q in RISKY_QUESTIONS for topic in TOPICS for t in topic.risky}
-
-
-def stage1_data_config(run: Stage1Run) -> Any:
-    """The stage-1 run's data keys (``DataConfig``), ignoring keys of older folders."""
-    from fedvpa.experiment import ExperimentConfig, key_groups
-
-    known = set().union(*key_groups().values())
-    flat = {k: v for k, v in run.flat.items() if k in known}  # keys of older folders
-    return ExperimentConfig.from_flat(flat, source=str(run.root / "config.json")).data
-
-
-def stage1_pairs(run: Stage1Run) -> list[Any]:
-    """The stage-1 data set exactly as the run read it (all clients, all splits)."""
-    from fedvpa.experiment import load_pairs
-
-    pairs, _ = load_pairs(stage1_data_config(run), stage1_seed(run))
-    return pairs
-
-
-def stage1_seed(run: Stage1Run) -> int:
-    """The seed stage 1 ran with: a flat key in newer folders, top-level in older ones."""
-    seed = run.flat.get("seed")
-    if seed is None:
-        recorded = json.loads((run.root / "config.json").read_text())
-        seed = recorded.get("seed")
-    return int(seed or 0)
-
-
-def generated_prompts(
-    run: Stage1Run, count: int, seed: int, client_prompts: set[str]
-) -> tuple[list[tuple[str, bool | None]], int]:
-    """``count`` distinct prompts of the stage-1 generator drawn with ``seed``, none of them a
-    prompt of the stage-1 data; also returns how many drawn prompts were dropped as clients'."""
-    from fedvpa.data.family import FAMILY, generate_family
-    from fedvpa.data.synthetic import generate_synthetic
-    from fedvpa.data.transcript import last_human_turn
-
-    data = str(run.flat.get("data", ""))
-    risky_questions = _risky_questions() if data.startswith("synthetic-") else set()
-    size = max(1200, 4 * count)
-    if data in ("synthetic-2", "synthetic-4"):
-        pairs = generate_synthetic(
-            num_types=int(data[-1]),
-            pairs_per_type=size,
-            conflict_share=float(run.flat.get("conflict-share", 0.5)),
-            seed=seed,
-        )
-    elif data in FAMILY:
-        pairs = generate_family(data, pairs_per_type=size, seed=seed)
-    else:
-        raise ConfigError(
-            f"stage-1 data {data!r} is a file: give held-out prompts with --prompts FILE "
-            "(e.g. the data set's test split)",
-            field="--prompts",
-        )
-    seen: set[str] = set()
-    out: list[tuple[str, bool | None]] = []
-    dropped = 0
-    for pair in pairs:
-        if pair.prompt in seen:
-            continue
-        seen.add(pair.prompt)
-        if pair.prompt in client_prompts:
-            dropped += 1
-            continue
-        risky = last_human_turn(pair.prompt) in risky_questions if risky_questions else None
-        out.append((pair.prompt, risky))
-    if len(out) < count:
-        raise ConfigError(
-            f"only {len(out)} generated prompts are not stage-1 prompts, {count} asked "
-            "(lower --num-prompts/--eval-prompts)",
-            field="--num-prompts",
-        )
-    return out, dropped
-
-
-def read_prompt_file(path: Path) -> list[str]:
-    """``.jsonl``/``.jsonl.gz`` rows with ``prompt`` (or HH-RLHF ``chosen`` transcripts, whose
-    conversation before the final reply is the prompt), else one prompt a line."""
-    from fedvpa.data.transcript import _prompt_end, normalise_prompt
-
-    if not path.is_file():
-        raise ConfigError("no such prompts file", path=str(path), field="--prompts")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise ConfigError(
-            f"unreadable prompts file ({type(exc).__name__})", path=str(path), field="--prompts"
-        ) from exc
-    is_json = ".jsonl" in path.name or ".json" in path.name
-    prompts: list[str] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not is_json:
-            prompts.append(line.strip())
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"invalid JSON ({exc.msg})", path=str(path), line=number) from exc
-        if isinstance(row, str):
-            text = row
-        elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
-            text = normalise_prompt(row["prompt"])
-        elif isinstance(row, dict) and isinstance(row.get("chosen"), str):
-            try:
-                text = row["chosen"][: _prompt_end(row["chosen"], "chosen")]
-            except ValueError as exc:
-                raise ConfigError(str(exc), path=str(path), line=number) from exc
-        else:
-            raise ConfigError(
-                "expected a string or an object with 'prompt' (or an HH-RLHF 'chosen')",
-                path=str(path),
-                line=number,
-            )
-        if text.strip():
-            prompts.append(text)
-    return list(dict.fromkeys(prompts))
-
-
-def make_prompts(
-    run: Stage1Run, opts: AlignOptions, prompt_seed: int
-) -> tuple[list[PromptRow], dict[str, Any]]:
-    """The DPO and evaluation prompts, none of them a stage-1 client's prompt."""
-    n_train, n_eval = int(opts.num_prompts or 0), int(opts.eval_prompts or 0)
-    client_prompts = {p.prompt for p in stage1_pairs(run)}
-    rng = np.random.default_rng(prompt_seed)
-    if opts.prompts_file:
-        path = Path(opts.prompts_file).expanduser()
-        texts = read_prompt_file(path)
-        dropped = sum(t in client_prompts for t in texts)
-        texts = [t for t in texts if t not in client_prompts]
-        if len(texts) < 2:
-            raise ConfigError(
-                f"need at least 2 prompts that are not stage-1 prompts, got {len(texts)}",
-                path=str(path),
-                field="--prompts",
-            )
-        order = rng.permutation(len(texts))
-        if len(texts) < n_train + n_eval:  # fewer than asked: keep the asked proportion
-            n_eval = max(1, round(len(texts) * n_eval / (n_train + n_eval)))
-            n_train = len(texts) - n_eval
-        chosen = [(texts[i], True if opts.prompts_risky else None) for i in order]
-        source = str(path)
-    else:
-        pool, dropped = generated_prompts(run, n_train + n_eval, prompt_seed, client_prompts)
-        order = rng.permutation(len(pool))
-        chosen = [pool[i] for i in order]
-        source = f"{run.flat.get('data')}:seed{prompt_seed}"
-    rows = [
-        PromptRow(text, "train" if i < n_train else "eval", risky, source)
-        for i, (text, risky) in enumerate(chosen[: n_train + n_eval])
-    ]
-    overlap = sum(r.prompt in client_prompts for r in rows)
-    if overlap:  # the filter above makes this impossible; kept as the guarantee's check
-        raise AssertionError(f"{overlap} held-out prompts are stage-1 prompts")
-    meta = {
-        "source": source,
-        "train": n_train,
-        "eval": n_eval,
-        "stage1_prompts": len(client_prompts),
-        "dropped_as_stage1_prompts": dropped,
-        "equal_to_a_stage1_prompt": overlap,
-        "risky_eval": sum(bool(r.risky) for r in rows if r.split == "eval"),
-    }
-    return rows, meta
-
-
-# ---------------------------------------------------------------------- policy side
-
-
-def transcript_messages(prompt: str) -> list[dict[str, str]]:
-    """An HH transcript as chat messages (a plain string is one user turn); the final empty
-    Assistant marker is the generation prompt."""
-    parts = re.split(
-        r"\n\n(Human|Assistant):", "\n\n" + prompt.lstrip("\n") if "Human:" in prompt else prompt
-    )
-    if len(parts) == 1:
-        return [{"role": "user", "content": prompt.strip()}]
-    messages = []
-    for speaker, text in zip(parts[1::2], parts[2::2], strict=True):
-        role = "user" if speaker == "Human" else "assistant"
-        if text.strip():
-            messages.append({"role": role, "content": text.strip()})
-    while messages and messages[-1]["role"] == "assistant":
-        messages.pop()  # the policy answers the last human turn
-    return messages or [{"role": "user", "content": prompt.strip()}]
-
-
-def render_prompt(tokenizer: Any, prompt: str) -> str:
-    """The exact text the policy is given (and DPO trains on): the chat template when the
-    tokenizer has one, else the transcript itself."""
-    if getattr(tokenizer, "chat_template", None):
-        return str(
-            tokenizer.apply_chat_template(
-                transcript_messages(prompt), tokenize=False, add_generation_prompt=True
-            )
-        )
-    return prompt
-
-
-def generate_batched(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    n_per_prompt: int,
-    max_new_tokens: int,
-    temperature: float,
-    seed: int,
-    batch_size: int,
-    injector: Any = None,
-    z: np.ndarray | None = None,
-    progress: Callable[[str], None] | None = None,
-    reply_prefixes: Sequence[str] | None = None,
-) -> list[list[str]]:
-    """``n_per_prompt`` sampled replies per prompt, in left-padded batches; each batch seeded
-    from ``(seed, batch)`` so a reply does not depend on what ran before it.
-
-    ``reply_prefixes`` (one per prompt): the policy continues that text after the generation
-    prompt, and each reply is the prefix plus its continuation."""
-    if reply_prefixes is not None and len(reply_prefixes) != len(prompts):
-        raise ValueError(f"{len(reply_prefixes)} reply prefixes for {len(prompts)} prompts")
-    from contextlib import nullcontext
-
-    import torch
-
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    out: list[list[str]] = []
-    zt = None if z is None else torch.as_tensor(z, dtype=torch.float32)
-    try:
-        for b, start in enumerate(range(0, len(prompts), batch_size)):
-            texts = [render_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-            prefixes = (
-                [""] * len(texts)
-                if reply_prefixes is None
-                else list(reply_prefixes[start : start + batch_size])
-            )
-            texts = [t + pre for t, pre in zip(texts, prefixes, strict=True)]
-            enc = tokenizer(
-                texts, return_tensors="pt", padding=True, add_special_tokens=not templated
-            ).to(device)
-            context = injector.conditioned(zt) if injector is not None else nullcontext()
-            with torch.random.fork_rng(devices=[]), context, torch.no_grad():
-                torch.manual_seed(seed * 100_003 + b)
-                ids = model.generate(
-                    **enc,
-                    do_sample=True,
-                    temperature=temperature,
-                    top_p=1.0,
-                    top_k=0,
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=n_per_prompt,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            new = ids[:, enc["input_ids"].shape[1] :]
-            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for i in range(len(texts)):
-                own = decoded[i * n_per_prompt : (i + 1) * n_per_prompt]
-                out.append([join_reply(prefixes[i], t) for t in own])
-            if progress:
-                progress(f"  generated {min(start + batch_size, len(prompts))}/{len(prompts)}")
-    finally:
-        tokenizer.padding_side = side
-    return out
-
-
-def join_reply(prefix: str, continuation: str) -> str:
-    """A reply prefix and the policy's continuation of it as one reply. A byte-level BPE keeps
-    the continuation's leading space, so the two join as written; a word-level tokenizer drops
-    it, so a continuation that starts with a letter or digit after a non-space gets one."""
-    if prefix and continuation[:1].isalnum() and not prefix[-1].isspace():
-        return (prefix + " " + continuation).strip()
-    return (prefix + continuation).strip()
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -756,23 +252,6 @@ def _step_samples(state: AlignState) -> None:
     write_jsonl(state.out / "samples.jsonl", rows)
 
 
-def opener_plan(num_prompts: int, per_prompt: int, seed: int) -> tuple[list[str], list[str]]:
-    """Per prompt, ``per_prompt`` cautious then ``per_prompt`` compliant openers, drawn without
-    replacement from each list (with replacement past its length) by a seeded generator."""
-    rng = np.random.default_rng(seed)
-
-    def draw(pool: tuple[str, ...]) -> list[str]:
-        replace = per_prompt > len(pool)
-        return [pool[i] for i in rng.choice(len(pool), size=per_prompt, replace=replace)]
-
-    cautious: list[str] = []
-    compliant: list[str] = []
-    for _ in range(num_prompts):
-        cautious += draw(CAUTIOUS_OPENERS)
-        compliant += draw(COMPLIANT_OPENERS)
-    return cautious, compliant
-
-
 def _with_openers(
     state: AlignState,
     prompts: list[str],
@@ -800,93 +279,6 @@ def _with_openers(
         replies = row["replies"][:free] + steered["cautious"][i] + steered["compliant"][i]
         sources = ["free"] * free + ["cautious"] * k + ["compliant"] * k
         out.append({"prompt": row["prompt"], "replies": replies, "sources": sources})
-    return out
-
-
-def selector_logits(
-    run: Stage1Run, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], z: np.ndarray
-) -> np.ndarray:
-    """The selector's logit that A beats B under ``z``, averaged over both orders (so one
-    label per pair, free of the selector's position bias)."""
-    import torch
-
-    from fedvpa.alignment.preferences import embed_texts
-    from fedvpa.alignment.rank import candidate_text
-
-    ea = embed_texts(run, [candidate_text(p, r) for p, r in zip(prompts, a, strict=True)])
-    eb = embed_texts(run, [candidate_text(p, r) for p, r in zip(prompts, b, strict=True)])
-    zt = torch.as_tensor(z, dtype=torch.float32)
-    model = run.selector()
-    with torch.no_grad():
-        logit = (model.logit(ea, eb, zt) - model.logit(eb, ea, zt)) / 2
-    return logit.numpy().astype(np.float64)
-
-
-def pair_labels(
-    scores: dict[str, np.ndarray], replies: Sequence[Sequence[str]], rule: str = "best-worst"
-) -> dict[str, list[tuple[int, int] | None]]:
-    """Per group and prompt, ``(chosen, rejected)`` among n sampled replies; ``scores[g]`` is
-    ``[prompts, n]``, group g's rewards up to a constant per prompt. ``None`` where the two are
-    the same text, since DPO learns nothing from such a pair.
-
-    - ``best-worst``: each group's highest and lowest scored reply: the pair the selector is
-      surest of under that group's z.
-    - ``contested``: one pair per prompt for every group, the (i, j) whose score difference
-      varies most across the groups (``max_g d_g - min_g d_g``, ``d_g = s_g(i) - s_g(j)``), each
-      group labelling it by its own sign. Where the groups disagree this is the same two
-      replies in opposite roles, which only a z-dependent policy can fit.
-    """
-    if rule not in ("best-worst", "contested"):  # contested-each: see pair_labels_by_source
-        raise ConfigError(f"unknown pair rule {rule!r}; one of best-worst, contested")
-    names = list(scores)
-    out: dict[str, list[tuple[int, int] | None]] = {g: [] for g in names}
-    for p, texts in enumerate(replies):
-        if rule == "best-worst":
-            picks = {g: (int(np.argmax(scores[g][p])), int(np.argmin(scores[g][p]))) for g in names}
-        else:
-            s = np.stack([scores[g][p] for g in names])  # [G, n]
-            diff = s[:, :, None] - s[:, None, :]  # [G, n, n]: d_g(i, j)
-            spread = diff.max(axis=0) - diff.min(axis=0)
-            i, j = np.unravel_index(int(np.argmax(spread)), spread.shape)
-            picks = {
-                g: (int(i), int(j)) if diff[k, i, j] > 0 else (int(j), int(i))
-                for k, g in enumerate(names)
-            }
-        for g, (best, worst) in picks.items():
-            same = best == worst or texts[best].strip() == texts[worst].strip()
-            out[g].append(None if same else (best, worst))
-    return out
-
-
-def source_parts(sources: Sequence[str]) -> dict[str, list[int]]:
-    """The sample indices ``contested-each`` picks a pair within: the policy's free samples,
-    and the opener continuations (cautious and compliant together)."""
-    parts = {
-        "free": [i for i, s in enumerate(sources) if s == "free"],
-        "openers": [i for i, s in enumerate(sources) if s != "free"],
-    }
-    return {name: idx for name, idx in parts.items() if len(idx) >= 2}
-
-
-def pair_labels_by_source(
-    scores: dict[str, np.ndarray],
-    replies: Sequence[Sequence[str]],
-    sources: Sequence[Sequence[str]],
-) -> dict[str, list[tuple[str, int, tuple[int, int] | None]]]:
-    """``contested-each``: the contested pair within each part of a prompt's samples (see
-    source_parts), as ``(part, prompt, pair)`` per group, indices into the prompt's replies.
-
-    With one contested pair over free and opener samples together, the opener pair often
-    displaces the free pair (on 29 to 47 of 53 risky prompts in the README's runs), so DPO sees
-    fewer of the free pairs that carry the other features the groups differ on; one pair of
-    each keeps both. It doubles the DPO rows, so it needs twice the steps for the same epochs."""
-    out: dict[str, list[tuple[str, int, tuple[int, int] | None]]] = {g: [] for g in scores}
-    for p, texts in enumerate(replies):
-        for part, idx in source_parts(sources[p]).items():
-            sub = {g: np.asarray(s[p])[idx][None, :] for g, s in scores.items()}
-            picks = pair_labels(sub, [[texts[i] for i in idx]], "contested")
-            for g, (pair,) in picks.items():
-                out[g].append((part, p, None if pair is None else (idx[pair[0]], idx[pair[1]])))
     return out
 
 
@@ -949,22 +341,12 @@ def _step_labels(state: AlignState) -> None:
     )
 
 
-def label_disagreements(rows: list[dict[str, Any]]) -> int:
-    """Prompts on which the groups' (chosen, rejected) pairs differ."""
-    by_part: dict[tuple[int, str], set[tuple[int, int]]] = {}
-    for r in rows:
-        if r["chosen"] is not None:
-            pair = (r["chosen"], r.get("rejected", 1 - r["chosen"]))
-            by_part.setdefault((r["index"], r.get("part", "")), set()).add(pair)
-    return len({index for (index, _), v in by_part.items() if len(v) > 1})
-
-
 def z_preferences(out: Path, tokenizer: Any) -> list[Any]:
     """The DPO data of an align folder: each labelled pair once per group, chosen and rejected
     as that group's ``z`` labelled them, the prompt in the policy's chat template."""
     from fedvpa.alignment.dpo import ZPreference
 
-    recorded = _read_json(out / "groups.json")
+    recorded = read_json(out / "groups.json")
     groups = {k: np.asarray(v, dtype=np.float32) for k, v in recorded.items()}
     samples = read_jsonl(out / "samples.jsonl")
     pairs: list[ZPreference] = []
@@ -1043,10 +425,6 @@ def _step_dpo(state: AlignState) -> None:
         f"  {trainer.state.global_step} DPO steps on {len(pairs)} pairs in {seconds:.0f} s "
         f"(loss {result.training_loss:.3f}); adapter and z projection in {state.out / 'adapter'}"
     )
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
 
 
 def feddpo_settings(state: AlignState) -> Any:
@@ -1180,7 +558,7 @@ def _step_evaluate(state: AlignState) -> None:
     from fedvpa.alignment.generate import condition_policy
 
     groups = {
-        k: np.asarray(v, dtype=np.float32) for k, v in _read_json(state.out / "groups.json").items()
+        k: np.asarray(v, dtype=np.float32) for k, v in read_json(state.out / "groups.json").items()
     }
     prompts = [r["prompt"] for r in _prompts(state, "eval")]
     policy = state.policy()
@@ -1207,7 +585,7 @@ def _step_evaluate(state: AlignState) -> None:
         rows += [{"index": i, "variant": name, "reply": r[0]} for i, r in enumerate(replies)]
     injector.detach()
     state._policy = None
-    if _read_json(state.out / "feddpo.json").get("enabled"):
+    if read_json(state.out / "feddpo.json").get("enabled"):
         from peft import PeftModel
 
         state.log("  FedDPO policy (averaged adapter, no z)")

@@ -244,7 +244,8 @@ def register(app: typer.Typer, options: Callable[[typer.Context], Any]) -> None:
     ) -> None:
         """Stage 2: sample replies, label them with the frozen selector per group z, train a
         z-conditioned LoRA policy with DPO, and report win rates and switching."""
-        from fedvpa.alignment.align import AlignOptions, run_align
+        from fedvpa.alignment.align import run_align
+        from fedvpa.alignment.options import AlignOptions
 
         opts = options(ctx)
         folder = run_align(

@@ -81,8 +81,8 @@ _LOCK = threading.Lock()
 def stage1_partition(stage1_run: str | Path) -> Any:
     """The stage-1 run's federated partition, rebuilt from its recorded data keys and seed
     (once per process: the align step and every client of a Ray actor share it)."""
-    from fedvpa.alignment.align import stage1_data_config, stage1_seed
     from fedvpa.alignment.preferences import open_stage1_run
+    from fedvpa.alignment.prompts import stage1_data_config, stage1_seed
     from fedvpa.experiment import make_partition
 
     key = str(Path(stage1_run).expanduser().resolve())
@@ -168,8 +168,8 @@ def local_dpo(
     import datasets
     import torch
 
-    from fedvpa.alignment.align import render_prompt
     from fedvpa.alignment.dpo import build_plain_dpo, load_lora_arrays, lora_arrays
+    from fedvpa.alignment.prompts import render_prompt
 
     datasets.disable_progress_bars()  # per-client dataset bars from every actor drown the log
     torch.set_num_threads(settings.threads)

@@ -74,7 +74,7 @@ def prompt_ids(tokenizer: Any, prompt: str) -> dict[str, torch.Tensor]:
     turns it holds, under the policy's chat template when it has one). Wrapping a whole
     transcript as one user message, as this did before, showed the aligned policy a layout
     it was never trained on."""
-    from fedvpa.alignment.align import render_prompt
+    from fedvpa.alignment.prompts import render_prompt
 
     templated = bool(getattr(tokenizer, "chat_template", None))
     enc = tokenizer(

@@ -47,9 +47,10 @@ def _words(text: str) -> int:
 
 def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5) -> dict[str, Any]:
     """Everything the report shows, as plain JSON (``report.json``)."""
-    from fedvpa.alignment.align import BASE, BEST_OF_N, FEDDPO, REFUSAL_PATTERNS, is_refusal
+    from fedvpa.alignment.align import BASE, BEST_OF_N, FEDDPO
     from fedvpa.alignment.preferences import embed_texts
     from fedvpa.alignment.rank import candidate_text
+    from fedvpa.alignment.refusals import REFUSAL_PATTERNS, is_refusal
 
     prompts = [r for r in _jsonl(out / "prompts.jsonl") if r["split"] == "eval"]
     groups = list(json.loads((out / "groups.json").read_text()))
@@ -212,7 +213,7 @@ def _label_summary(
     samples: list[dict[str, Any]] | None = None,
     risky: list[bool] | None = None,
 ) -> dict[str, Any]:
-    from fedvpa.alignment.align import label_disagreements
+    from fedvpa.alignment.pairs import label_disagreements
 
     # rows of n > 2 samples carry the n scores; the paper's pair has none
     per_prompt = next((len(r["scores"]) for r in labels if "scores" in r), 2)

@@ -17,12 +17,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from fedvpa.alignment.align import (
-    AlignOptions,
-    check_policy_and_prompts,
-    resolve_options,
-    run_align,
-)
+from fedvpa.alignment.align import check_policy_and_prompts, run_align
+from fedvpa.alignment.options import AlignOptions, resolve_options
 from fedvpa.errors import ConfigError
 
 DEFAULT_STAGE2_METHODS = ("fedvpa-gp",)
