@@ -37,7 +37,7 @@ from fedvpa.config import load_toml  # noqa: E402
 from fedvpa.embeddings.tensors import ClientTensors  # noqa: E402
 from fedvpa.errors import ConfigError  # noqa: E402
 from fedvpa.evaluation.accuracy import evaluate  # noqa: E402
-from fedvpa.methods.variational import without_population  # noqa: E402
+from fedvpa.methods.posterior_store import without_population  # noqa: E402
 from fedvpa.model.vpl import VariationalPreferenceModel  # noqa: E402
 from fedvpa.protocol.in_process import run_in_process  # noqa: E402
 from fedvpa.training.local import VPLPredictor  # noqa: E402

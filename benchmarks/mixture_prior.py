@@ -34,7 +34,8 @@ from threadpoolctl import threadpool_limits
 from fedvpa.embeddings.tensors import ClientTensors, PairTensors
 from fedvpa.federation.registry import create_method
 from fedvpa.methods.base import Arrays, ServerState
-from fedvpa.methods.variational import PRIOR_KEYS, VariationalMethod, compress_prior_rows
+from fedvpa.methods.posterior_store import PRIOR_KEYS, compress_prior_rows
+from fedvpa.methods.variational import VariationalMethod
 from fedvpa.model.priors import Prior
 from fedvpa.training.local import make_optimiser, split_context_query
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fedvpa.errors import ConfigError
-from fedvpa.methods.variational import make_variant, update_store
+from fedvpa.methods.posterior_store import update_store
+from fedvpa.methods.variational import make_variant
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.encoder import PairFeature, laplace_posterior
 from fedvpa.model.prototypes import OrthogonalPrototypes, choose_num_groups
@@ -182,7 +183,7 @@ def test_odd_encoder_reverses_z_when_every_choice_is_reversed(encoder: str) -> N
 
 
 def test_mixture_prior_keeps_each_clients_latest_posterior_for_max_age_rounds() -> None:
-    from fedvpa.methods.variational import merge_components
+    from fedvpa.methods.posterior_store import merge_components
 
     def comps(ids: list[int], value: float, rnd: int) -> dict[str, np.ndarray]:
         n = len(ids)

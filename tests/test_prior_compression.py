@@ -11,7 +11,8 @@ from method_loop import run_in_process
 from fedvpa.errors import ConfigError
 from fedvpa.federation.registry import create_method
 from fedvpa.methods.base import ServerState
-from fedvpa.methods.variational import PRIOR_KEYS, VariationalMethod, compress_prior_rows
+from fedvpa.methods.posterior_store import PRIOR_KEYS, compress_prior_rows
+from fedvpa.methods.variational import VariationalMethod
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.prior_compression import (
     compress_mixture,

@@ -215,7 +215,7 @@ def stage1_method(run: Stage1Run) -> VariationalMethod:
 
 def build_selector(run: Stage1Run) -> VariationalPreferenceModel:
     """The stage-1 model with the weights stage 1 evaluated, frozen."""
-    from fedvpa.methods.variational import without_population
+    from fedvpa.methods.posterior_store import without_population
 
     model = VariationalPreferenceModel(run.model_cfg)
     model.load_shared_state(without_population(run.evaluation_arrays()))
