@@ -23,12 +23,11 @@ from fedvpa.alignment import sampling as sampling_module
 from fedvpa.alignment.align import STEPS, run_align
 from fedvpa.alignment.options import AlignOptions, resolve_options
 from fedvpa.alignment.pairs import label_disagreements, pair_labels
-from fedvpa.alignment.preferences import open_stage1_run
+from fedvpa.alignment.preferences import open_stage1_run, stage1_pairs
 from fedvpa.alignment.prompts import (
     make_prompts,
     read_prompt_file,
     render_prompt,
-    stage1_pairs,
     transcript_messages,
 )
 from fedvpa.alignment.refusals import is_refusal

@@ -54,8 +54,8 @@ from fedvpa.alignment.pairs import (
     pair_labels_by_source,
     selector_logits,
 )
-from fedvpa.alignment.preferences import Stage1Run
-from fedvpa.alignment.prompts import make_prompts, render_prompt, stage1_pairs, stage1_seed
+from fedvpa.alignment.preferences import Stage1Run, stage1_pairs, stage1_seed
+from fedvpa.alignment.prompts import make_prompts, render_prompt
 from fedvpa.alignment.sampling import generate_batched, opener_plan
 from fedvpa.errors import ConfigError
 

@@ -81,8 +81,7 @@ _LOCK = threading.Lock()
 def stage1_partition(stage1_run: str | Path) -> Any:
     """The stage-1 run's federated partition, rebuilt from its recorded data keys and seed
     (once per process: the align step and every client of a Ray actor share it)."""
-    from fedvpa.alignment.preferences import open_stage1_run
-    from fedvpa.alignment.prompts import stage1_data_config, stage1_seed
+    from fedvpa.alignment.preferences import open_stage1_run, stage1_data_config, stage1_seed
     from fedvpa.experiment import make_partition
 
     key = str(Path(stage1_run).expanduser().resolve())

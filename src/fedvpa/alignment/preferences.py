@@ -181,6 +181,32 @@ def open_stage1_run(run_dir: str | Path) -> Stage1Run:
     return Stage1Run(root, method_dir, method, flat, model_cfg, final, effective)
 
 
+def stage1_data_config(run: Stage1Run) -> Any:
+    """The stage-1 run's data keys (``DataConfig``), ignoring keys of older folders."""
+    from fedvpa.experiment import ExperimentConfig, key_groups
+
+    known = set().union(*key_groups().values())
+    flat = {k: v for k, v in run.flat.items() if k in known}  # keys of older folders
+    return ExperimentConfig.from_flat(flat, source=str(run.root / "config.json")).data
+
+
+def stage1_pairs(run: Stage1Run) -> list[Any]:
+    """The stage-1 data set exactly as the run read it (all clients, all splits)."""
+    from fedvpa.experiment import load_pairs
+
+    pairs, _ = load_pairs(stage1_data_config(run), stage1_seed(run))
+    return pairs
+
+
+def stage1_seed(run: Stage1Run) -> int:
+    """The seed stage 1 ran with: a flat key in newer folders, top-level in older ones."""
+    seed = run.flat.get("seed")
+    if seed is None:
+        recorded = json.loads((run.root / "config.json").read_text())
+        seed = recorded.get("seed")
+    return int(seed or 0)
+
+
 def stage1_evaluation_arrays(run: Stage1Run) -> dict[str, np.ndarray]:
     """``VariationalMethod.evaluation_arrays`` of the run's last checkpoint, so that stage 2
     labels with the weights (and reads ``z`` against the population) stage 1 reported.

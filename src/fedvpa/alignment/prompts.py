@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedvpa.alignment.options import AlignOptions
-from fedvpa.alignment.preferences import Stage1Run
+from fedvpa.alignment.preferences import Stage1Run, stage1_pairs
 from fedvpa.errors import ConfigError
 
 
@@ -34,32 +34,6 @@ def _risky_questions() -> set[str]:
     from fedvpa.data.synthetic import RISKY_QUESTIONS, TOPICS
 
     return {q.format(task=t) for q in RISKY_QUESTIONS for topic in TOPICS for t in topic.risky}
-
-
-def stage1_data_config(run: Stage1Run) -> Any:
-    """The stage-1 run's data keys (``DataConfig``), ignoring keys of older folders."""
-    from fedvpa.experiment import ExperimentConfig, key_groups
-
-    known = set().union(*key_groups().values())
-    flat = {k: v for k, v in run.flat.items() if k in known}  # keys of older folders
-    return ExperimentConfig.from_flat(flat, source=str(run.root / "config.json")).data
-
-
-def stage1_pairs(run: Stage1Run) -> list[Any]:
-    """The stage-1 data set exactly as the run read it (all clients, all splits)."""
-    from fedvpa.experiment import load_pairs
-
-    pairs, _ = load_pairs(stage1_data_config(run), stage1_seed(run))
-    return pairs
-
-
-def stage1_seed(run: Stage1Run) -> int:
-    """The seed stage 1 ran with: a flat key in newer folders, top-level in older ones."""
-    seed = run.flat.get("seed")
-    if seed is None:
-        recorded = json.loads((run.root / "config.json").read_text())
-        seed = recorded.get("seed")
-    return int(seed or 0)
 
 
 def generated_prompts(
