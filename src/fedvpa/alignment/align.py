@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -43,6 +42,7 @@ from fedvpa.alignment.files import (
     fingerprint,
     read_json,
     read_jsonl,
+    replace_dir,
     write_atomic,
     write_json,
     write_jsonl,
@@ -396,10 +396,7 @@ def _step_dpo(state: AlignState) -> None:
         result = trainer.train()
         seconds = time.perf_counter() - t0
         save_z_policy(trainer, injector, work / "adapter")
-        target = state.out / "adapter"
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(work / "adapter", target)
+        replace_dir(work / "adapter", state.out / "adapter")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     state._policy = None  # LoRA was injected into the loaded model: later steps reload it
@@ -478,9 +475,7 @@ def _step_feddpo(state: AlignState) -> None:
     work = Path(tempfile.mkdtemp(dir=state.out, prefix=".feddpo-"))
     try:
         save_adapter(settings, outcome.arrays or {}, work / "adapter")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(work / "adapter", target)
+        replace_dir(work / "adapter", target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     types: dict[str, int] = {}

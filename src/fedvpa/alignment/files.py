@@ -6,23 +6,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedvpa.protocol.run_folder import atomic_write_text
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write next to the target and rename: a kill leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# the run folder's write-then-rename (with fsync), so stage 2 keeps stage 1's guarantee
+write_atomic = atomic_write_text
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move a finished directory (an adapter written next to the align folder) into place,
+    replacing an older one: the rename is atomic, so a kill leaves the old one or the new."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(source, target)
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fedvpa.alignment.files import read_jsonl
 from fedvpa.alignment.judges import (
     GENERATED,
     HELD_OUT_FILE_PAIRS,
@@ -37,10 +38,6 @@ PAIRS_OF = {
 }
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -52,12 +49,12 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
     from fedvpa.alignment.rank import candidate_text
     from fedvpa.alignment.refusals import REFUSAL_PATTERNS, is_refusal
 
-    prompts = [r for r in _jsonl(out / "prompts.jsonl") if r["split"] == "eval"]
+    prompts = [r for r in read_jsonl(out / "prompts.jsonl") if r["split"] == "eval"]
     groups = list(json.loads((out / "groups.json").read_text()))
     judges = {
         k: Judge.from_json(v) for k, v in json.loads((out / "judges.json").read_text()).items()
     }
-    generations = _jsonl(out / "eval_generations.jsonl")
+    generations = read_jsonl(out / "eval_generations.jsonl")
     baselines = [FEDDPO] if any(r["variant"] == FEDDPO for r in generations) else []
     bon_path = out / "best_of_n.json"
     bon_info = json.loads(bon_path.read_text()) if bon_path.is_file() else {"enabled": False}
@@ -67,7 +64,7 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
     for row in generations:
         replies[row["variant"]][row["index"]] = row["reply"]
     if bon:
-        for row in _jsonl(out / "best_of_n.jsonl"):
+        for row in read_jsonl(out / "best_of_n.jsonl"):
             for g in groups:
                 replies[BEST_OF_N + g][row["index"]] = row["candidates"][row["choice"][g]]
     n = len(prompts)
@@ -153,7 +150,7 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         {"prompt": prompts[i]["prompt"], **{v: replies[v][i] for v in variants}} for i in shown
     ]
 
-    labels = _jsonl(out / "labels.jsonl")
+    labels = read_jsonl(out / "labels.jsonl")
     meta = json.loads((out / "prompts.json").read_text())
     dpo = json.loads((out / "dpo.json").read_text())
     feddpo_path = out / "feddpo.json"
@@ -171,8 +168,12 @@ def build_report(out: Path, run: Stage1Run, *, seed: int = 0, examples: int = 5)
         "labels": _label_summary(
             labels,
             _pair_rule(out),
-            _jsonl(out / "samples.jsonl"),
-            [bool(r.get("risky")) for r in _jsonl(out / "prompts.jsonl") if r["split"] == "train"],
+            read_jsonl(out / "samples.jsonl"),
+            [
+                bool(r.get("risky"))
+                for r in read_jsonl(out / "prompts.jsonl")
+                if r["split"] == "train"
+            ],
         ),
         "dpo": {k: v for k, v in dpo.items() if k != "log"},
         "feddpo": feddpo,
