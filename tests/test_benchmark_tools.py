@@ -283,7 +283,8 @@ def test_faults_benchmark_draws_other_failing_clients_per_faulty_run(tmp_path: P
     rows = tmp_path / "faults.jsonl"
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "faults.py"), "--config", str(config)]
-        + ["--methods", "fedavg-bt", "--seeds", "3", "--fault-draws", "2", "--json", str(rows)],
+        + ["--methods", "fedavg-bt", "--seeds", "3", "--fault-draws", "2", "--last", "1"]
+        + ["--json", str(rows)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -295,3 +296,7 @@ def test_faults_benchmark_draws_other_failing_clients_per_faulty_run(tmp_path: P
     assert row["faulty"]["failures"] == row["faulty1"]["failures"] == 2  # 1 of 4, 2 rounds
     assert "faulty runs apart by" in out.stdout
     assert "(faulty1)" in out.stdout
+    # with --last 1 the last-k mean is the final evaluation itself
+    for k in ("clean", "faulty", "faulty1"):
+        assert row[k]["seen_last"] == row[k]["seen"]
+        assert row[k]["unseen_last"] == row[k]["unseen"]
