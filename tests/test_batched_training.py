@@ -21,6 +21,7 @@ from method_loop import run_in_process
 from fedvpa.methods.base import TrainRequest
 from fedvpa.methods.variational import make_variant
 from fedvpa.model.config import ModelConfig
+from fedvpa.model.encoder import SetEncoder
 from fedvpa.model.priors import FederatedMixturePrior, StandardNormalPrior
 from fedvpa.model.vpl import VariationalPreferenceModel
 from fedvpa.protocol.client import train_step, train_steps
@@ -124,6 +125,32 @@ def test_fused_encoder_read_is_the_two_reads():
     torch.testing.assert_close(logvar_f, logvar, rtol=0, atol=1e-6)
     mu_rev, _ = model.encode(-oriented, mask, fused=True)  # still odd
     torch.testing.assert_close(mu_rev, -mu_f, rtol=0, atol=1e-6)
+
+
+def test_flat_attention_is_multihead_attention_in_values_and_gradients():
+    """The batched step's encoder computes its attention on flat rows (``_flat_attention``)
+    instead of calling ``nn.MultiheadAttention``: the same outputs and the same gradients for
+    every weight and the input, padded positions included, up to rounding."""
+    enc = SetEncoder(16, 4, heads=4)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 6, 16, generator=gen)
+    mask = torch.arange(6).unsqueeze(0) < torch.tensor([[1], [6], [3], [2], [5]])
+    weights = torch.randn(2, 5, 4, generator=gen)
+    results = []
+    for flat in (False, True):
+        enc.zero_grad(set_to_none=True)
+        inp = x.clone().requires_grad_(True)
+        mu, logvar = enc(inp, mask, flat_attention=flat)
+        ((mu * weights[0]).sum() + (logvar * weights[1]).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in enc.named_parameters()}
+        results.append((mu.detach(), logvar.detach(), inp.grad, grads))
+    (mu, logvar, gx, grads), (mu_f, logvar_f, gx_f, grads_f) = results
+    torch.testing.assert_close(mu_f, mu, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logvar_f, logvar, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gx_f, gx, rtol=0, atol=1e-6)
+    assert grads_f.keys() == grads.keys() and "attn.in_proj_weight" in grads
+    for name in grads:
+        torch.testing.assert_close(grads_f[name], grads[name], rtol=0, atol=1e-5, msg=name)
 
 
 def test_batched_adam_draws_the_same_random_numbers():

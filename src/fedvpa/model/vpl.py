@@ -78,7 +78,8 @@ class VariationalPreferenceModel(nn.Module):
         ``fused``: the odd encoder reads the choices and their reversal in one encoder call
         (``[2B, K, F]``) instead of two. The same function, other floating-point rounding
         (a batched matrix product sums in another order), so only the batched local step, which
-        already rounds differently from one-client training, uses it."""
+        already rounds differently from one-client training, uses it; for the same reason the
+        encoder then computes its attention on flat rows (``SetEncoder._flat_attention``)."""
         if self.cfg.encoder == "laplace":
             if validate and not bool(mask.bool().any(dim=1).all()):
                 raise ValueError("every context set needs at least one valid pair")
@@ -97,14 +98,16 @@ class VariationalPreferenceModel(nn.Module):
             # one user type moves the encoder only through what its choices say (see config).
             if fused:
                 both = torch.cat([oriented, -oriented], dim=0)
-                mu_both, logvar_both = self.encoder(both, torch.cat([mask, mask]), validate)
+                mu_both, logvar_both = self.encoder(
+                    both, torch.cat([mask, mask]), validate, flat_attention=True
+                )
                 mu_fwd, mu_rev = mu_both.chunk(2)
                 logvar_fwd, logvar_rev = logvar_both.chunk(2)
             else:
                 mu_fwd, logvar_fwd = self.encoder(oriented, mask, validate)
                 mu_rev, logvar_rev = self.encoder(-oriented, mask, validate)
             return 0.5 * (mu_fwd - mu_rev), 0.5 * (logvar_fwd + logvar_rev)
-        return self.encoder(oriented, mask, validate)
+        return self.encoder(oriented, mask, validate, flat_attention=fused)
 
     def logit(self, emb_a: torch.Tensor, emb_b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``logit P(A preferred | z)``; ``z [..., d]`` broadcasts against ``emb_a [..., D]``."""
