@@ -1,8 +1,8 @@
 # Environment for Flower and the offline model loading (sourced by the scripts and CI).
 # The venv first on PATH: `flwr run` starts flower-superlink / flower-superexec by name. The
 # repository is found from this file, so `source /path/to/fedvpa/scripts/env.sh` works from any
-# directory (bash; other shells fall back to the current directory).
-_fedvpa_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." 2>/dev/null && pwd)"
+# directory (bash and zsh; plain sh falls back to the current directory).
+_fedvpa_root="$(cd "$(dirname "${BASH_SOURCE:-$0}")/.." 2>/dev/null && pwd)"
 [ -f "$_fedvpa_root/scripts/env.sh" ] || _fedvpa_root="$(pwd)"
 export PATH="$_fedvpa_root/.venv/bin:$PATH"
 unset _fedvpa_root

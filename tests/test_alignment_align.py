@@ -657,3 +657,26 @@ def test_a_file_data_sets_judges_learn_from_the_pairs_no_client_holds(
     left = 800 - len(held)  # the file's pairs in no client: the judges' whole pool
     trained = sum(j["train_pairs"] for j in judges.values())
     assert 0 < left < 800 and round(0.8 * left) - 2 <= trained <= round(0.8 * left) + 2
+
+
+def test_a_killed_steps_work_folder_is_removed_when_the_step_runs_again(tmp_path: Path) -> None:
+    """A DPO or FedDPO step killed mid-way leaves its work folder (trainer checkpoints) in the
+    align folder; the next attempt removes it instead of keeping one copy per killed attempt,
+    and leaves other steps' folders and the finished adapter alone."""
+    from fedvpa.alignment.files import fresh_work_dir, replace_dir
+
+    stale = tmp_path / ".dpo-killed"
+    (stale / "trainer").mkdir(parents=True)
+    (stale / "trainer" / "checkpoint.bin").write_bytes(b"x" * 10)
+    other = tmp_path / ".feddpo-running"
+    other.mkdir()
+    work = fresh_work_dir(tmp_path, ".dpo-")
+    assert work.is_dir() and work.name.startswith(".dpo-")
+    assert not stale.exists() and other.is_dir()
+    (work / "adapter").mkdir()
+    (work / "adapter" / "weights").write_text("new")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "weights").write_text("old")
+    replace_dir(work / "adapter", tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "weights").read_text() == "new"
+    assert not (work / "adapter").exists()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,10 +39,10 @@ import numpy as np
 
 from fedvpa.alignment.files import (
     fingerprint,
+    fresh_work_dir,
     read_json,
     read_jsonl,
     replace_dir,
-    write_atomic,
     write_json,
     write_jsonl,
 )
@@ -58,6 +57,7 @@ from fedvpa.alignment.preferences import Stage1Run, stage1_pairs, stage1_seed
 from fedvpa.alignment.prompts import make_prompts, render_prompt
 from fedvpa.alignment.sampling import generate_batched, opener_plan
 from fedvpa.errors import ConfigError
+from fedvpa.protocol.run_folder import atomic_write_text
 
 STEPS = (
     "prompts", "samples", "labels", "dpo", "feddpo", "judges", "evaluate", "best-of-n", "report",
@@ -377,7 +377,7 @@ def _step_dpo(state: AlignState) -> None:
     # pairs the steps will never reach cost reference log-probabilities for nothing
     needed = int(state.opts.dpo_steps or 1) * int(state.opts.batch_size or 1)
     pairs = [pairs[i] for i in order[:needed]]
-    work = Path(tempfile.mkdtemp(dir=state.out, prefix=".dpo-"))
+    work = fresh_work_dir(state.out, ".dpo-")
     try:
         torch.manual_seed(state.seeds["dpo"])
         trainer, injector = build_z_dpo(
@@ -472,7 +472,7 @@ def _step_feddpo(state: AlignState) -> None:
         log=state.log,
     )
     seconds = time.perf_counter() - t0
-    work = Path(tempfile.mkdtemp(dir=state.out, prefix=".feddpo-"))
+    work = fresh_work_dir(state.out, ".feddpo-")
     try:
         save_adapter(settings, outcome.arrays or {}, work / "adapter")
         replace_dir(work / "adapter", target)
@@ -639,7 +639,7 @@ def _step_report(state: AlignState) -> None:
         state.out, state.run, seed=state.seeds["report"], examples=state.opts.examples
     )
     write_json(state.out / "report.json", report)
-    write_atomic(state.out / "report.md", render_markdown(report))
+    atomic_write_text(state.out / "report.md", render_markdown(report))
 
 
 STEP_FUNCTIONS: dict[str, Callable[[AlignState], None]] = {

@@ -7,26 +7,37 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedvpa.protocol.run_folder import atomic_write_text
 
-# the run folder's write-then-rename (with fsync), so stage 2 keeps stage 1's guarantee
-write_atomic = atomic_write_text
+
+def fresh_work_dir(parent: Path, prefix: str) -> Path:
+    """A new work folder ``parent/<prefix>XXXX`` for a step that writes a directory, after
+    removing the folders of that prefix an earlier, killed attempt left behind (a killed DPO
+    step leaves its trainer checkpoints there; ``--resume`` redoes the step, and without this
+    every killed attempt would keep its copy)."""
+    for stale in parent.glob(f"{prefix}*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
 
 
 def replace_dir(source: Path, target: Path) -> None:
-    """Move a finished directory (an adapter written next to the align folder) into place,
-    replacing an older one: the rename is atomic, so a kill leaves the old one or the new."""
+    """Move a finished directory (an adapter written in a work folder inside the align folder)
+    into place, replacing an older one. The rename is atomic, so the target is never a
+    half-written adapter; a kill between removing the old one and the rename leaves none, and
+    ``--resume`` then redoes the step."""
     if target.exists():
         shutil.rmtree(target)
     os.replace(source, target)
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -34,7 +45,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def fingerprint(value: Any) -> str:

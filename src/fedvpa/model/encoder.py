@@ -157,8 +157,8 @@ class SetEncoder(nn.Module):
         to the ``[B * K, F]`` rows at once. Why: mapped over clients by ``torch.func.vmap``,
         ``nn.MultiheadAttention`` projects its ``[K, B, F]`` transpose, and the batching rule of
         that projection's weight gradient then multiplies per position and sums afterwards, a
-        ``[C, K, F, 3F]`` intermediate that was a fifth of the batched local step (profiled at
-        1,000 clients); on flat rows the gradient is one matrix product per client."""
+        ``[C, K, F, 3F]`` intermediate that was a fifth of the batched local step (profiled with
+        100 clients in one pass); on flat rows the gradient is one matrix product per client."""
         attn = self.attn
         batch, length, width = y.shape
         qkv = F.linear(y.reshape(batch * length, width), attn.in_proj_weight, attn.in_proj_bias)
