@@ -22,7 +22,7 @@ from fedvpa.data.family import (
 )
 from fedvpa.data.readers import read_pairs
 from fedvpa.data.schema import PreferencePair
-from fedvpa.data.synthetic import TOPICS
+from fedvpa.data.synthetic_text import TOPICS
 from fedvpa.data.transcript import last_human_turn
 from fedvpa.errors import ConfigError
 from fedvpa.experiment import ExperimentConfig, load_pairs, make_partition, synthetic_pairs_per_type

@@ -8,7 +8,8 @@ import pytest
 
 from fedvpa.data.schema import PreferencePair
 from fedvpa.data.summary import summarise_pairs
-from fedvpa.data.synthetic import TOPICS, generate_synthetic, synthetic_user_types
+from fedvpa.data.synthetic import generate_synthetic, synthetic_user_types
+from fedvpa.data.synthetic_text import TOPICS
 from fedvpa.data.transcript import last_human_turn
 from fedvpa.errors import ConfigError
 

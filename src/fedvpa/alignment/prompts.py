@@ -31,7 +31,7 @@ class PromptRow:
 
 def _risky_questions() -> set[str]:
     """Every risky question the embedded synthetic templates can produce."""
-    from fedvpa.data.synthetic import RISKY_QUESTIONS, TOPICS
+    from fedvpa.data.synthetic_text import RISKY_QUESTIONS, TOPICS
 
     return {q.format(task=t) for q in RISKY_QUESTIONS for topic in TOPICS for t in topic.risky}
 
