@@ -26,7 +26,7 @@ from fedvpa.model.priors import FederatedMixturePrior, StandardNormalPrior
 from fedvpa.model.vpl import VariationalPreferenceModel
 from fedvpa.protocol.client import train_step, train_steps
 from fedvpa.training.batched import ClientJob, batch_reason, train_local_batched
-from fedvpa.training.local import train_local
+from fedvpa.training.local import make_optimiser, train_local
 
 DIM = 16
 J = 7
@@ -315,3 +315,26 @@ def test_flower_nodes_train_their_clients_together(tmp_path):
     _, _, report = run_in_process(_method(False), clients, rounds=4, per_round=6, seed=2)
     plain = report["seen"]["macro"]
     assert abs(fast - plain) < 0.15, (plain, fast)
+
+
+def test_fused_adam_takes_the_foreach_steps():
+    """The batched pass's fused Adam (one kernel per tensor) is the update of the one-at-a-time
+    path's foreach Adam, up to rounding, including the skipped tensor without a gradient (a
+    frozen weight during the latent-first steps)."""
+    gen = torch.Generator().manual_seed(0)
+    plain = [torch.randn(6, 4, generator=gen).requires_grad_(True) for _ in range(3)]
+    fused = [p.detach().clone().requires_grad_(True) for p in plain]
+    start = [p.detach().clone() for p in plain]
+    by_foreach = make_optimiser("adam", plain, 4e-3)
+    by_kernel = make_optimiser("adam", fused, 4e-3, fused=True)
+    assert by_kernel.defaults["fused"] and not by_foreach.defaults["fused"]
+    for step in range(6):
+        for i, (p, q) in enumerate(zip(plain, fused, strict=True)):
+            grad = None if (i == 2 and step < 3) else torch.randn(6, 4, generator=gen)
+            p.grad = None if grad is None else grad.clone()
+            q.grad = None if grad is None else grad.clone()
+        by_foreach.step()
+        by_kernel.step()
+    for p, q in zip(plain, fused, strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+    assert all((p - s).abs().max() > 4e-3 for p, s in zip(plain, start, strict=True))

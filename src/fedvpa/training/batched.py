@@ -287,7 +287,7 @@ def train_local_batched(
         pi = torch.stack([job.prior.pi_logits.detach() for job in jobs]).requires_grad_(True)
         mask = torch.stack([job.prior.comp_mask for job in jobs])  # type: ignore[union-attr]
         params.append(pi)
-    optimiser = make_optimiser(optimiser_kind, params, lr)
+    optimiser = make_optimiser(optimiser_kind, params, lr, fused=True)
     frozen = [
         t
         for name, t in weights.items()
