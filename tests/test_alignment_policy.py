@@ -192,3 +192,49 @@ def test_packaged_smollm2_converts_once_then_reloads(
     second = load_policy(None, device="cpu")
     assert not second.converted_now and second.path == first.path
     assert second.hidden_size == 576
+
+
+def test_runs_started_together_convert_the_packaged_policy_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `fedvpa align` started side by side on a new machine both converted the GGUF, and the
+    last to finish deleted the folder the other was loading (a one-line "cannot load the policy"
+    error). Now one converts under a file lock and the others wait and read its copy."""
+    import threading
+    import time
+
+    from fedvpa.alignment import policy as policy_module
+
+    calls: list[int] = []
+
+    def slow_convert(gguf: Path, root: Path, target: Path) -> None:
+        calls.append(1)
+        time.sleep(0.3)  # long enough for every thread to reach the lock meanwhile
+        tmp = root / f".convert-{len(calls)}"
+        tmp.mkdir()
+        (tmp / policy_module.CONVERTED_MARKER).write_text("{}")
+        if target.exists():
+            raise AssertionError("a second conversion replaced a finished copy")
+        tmp.rename(target)
+
+    monkeypatch.setattr(policy_module, "smollm2_gguf", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(policy_module, "_convert_smollm2", slow_convert)
+    results: list[tuple[Path, bool]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(policy_module.converted_smollm2(tmp_path))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert len(calls) == 1
+    assert sorted(now for _, now in results) == [False, False, True]
+    assert len({path for path, _ in results}) == 1
+    assert (results[0][0] / policy_module.CONVERTED_MARKER).is_file()

@@ -84,16 +84,31 @@ def converted_smollm2(cache_root: Path | None = None) -> tuple[Path, bool]:
     returns ``(folder, converted_now)``.
 
     The copy is written to a temporary folder and renamed into place, so a killed conversion
-    never leaves a half-written policy that a later run would trust.
+    never leaves a half-written policy that a later run would trust. Runs started together on a
+    new machine (two ``fedvpa align`` side by side) convert one at a time under a file lock, and
+    the later ones read the first one's copy: without the lock each converted, and the last to
+    finish deleted the folder another run was loading ("Couldn't instantiate the backend
+    tokenizer").
     """
+    from filelock import FileLock
+
     gguf = smollm2_gguf()
     root = (cache_root or fedvpa_cache_root()) / "policies"
     target = root / f"smollm2-135m-instruct-{_smollm2_version()}"
     if (target / CONVERTED_MARKER).is_file():
         return target, False
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{target.name}.lock")):
+        if (target / CONVERTED_MARKER).is_file():  # converted while this run waited
+            return target, False
+        _convert_smollm2(gguf, root, target)
+    return target, True
+
+
+def _convert_smollm2(gguf: Path, root: Path, target: Path) -> None:
+    """Dequantise ``gguf`` into a plain safetensors folder at ``target`` (under the lock)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -130,7 +145,6 @@ def converted_smollm2(cache_root: Path | None = None) -> tuple[Path, bool]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target, True
 
 
 def check_causal_lm(path: Path) -> Any:
