@@ -1,4 +1,5 @@
-"""The embedded pluralistic preference data: written here from templates, no external text.
+"""The embedded pluralistic preference data, generated from the templates of
+``synthetic_text.py`` (written for this project, no external text).
 
 Why it exists: the real relabeled HH-RLHF pairs carry a weak per-pair signal (about 5 points of
 room for personalisation: `fedvpa headroom`, and the README's "Comparison on relabeled
