@@ -59,16 +59,23 @@ def _prior(kind: str, i: int, estimator: str = "mc"):
 
 
 @pytest.mark.parametrize(
-    ("prior", "labels", "estimator", "encoder"),
+    ("prior", "labels", "estimator", "encoder", "read_weight"),
     [
-        ("standard", False, "mc", "attention"),
-        ("mixture", True, "mc", "attention"),
-        ("mixture", True, "upper-bound", "attention"),
-        ("mixture", False, "mc", "laplace"),
+        ("standard", False, "mc", "attention", 0.0),
+        ("standard", False, "mc", "attention", 1.0),  # the read term, mapped too
+        ("mixture", True, "mc", "attention", 0.0),
+        ("mixture", True, "upper-bound", "attention", 0.0),
+        ("mixture", False, "mc", "laplace", 0.0),
     ],
 )
-def test_batched_pass_is_train_local_per_client(prior, labels, estimator, encoder):
-    cfg = ModelConfig(input_dim=DIM, kl_estimator=estimator, encoder=encoder)
+def test_batched_pass_is_train_local_per_client(prior, labels, estimator, encoder, read_weight):
+    cfg = ModelConfig(
+        input_dim=DIM,
+        kl_estimator=estimator,
+        encoder=encoder,
+        read_weight=read_weight,
+        prior_draws=256,
+    )
     # unequal pair counts, so the views of different clients pad differently
     clients = [
         *make_toy_clients(3, pairs=14, dim=DIM, seed=1),
@@ -101,6 +108,8 @@ def test_batched_pass_is_train_local_per_client(prior, labels, estimator, encode
         torch.testing.assert_close(out.result.mu_bar, result.mu_bar, rtol=0, atol=1e-5)
         torch.testing.assert_close(out.result.sigma2_bar, result.sigma2_bar, rtol=1e-4, atol=0)
         assert out.result.num_examples == result.num_examples
+        assert set(out.result.metrics) == set(result.metrics)
+        assert ("read_nll" in result.metrics) == (read_weight > 0)
         for key, value in result.metrics.items():
             assert out.result.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
         if prior == "mixture":

@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import make_toy_clients
 
+from fedvpa.errors import ConfigError
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.diagnostics import (
     active_units,
@@ -15,12 +16,24 @@ from fedvpa.model.diagnostics import (
     latent_silhouette,
     moment_match,
 )
-from fedvpa.model.objective import ClientViews, local_objective, pad_contexts, pad_queries
-from fedvpa.model.priors import FederatedMixturePrior, StandardNormalPrior, kl_standard_normal
+from fedvpa.model.objective import (
+    ClientViews,
+    local_objective,
+    pad_contexts,
+    pad_queries,
+    read_over_points,
+)
+from fedvpa.model.priors import (
+    FederatedMixturePrior,
+    StandardNormalPrior,
+    kl_standard_normal,
+    standard_normal_draws,
+)
 from fedvpa.model.vpl import VariationalPreferenceModel
 from fedvpa.training.local import (
     VPLPredictor,
     infer_posterior,
+    population_latent,
     split_context_query,
     train_local,
 )
@@ -218,3 +231,106 @@ def test_client_views_gather_what_padding_the_subsets_gives() -> None:
         assert torch.equal(got, want)
     with pytest.raises(ValueError, match="at least one pair"):
         views.contexts([torch.arange(2), torch.zeros(0, dtype=torch.long)])
+
+
+def _oriented(model: VariationalPreferenceModel, pairs) -> torch.Tensor:
+    """``g(chosen) - g(rejected)`` of labelled pairs, ``[n, F]``."""
+    pick = pairs.label[:, None] > 0.5
+    chosen = torch.where(pick, pairs.emb_a, pairs.emb_b)
+    rejected = torch.where(pick, pairs.emb_b, pairs.emb_a)
+    return model.feature(chosen) - model.feature(rejected)
+
+
+def test_read_over_points_is_the_prior_reading_of_evaluation() -> None:
+    cfg = small_cfg(latent_dim=3)
+    model = VariationalPreferenceModel(cfg, seed=0)
+    with torch.no_grad():
+        model.selector.bias.weight.mul_(4.0)  # an informative likelihood over z
+    points = standard_normal_draws(3, 512)
+    clients = make_toy_clients(3, 16, 16, seed=4)
+    contexts = [
+        c.labelled.subset(torch.arange(k)) for c, k in zip(clients, (3, 7, 12), strict=True)
+    ]
+    batch = torch.zeros(3, 12, cfg.feature_dim)
+    mask = torch.zeros(3, 12)
+    for i, pairs in enumerate(contexts):
+        batch[i, : len(pairs)] = _oriented(model, pairs)
+        mask[i, : len(pairs)] = 1.0
+    read = read_over_points(model, batch, mask, points)
+    for i, pairs in enumerate(contexts):  # padding changes nothing; evaluation's own function
+        expected = population_latent(model, pairs, points, torch.ones(len(points)))
+        torch.testing.assert_close(read[i], expected, rtol=0, atol=1e-5)
+    # Closed forms: one point is read as itself; an empty context (or a likelihood flat in z)
+    # as the points' mean.
+    one = read_over_points(model, batch, mask, points[:1])
+    torch.testing.assert_close(one, points[:1].expand(3, 3))
+    empty = read_over_points(model, batch, torch.zeros(3, 12), points)
+    torch.testing.assert_close(empty, points.mean(0).expand(3, 3), rtol=0, atol=1e-6)
+
+
+def test_read_term_adds_up_and_trains_the_selector_not_the_encoder() -> None:
+    contexts, queries = _batch(2)
+    base = small_cfg(prior_draws=256)
+    read = small_cfg(prior_draws=256, read_weight=0.7)
+    model = VariationalPreferenceModel(read, seed=0)
+    args = (StandardNormalPrior(), pad_contexts(contexts), queries, None)
+    off = local_objective(model, *args, base, torch.Generator().manual_seed(3))
+    on = local_objective(model, *args, read, torch.Generator().manual_seed(3))
+    assert off.read_nll is None and "read_nll" not in off.as_metrics()
+    assert on.read_nll is not None and "read_nll" in on.as_metrics()
+    torch.testing.assert_close(on.nll, off.nll)  # the same draws, the same encoder term
+    torch.testing.assert_close(on.total.detach(), off.total.detach() + 0.7 * on.read_nll)
+    # The read term by hand: BCE of the query labels at the z read from each context.
+    points = standard_normal_draws(read.latent_dim, 256)
+    by_hand = []
+    for ctx, qry in zip(contexts, queries, strict=True):
+        z = population_latent(model, ctx, points, torch.ones(256))
+        logits = model.logit(qry.emb_a, qry.emb_b, z)
+        by_hand.append(
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, qry.label, reduction="sum")
+        )
+    torch.testing.assert_close(on.read_nll, torch.stack(by_hand).mean(), rtol=1e-5, atol=1e-5)
+    # Its gradient reaches the selector (through the likelihood weights and the queries) and
+    # the pair feature, never the encoder, which it does not read.
+    grads = []
+    for terms in (off, on):
+        model.zero_grad()
+        terms.total.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    changed = {n for n in grads[0] if not torch.allclose(grads[0][n], grads[1][n], atol=1e-7)}
+    assert {"selector.base.weight", "selector.bias.weight"} <= changed
+    assert any(n.startswith("feature.") for n in changed)
+    assert not any(n.startswith("encoder.") for n in changed)
+
+
+def test_read_term_lowers_the_loss_of_the_reading() -> None:
+    cfg = small_cfg(prior_draws=256, read_weight=1.0)
+    model = VariationalPreferenceModel(cfg, seed=0)
+    contexts, queries = _batch(3)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    first = last = None
+    for _ in range(60):
+        terms = local_objective(
+            model, StandardNormalPrior(), pad_contexts(contexts), queries, None, cfg, gen
+        )
+        opt.zero_grad()
+        terms.total.backward()
+        opt.step()
+        first = float(terms.read_nll) if first is None else first
+        last = float(terms.read_nll)
+    assert last < 0.5 * first
+
+
+@pytest.mark.parametrize(
+    ("kw", "needs"),
+    [
+        ({"read_weight": -0.1}, "non-negative"),
+        ({"read_weight": 1.0, "prior": "mixture"}, "standard"),
+        ({"read_weight": 1.0, "selector": "reward"}, "logit-bias"),
+    ],
+)
+def test_read_weight_is_checked(kw, needs) -> None:
+    with pytest.raises(ConfigError, match=needs) as err:
+        small_cfg(**kw)
+    assert err.value.field == "read_weight"

@@ -76,6 +76,12 @@ class ModelConfig:
     # it needs no message; FedVPL's default (README, "Personalisation beyond two user types").
     latent_inference: str = "auto"
     prior_draws: int = 4096  # draws of N(0, I) that latent-inference = "prior" weighs
+    # Weight of a second query NLL in each local step, at the z that latent-inference = "prior"
+    # reads from the step's context pairs (the posterior mean over the prior_draws points,
+    # differentiable through the selector's likelihood): it trains the selector to be read
+    # well from a dozen pairs, which is what evaluation does. 0 = off. Needs the logit-bias
+    # selector and the standard prior (model/objective.py, ``read_over_points``).
+    read_weight: float = 0.0
     use_ortho: bool = True  # the orthogonal prototype loss
     # Prototype groups: a number, or "auto" (the server picks it at the first pull round, by
     # silhouette over 2 .. max_groups; see group_census and plan_round).
@@ -172,6 +178,7 @@ class ModelConfig:
             "dropout",
             "input_dropout",
             "prior_var_floor",
+            "read_weight",
         )
         for name in non_negative:
             value = getattr(self, name)
@@ -191,6 +198,12 @@ class ModelConfig:
         if self.feature_layers not in (1, 2):
             raise ConfigError(
                 f"must be 1 or 2, got {self.feature_layers!r}", field="feature_layers"
+            )
+        if self.read_weight > 0 and (self.selector != "logit-bias" or self.prior != "standard"):
+            raise ConfigError(
+                "the read term reads z over draws of N(0, I) through the logit-bias selector; "
+                'it needs selector = "logit-bias" and prior = "standard"',
+                field="read_weight",
             )
         if self.latent_inference == "prior" and self.prior != "standard":
             raise ConfigError(

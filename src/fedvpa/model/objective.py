@@ -16,6 +16,7 @@ the caller guarantees that the context and the queries are disjoint pair sets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from fedvpa.embeddings.tensors import PairTensors
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.encoder import reparameterise
-from fedvpa.model.priors import Prior
+from fedvpa.model.priors import Prior, standard_normal_draws
 from fedvpa.model.vpl import VariationalPreferenceModel
 
 
@@ -53,6 +54,9 @@ class LossTerms:
     total: torch.Tensor
     nll: torch.Tensor
     kl: torch.Tensor
+    # The query NLL at the read z; None when read_weight is 0, so that runs without the read
+    # term report (and send) exactly the metrics they always did.
+    read_nll: torch.Tensor | None
     orth_pull: torch.Tensor
     orth_norm: torch.Tensor
     accuracy: torch.Tensor
@@ -60,7 +64,7 @@ class LossTerms:
     logvar: torch.Tensor  # [B, d]
 
     def as_metrics(self) -> dict[str, float]:
-        return {
+        metrics = {
             "loss": float(self.total.detach()),
             "nll": float(self.nll),
             "kl": float(self.kl),
@@ -68,6 +72,9 @@ class LossTerms:
             "orth_norm": float(self.orth_norm),
             "accuracy": float(self.accuracy),
         }
+        if self.read_nll is not None:
+            metrics["read_nll"] = float(self.read_nll)
+        return metrics
 
 
 def _pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
@@ -154,6 +161,50 @@ class StepNoise:
     prior: dict[str, torch.Tensor]
 
 
+@lru_cache(maxsize=8)
+def _fixed_points(latent_dim: int, num: int) -> torch.Tensor:
+    return standard_normal_draws(latent_dim, num)
+
+
+def read_points(cfg: ModelConfig) -> torch.Tensor:
+    """The points the read term weighs, ``[prior_draws, d]``: the prior's fixed draws that
+    evaluation reads ``z`` over, made once per process (every step of every client reads the
+    same ones). Not inside ``vmap``: Sobol's scrambling draws random numbers, which ``vmap``
+    refuses, so the batched step makes them first and passes them in."""
+    return _fixed_points(cfg.latent_dim, cfg.prior_draws)
+
+
+def read_over_points(
+    model: VariationalPreferenceModel,
+    oriented: torch.Tensor,
+    mask: torch.Tensor,
+    points: torch.Tensor,
+) -> torch.Tensor:
+    """``z [B, d]`` read from context pair features ``g(chosen) - g(rejected)`` ``[B, K, F]``
+    as evaluation reads it under ``latent-inference = "prior"``: the posterior mean over
+    equally weighted ``points [J, d]``, each weighed by the selector's likelihood of the
+    context's choices there (``population_latent`` with ``n_j = 1``, for a batch and with its
+    graph). The logit-bias logit ``w . f + f . W z`` is ``a + u . z`` with ``u = W^T f``, so
+    every point costs one product. An empty context gives the points' mean."""
+    selector = model.selector
+    a = selector.base(oriented).squeeze(-1)  # [B, K]
+    u = oriented @ selector.bias.weight  # [B, K, d]
+    logits = a.unsqueeze(-1) + u @ points.T  # [B, K, J]
+    loglik = (F.logsigmoid(logits) * mask.to(logits.dtype).unsqueeze(-1)).sum(1)  # [B, J]
+    return torch.softmax(loglik, dim=-1) @ points
+
+
+def _query_nll(logits: torch.Tensor, queries: QueryBatch, cfg: ModelConfig) -> torch.Tensor:
+    """Mean over clients (and samples) of each client's query NLL, ``cfg.nll_reduction``."""
+    labels = queries.label.expand_as(logits)
+    qmask = queries.mask.to(logits.dtype)
+    per_pair = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    per_client = (per_pair * qmask).sum(-1)
+    if cfg.nll_reduction == "mean":
+        per_client = per_client / qmask.sum(-1).clamp_min(1.0)
+    return per_client.mean()
+
+
 def draw_step_noise(
     cfg: ModelConfig,
     prior: Prior,
@@ -182,6 +233,7 @@ def local_objective(
     validate: bool = True,
     featurised: bool = False,
     fused_encoder: bool = False,
+    points: torch.Tensor | None = None,
 ) -> LossTerms:
     """Paper Eq. 10 for a batch of ``B`` clients (or ``B`` context/query views of one client).
 
@@ -192,6 +244,8 @@ def local_objective(
     which the batched local step maps over clients. ``featurised``: the context and query
     tensors hold the pair feature's outputs ``g(h)`` instead of embeddings ``h``;
     ``fused_encoder`` (with ``featurised``): see ``VariationalPreferenceModel.encode``.
+    ``points``: what the read term (``cfg.read_weight``) reads ``z`` over; default
+    ``read_points(cfg)``.
     """
     if isinstance(queries, list):
         queries = pad_queries(queries)
@@ -205,16 +259,21 @@ def local_objective(
     z = reparameterise(mu, logvar, cfg.z_samples, eps=noise.z_eps.to(mu))  # [S, B, d]
     score = model.logit_from_features if featurised else model.logit
     logits = score(queries.emb_a, queries.emb_b, z.unsqueeze(-2))  # [S, B, Q]
-    labels = queries.label.unsqueeze(0).expand_as(logits)
-    qmask = queries.mask.to(logits.dtype)
-    per_pair = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    per_client = (per_pair * qmask).sum(-1)  # [S, B]: log-likelihood of all query labels
-    if cfg.nll_reduction == "mean":
-        per_client = per_client / qmask.sum(-1).clamp_min(1.0)
-    nll = per_client.mean()
+    nll = _query_nll(logits, queries, cfg)  # per client: the NLL of all its query labels
     kl = prior.kl(mu, logvar, training=model.training, noise=noise.prior).mean()
     total = nll + cfg.beta_at(step) * kl
     zero = torch.zeros(())
+    read_nll = None
+    if cfg.read_weight > 0:
+        if not featurised:
+            oriented = model.feature(context.chosen) - model.feature(context.rejected)
+        if points is None:
+            points = read_points(cfg)
+        z_read = read_over_points(model, oriented, context.mask, points)  # [B, d]
+        read_nll = _query_nll(
+            score(queries.emb_a, queries.emb_b, z_read.unsqueeze(-2)), queries, cfg
+        )
+        total = total + cfg.read_weight * read_nll
     pull, norm = zero, zero
     if cfg.use_ortho and proto_labels is not None:
         pull = model.prototypes.pull_loss(mu if cfg.pull_on == "mu" else z, proto_labels)
@@ -227,6 +286,7 @@ def local_objective(
         total,
         nll.detach(),
         kl.detach(),
+        None if read_nll is None else read_nll.detach(),
         pull.detach(),
         norm.detach(),
         accuracy,

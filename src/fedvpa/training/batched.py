@@ -38,6 +38,7 @@ from fedvpa.model.objective import (
     StepNoise,
     draw_step_noise,
     local_objective,
+    read_points,
 )
 from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrior, mixture_kl
 from fedvpa.model.vpl import VariationalPreferenceModel
@@ -318,8 +319,14 @@ def train_local_batched(
             objective,
             (w, buffers),
             (prior, pairs, context, queries, labels_c, cfg),
-            {"step": step, "num_groups": num_groups, "noise": StepNoise(z_eps, prior_noise)},
+            {
+                "step": step,
+                "num_groups": num_groups,
+                "noise": StepNoise(z_eps, prior_noise),
+                "points": points,
+            },
         )
+        read = () if terms.read_nll is None else (terms.read_nll,)
         return (
             terms.total,
             terms.nll,
@@ -327,9 +334,12 @@ def train_local_batched(
             terms.orth_pull,
             terms.orth_norm,
             terms.accuracy,
+            *read,
         )
 
-    sums = torch.zeros(len(TERMS), count, dtype=torch.float64)
+    names = TERMS + (("read_nll",) if cfg.read_weight > 0 else ())
+    points = read_points(cfg) if cfg.read_weight > 0 else None  # made outside vmap
+    sums = torch.zeros(len(names), count, dtype=torch.float64)
     for p in frozen:
         p.requires_grad_(latent_first_steps <= 0)
     for step in range(steps):
@@ -369,7 +379,7 @@ def train_local_batched(
     mu, logvar = _posteriors(model, weights, buffers, store, sizes, gens, cfg)
     results = []
     for c, job in enumerate(jobs):
-        metrics = {key: float(sums[i, c]) / max(steps, 1) for i, key in enumerate(TERMS)}
+        metrics = {key: float(sums[i, c]) / max(steps, 1) for i, key in enumerate(names)}
         result = LocalResult(*moment_match(mu[c], logvar[c]), job.client.num_examples, metrics)
         logits = pi[c].detach().clone() if pi is not None else None
         results.append(BatchedResult(_client_arrays(model, weights, c), result, logits))
