@@ -202,7 +202,8 @@ class ModelConfig:
         if self.read_weight > 0 and (self.selector != "logit-bias" or self.prior != "standard"):
             raise ConfigError(
                 "the read term reads z over draws of N(0, I) through the logit-bias selector; "
-                'it needs selector = "logit-bias" and prior = "standard"',
+                'it needs selector = "logit-bias" and prior = "standard" (fedvpl, fedvpl+ortho; '
+                "fedvpa-gp and fedvpl+gp use the mixture prior)",
                 field="read_weight",
             )
         if self.latent_inference == "prior" and self.prior != "standard":
