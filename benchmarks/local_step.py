@@ -12,7 +12,7 @@ defaults, one thread, median over repeats:
 ``--batch C`` times C clients of one message instead (``protocol.client.train_steps``, what a
 simulated node runs) and reports the time per client; the ``+batched`` variants of the latent
 methods (``--methods fedvpa-gp+batched``) set ``batched-clients``, so the C clients train in one
-vectorised pass (``training/batched.py``).
+vectorised pass (``training/batched.py``). ``fedvpl+read`` is FedVPL with ``read-weight = 1``.
 
 Speeds on a shared machine are only comparable inside one invocation, so ``--src`` runs the
 measurement once per source tree (``PYTHONPATH`` set to it), alternating the trees ``--rounds``
@@ -41,8 +41,9 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).parent))
 from mixture_prior import INPUT_DIM, ROUND, make_client, make_store, median_seconds  # noqa: E402
 
-METHODS = ("fedavg-bt", "fedvpl", "fedvpa-gp", "fedvpl+batched", "fedvpa-gp+batched")
+METHODS = ("fedavg-bt", "fedvpl", "fedvpa-gp", "fedvpl+batched", "fedvpa-gp+batched", "fedvpl+read")
 BATCHED = "+batched"
+READ = "+read"  # FedVPL with read-weight = 1: the cost of the read term (README)
 
 
 def measure(method_name: str, args: argparse.Namespace) -> float:
@@ -52,9 +53,12 @@ def measure(method_name: str, args: argparse.Namespace) -> float:
     from fedvpa.methods.base import ServerState
 
     local = {"batched_clients": True} if method_name.endswith(BATCHED) else {}
-    method_name = method_name.removesuffix(BATCHED)
+    model: dict[str, Any] = {"input_dim": INPUT_DIM}
+    if method_name.endswith(READ):
+        model["read_weight"] = 1.0
+    method_name = method_name.removesuffix(BATCHED).removesuffix(READ)
     client = make_client(args.pairs, 0)
-    method = create_method(method_name, {"model": {"input_dim": INPUT_DIM}, "local": local})
+    method = create_method(method_name, {"model": model, "local": local})
     state = method.init_server_state(0)
     server_round = 1
     if method_name == "fedvpa-gp":
