@@ -44,7 +44,7 @@ from fedvpa.model.priors import (
     FederatedMixturePrior,
     Prior,
     StandardNormalPrior,
-    standard_normal_draws,
+    prior_reading_points,
 )
 from fedvpa.model.prototypes import (
     assign_prototype_labels,
@@ -591,7 +591,7 @@ class VariationalMethod(FederatedMethod):
             )
         if self.latent_reading != "prior":
             return None
-        draws = standard_normal_draws(self.cfg.latent_dim, self.cfg.prior_draws)
+        draws = prior_reading_points(self.cfg.latent_dim, self.cfg.prior_draws)
         return draws, torch.ones(len(draws))
 
     def evaluation_arrays(self, state: ServerState) -> Arrays:

@@ -16,7 +16,6 @@ the caller guarantees that the context and the queries are disjoint pair sets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from fedvpa.embeddings.tensors import PairTensors
 from fedvpa.model.config import ModelConfig
 from fedvpa.model.encoder import reparameterise
-from fedvpa.model.priors import Prior, standard_normal_draws
+from fedvpa.model.priors import Prior, prior_reading_points
 from fedvpa.model.vpl import VariationalPreferenceModel
 
 
@@ -161,19 +160,6 @@ class StepNoise:
     prior: dict[str, torch.Tensor]
 
 
-@lru_cache(maxsize=8)
-def _fixed_points(latent_dim: int, num: int) -> torch.Tensor:
-    return standard_normal_draws(latent_dim, num)
-
-
-def read_points(cfg: ModelConfig) -> torch.Tensor:
-    """The points the read term weighs, ``[prior_draws, d]``: the prior's fixed draws that
-    evaluation reads ``z`` over, made once per process (every step of every client reads the
-    same ones). Not inside ``vmap``: Sobol's scrambling draws random numbers, which ``vmap``
-    refuses, so the batched step makes them first and passes them in."""
-    return _fixed_points(cfg.latent_dim, cfg.prior_draws)
-
-
 def read_over_points(
     model: VariationalPreferenceModel,
     oriented: torch.Tensor,
@@ -184,13 +170,10 @@ def read_over_points(
     as evaluation reads it under ``latent-inference = "prior"``: the posterior mean over
     equally weighted ``points [J, d]``, each weighed by the selector's likelihood of the
     context's choices there (``population_latent`` with ``n_j = 1``, for a batch and with its
-    graph). The logit-bias logit ``w . f + f . W z`` is ``a + u . z`` with ``u = W^T f``, so
-    every point costs one product. An empty context gives the points' mean."""
-    selector = model.selector
-    a = selector.base(oriented).squeeze(-1)  # [B, K]
-    u = oriented @ selector.bias.weight  # [B, K, d]
-    logits = a.unsqueeze(-1) + u @ points.T  # [B, K, J]
-    loglik = (F.logsigmoid(logits) * mask.to(logits.dtype).unsqueeze(-1)).sum(1)  # [B, J]
+    graph), with the selector's one-product ``grid``. An empty context gives the points'
+    mean."""
+    logits = model.selector.grid_of_features(oriented, points)  # [B, J, K]
+    loglik = (F.logsigmoid(logits) * mask.to(logits.dtype).unsqueeze(-2)).sum(-1)  # [B, J]
     return torch.softmax(loglik, dim=-1) @ points
 
 
@@ -245,7 +228,7 @@ def local_objective(
     tensors hold the pair feature's outputs ``g(h)`` instead of embeddings ``h``;
     ``fused_encoder`` (with ``featurised``): see ``VariationalPreferenceModel.encode``.
     ``points``: what the read term (``cfg.read_weight``) reads ``z`` over; default
-    ``read_points(cfg)``.
+    ``prior_reading_points`` of ``cfg``.
     """
     if isinstance(queries, list):
         queries = pad_queries(queries)
@@ -268,7 +251,7 @@ def local_objective(
         if not featurised:
             oriented = model.feature(context.chosen) - model.feature(context.rejected)
         if points is None:
-            points = read_points(cfg)
+            points = prior_reading_points(cfg.latent_dim, cfg.prior_draws)
         z_read = read_over_points(model, oriented, context.mask, points)  # [B, d]
         read_nll = _query_nll(
             score(queries.emb_a, queries.emb_b, z_read.unsqueeze(-2)), queries, cfg

@@ -7,6 +7,7 @@ hold state. Every KL is returned per client (shape ``[B]``), summed over latent 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -191,6 +192,16 @@ def standard_normal_draws(latent_dim: int, num: int, seed: int = 0) -> torch.Ten
     u = torch.quasirandom.SobolEngine(latent_dim, scramble=True, seed=seed).draw(num)
     u = u.clamp(1e-6, 1 - 1e-6).to(torch.float32)  # Sobol may return exactly 0
     return torch.special.ndtri(u)
+
+
+@lru_cache(maxsize=8)
+def prior_reading_points(latent_dim: int, num: int) -> torch.Tensor:
+    """``standard_normal_draws(latent_dim, num)``, made once per process and shared: the points
+    that latent-inference = "prior" reads every client's ``z`` over and that the read term
+    (``read-weight``) weighs at every local step. Callers must not modify it. Made outside
+    ``vmap`` (Sobol's scrambling draws random numbers, which ``vmap`` refuses), so the batched
+    local step asks for it before mapping."""
+    return standard_normal_draws(latent_dim, num)
 
 
 class StandardNormalPrior(nn.Module):

@@ -38,9 +38,14 @@ from fedvpa.model.objective import (
     StepNoise,
     draw_step_noise,
     local_objective,
-    read_points,
 )
-from fedvpa.model.priors import FederatedMixturePrior, Prior, StandardNormalPrior, mixture_kl
+from fedvpa.model.priors import (
+    FederatedMixturePrior,
+    Prior,
+    StandardNormalPrior,
+    mixture_kl,
+    prior_reading_points,
+)
 from fedvpa.model.vpl import VariationalPreferenceModel
 from fedvpa.training.local import (
     LocalResult,
@@ -338,7 +343,8 @@ def train_local_batched(
         )
 
     names = TERMS + (("read_nll",) if cfg.read_weight > 0 else ())
-    points = read_points(cfg) if cfg.read_weight > 0 else None  # made outside vmap
+    # The read term's points, made before mapping (see prior_reading_points).
+    points = prior_reading_points(cfg.latent_dim, cfg.prior_draws) if cfg.read_weight > 0 else None
     sums = torch.zeros(len(names), count, dtype=torch.float64)
     for p in frozen:
         p.requires_grad_(latent_first_steps <= 0)
