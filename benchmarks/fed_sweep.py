@@ -8,7 +8,13 @@ accuracy, conflict accuracy, and the mean and standard deviation of seen accurac
 come from real ``fedvpa compare`` runs on Flower.
 
     .venv/bin/python benchmarks/fed_sweep.py --config conf/plural-4.toml --method fedvpl \
-        --seeds 0 1 --variant base: --variant adam:server-opt=adam,server-lr=0.01
+        --seeds 0 1 --variant base: --variant adam:server-opt=adam,server-lr=0.01 --json s.json
+    .venv/bin/python benchmarks/fed_sweep.py --summarise s.json --against base
+
+``--against`` prints each setting's change seed by seed against one of them, with its standard
+error: on `plural-4` a final figure moves by 2-3 points from seed to seed for the same setting,
+so a one-point change is only visible in paired differences, best of the last-10 mean (README,
+"Nine seeds of `plural-4`").
 """
 
 from __future__ import annotations
@@ -132,12 +138,91 @@ def run_one(flat: dict[str, Any], method_name: str, seed: int, eval_every: int) 
     }
 
 
-def summarise(path: str) -> None:
+def load_rows(paths: list[str]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """A sweep's JSON lines from one or more files, grouped by (data, method, variant); a
+    seed measured twice keeps its last line (a re-run replaces, it does not count twice)."""
+    groups: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
+    for path in paths:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read it ({exc.strerror})", path=path) from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key = (Path(row["config"]).stem, row["method"], row["variant"])
+                groups.setdefault(key, {})[int(row["seed"])] = row
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"not a sweep row ({type(exc).__name__}: {exc})", path=path, line=number
+                ) from None
+    return {key: [by_seed[s] for s in sorted(by_seed)] for key, by_seed in groups.items()}
+
+
+PAIRED = {
+    "seen": lambda r: r["final"]["seen"],
+    "unseen": lambda r: r["final"]["unseen"],
+    "seen, last 10 evals": lambda r: r["last10_mean"],
+}
+
+
+def paired_differences(
+    rows: list[dict[str, Any]], base: list[dict[str, Any]]
+) -> tuple[list[int], dict[str, tuple[float, float | None]]]:
+    """Per statistic, the mean over the common seeds of (setting - baseline) and its standard
+    error (sd of the differences / sqrt(n); None below 2 seeds).
+
+    Why paired: the seeds fix the partition and the test pairs, and both settings are scored on
+    the same ones, so most of a final figure's seed-to-seed spread (the binomial noise of a few
+    hundred test pairs, about 2.3 points on `plural-4`) cancels in the difference."""
+    by_seed = {int(r["seed"]): r for r in base}
+    common = [r for r in rows if int(r["seed"]) in by_seed]
+    seeds = [int(r["seed"]) for r in common]
+    out: dict[str, tuple[float, float | None]] = {}
+    for name, get in PAIRED.items():
+        diffs = [
+            get(r) - get(by_seed[int(r["seed"])])
+            for r in common
+            if get(r) is not None and get(by_seed[int(r["seed"])]) is not None
+        ]
+        if not diffs:
+            continue
+        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+        out[name] = (statistics.mean(diffs), se)
+    return seeds, out
+
+
+def summarise_against(paths: list[str], baseline: str) -> None:
+    """Markdown table: every other setting against ``baseline`` on the seeds both measured."""
+    groups = load_rows(paths)
+    print(
+        "| data | method | setting | seeds | "
+        + " | ".join(f"{name}: change ± se" for name in PAIRED)
+        + " |"
+    )
+    print("|---|---|---|---|" + "---|" * len(PAIRED))
+    for (data, method, variant), rows in sorted(groups.items()):
+        base = groups.get((data, method, baseline))
+        if variant == baseline or base is None:
+            continue
+        seeds, diffs = paired_differences(rows, base)
+        if not seeds:
+            continue
+        cells = []
+        for name in PAIRED:
+            if name not in diffs:
+                cells.append("–")
+                continue
+            mean, se = diffs[name]
+            cells.append(f"{mean:+.2f}" + ("" if se is None else f" ± {se:.2f}"))
+        print(f"| {data} | {method} | {variant} | {len(seeds)} | " + " | ".join(cells) + " |")
+
+
+def summarise(paths: list[str]) -> None:
     """Markdown table of a sweep's JSON lines: mean ± std over seeds per (data, method, variant)."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for line in Path(path).read_text().splitlines():
-        row = json.loads(line)
-        groups.setdefault((Path(row["config"]).stem, row["method"], row["variant"]), []).append(row)
+    groups = load_rows(paths)
 
     def stat(values: list[float | None]) -> str:
         vals = [v for v in values if v is not None]
@@ -174,7 +259,15 @@ def summarise(path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="a conf/*.toml experiment file")
-    parser.add_argument("--summarise", default=None, help="print a table of a --json file")
+    parser.add_argument(
+        "--summarise", nargs="+", default=None, help="print a table of --json files"
+    )
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="VARIANT",
+        help="with --summarise: each setting's paired change against this one, seed by seed",
+    )
     parser.add_argument("--method", default="fedvpl")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variant", action="append", default=None, help="name:key=value,...")
@@ -183,8 +276,13 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="append one JSON line per run here")
     args = parser.parse_args()
     if args.summarise:
-        summarise(args.summarise)
+        if args.against:
+            summarise_against(args.summarise, args.against)
+        else:
+            summarise(args.summarise)
         return
+    if args.against:
+        parser.error("--against needs --summarise")
     if not args.config:
         parser.error("--config is required unless --summarise is given")
     torch.set_num_threads(1)

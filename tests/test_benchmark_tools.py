@@ -29,20 +29,84 @@ def test_a_sweep_variant_that_a_method_fixes_is_refused_not_measured_as_the_defa
         fed_sweep.run_one({"data": "synthetic-2", "use-ortho": False}, "fedvpa-gp", 0, 5)
 
 
-def test_a_refused_sweep_setting_is_one_line_and_exit_code_2() -> None:
+def _fed_sweep_stderr_lines(*args: str) -> list[str]:
+    """``fed_sweep.py``'s standard error, one entry a line, after checking it exited with 2."""
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "fed_sweep.py"), "--config"]
-        + [str(REPO / "conf" / "synthetic-4.toml"), "--method", "fedvpa-gp"]
-        + ["--variant", "x:use-ortho=false"],
+        [sys.executable, str(REPO / "benchmarks" / "fed_sweep.py"), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
+    return out.stderr.strip().splitlines()
+
+
+def test_a_refused_sweep_setting_is_one_line_and_exit_code_2() -> None:
+    config = str(REPO / "conf" / "synthetic-4.toml")
+    lines = _fed_sweep_stderr_lines(
+        "--config", config, "--method", "fedvpa-gp", "--variant", "x:use-ortho=false"
+    )
+    assert lines == [
         "fed_sweep: field 'use-ortho': fedvpa-gp fixes use-ortho = True (given: False); "
         "choose the method that has it"
     ]
+
+
+def _sweep_row(variant: str, seed: int, seen: float, unseen: float, last10: float) -> str:
+    return json.dumps(
+        {
+            "config": "conf/plural-4.toml",
+            "method": "fedvpl",
+            "variant": variant,
+            "seed": seed,
+            "final": {"seen": seen, "unseen": unseen},
+            "last10_mean": last10,
+        }
+    )
+
+
+def test_paired_changes_are_seed_by_seed_differences_with_their_standard_error(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(
+        "\n".join(
+            _sweep_row("default", seed, *figures)
+            for seed, figures in enumerate(
+                [(70.0, 60.0, 71.0), (80.0, 65.0, 79.0), (75.0, 70.0, 75.0)]
+            )
+        )
+    )
+    # "new" measured seeds 0 and 1 only (seed 2 is left out of the pairing), and seed 1 twice:
+    # the re-run replaces the first line.
+    new = tmp_path / "new.json"
+    new.write_text(
+        "\n".join(
+            _sweep_row("new", seed, *figures)
+            for seed, figures in [
+                (0, (71.0, 62.0, 72.0)),
+                (1, (0.0, 0.0, 0.0)),
+                (1, (84.0, 65.0, 80.0)),
+            ]
+        )
+        + "\n"
+    )
+    groups = fed_sweep.load_rows([str(base), str(new)])
+    seeds, diffs = fed_sweep.paired_differences(
+        groups[("plural-4", "fedvpl", "new")], groups[("plural-4", "fedvpl", "default")]
+    )
+    assert seeds == [0, 1]
+    # differences: seen 1 and 4 (mean 2.5, sd 2.121, se 1.5); unseen 2 and 0; last 10: 1 and 1
+    assert diffs["seen"] == pytest.approx((2.5, 1.5))
+    assert diffs["unseen"] == pytest.approx((1.0, 1.0))
+    assert diffs["seen, last 10 evals"] == pytest.approx((1.0, 0.0))
+
+
+def test_summarise_refuses_a_malformed_sweep_line_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "sweep.json"
+    bad.write_text(_sweep_row("default", 0, 70.0, 60.0, 71.0) + '\n{"seed": 1}\n')
+    lines = _fed_sweep_stderr_lines("--summarise", str(bad), "--against", "default")
+    assert lines == [f"fed_sweep: {bad}:2: not a sweep row (KeyError: 'config')"]
 
 
 def test_local_step_times_every_method_on_one_client() -> None:
