@@ -8,9 +8,14 @@ For each experiment file and seed, prints next to each other:
   real client scored on its own test pairs with its type read from its own pairs), with the
   type inferred and with the type given.
 If the two ideals agree, a federated method below them is short of type inference, not of data.
+With ``--em-steps N`` also soft EM over the per-type probes started at the true types
+(``headroom.em_from_types``): the matched ideal after one step and after N steps of fitting the
+types from the clients' own likelihood instead of their labels, with the share of seen clients
+still read as their own type and the smallest component's weight. What it asks: is the ideal a
+fixed point that a method which must discover the types could reach?
 
     .venv/bin/python benchmarks/federation_ideal.py conf/plural-4.toml conf/synthetic-4.toml \
-        --seeds 0 1 2
+        --seeds 0 1 2 --em-steps 8
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 from fedvpa.config import load_toml
 from fedvpa.errors import ConfigError
-from fedvpa.evaluation.headroom import client_headroom, federation_ideal
+from fedvpa.evaluation.headroom import client_headroom, em_from_types, federation_ideal
 from fedvpa.experiment import ExperimentConfig, prepare_clients
 
 COLUMNS = (
@@ -35,9 +40,17 @@ COLUMNS = (
     ("unseen", "matched, unseen"),
     ("unseen_known_type", "matched, type given, unseen"),
 )
+EM_COLUMNS = (
+    ("em1_seen", "EM from the types, 1 step, seen"),
+    ("em1_unseen", "1 step, unseen"),
+    ("em_seen", "N steps, seen"),
+    ("em_unseen", "N steps, unseen"),
+    ("em_agreement", "N steps, clients read as their type"),
+    ("em_smallest_share", "N steps, smallest component"),
+)
 
 
-def measure(config: str, seed: int, trials: int) -> dict[str, float]:
+def measure(config: str, seed: int, trials: int, em_steps: int = 0) -> dict[str, float]:
     exp = ExperimentConfig.from_flat({**load_toml(config), "seed": seed}, source=config)
     clients = prepare_clients(exp.data, exp.embedding, seed, progress=False).clients
     names = sorted(
@@ -48,7 +61,13 @@ def measure(config: str, seed: int, trials: int) -> dict[str, float]:
     by_k = {p["k"]: p["macro_accuracy"] for p in headroom["points"]}  # type: ignore[union-attr]
     sizes = headroom["context_sizes"]
     row = {f"ideal_{split}": by_k[k] for split, k in sizes.items()}  # type: ignore[union-attr]
-    return {**row, **federation_ideal(clients, seed)}
+    row = {**row, **federation_ideal(clients, seed)}
+    if em_steps > 0:
+        history = em_from_types(clients, em_steps, seed)
+        row |= {"em1_seen": history[1]["seen"], "em1_unseen": history[1]["unseen"]}
+        row |= {f"em_{key}": history[-1][key] for key in ("seen", "unseen", "agreement")}
+        row["em_smallest_share"] = history[-1]["smallest_share"]
+    return row
 
 
 def main() -> None:
@@ -56,15 +75,21 @@ def main() -> None:
     parser.add_argument("configs", nargs="+", help="conf/*.toml experiment files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=20000, help="headroom's simulated clients")
+    parser.add_argument(
+        "--em-steps", type=int, default=0, help="soft EM steps from the true types (0 = none)"
+    )
     args = parser.parse_args()
+    if args.em_steps < 0:
+        raise ConfigError(f"must be >= 0, got {args.em_steps}", field="em-steps")
     for config in args.configs:
         if not Path(config).is_file():
             raise ConfigError("no such experiment file", path=config)
     torch.set_num_threads(1)
-    print("| data | " + " | ".join(label for _, label in COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
+    columns = COLUMNS + (EM_COLUMNS if args.em_steps else ())
+    print("| data | " + " | ".join(label for _, label in columns) + " |")
+    print("|---|" + "---|" * len(columns))
     for config in args.configs:
-        rows = [measure(config, seed, args.trials) for seed in args.seeds]
+        rows = [measure(config, seed, args.trials, args.em_steps) for seed in args.seeds]
 
         def cell(key: str, rows: list[dict[str, float]] = rows) -> str:
             values = [100 * r[key] for r in rows if key in r]
@@ -73,7 +98,7 @@ def main() -> None:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.mean(values):.1f} ± {spread:.1f}"
 
-        cells = " | ".join(cell(key) for key, _ in COLUMNS)
+        cells = " | ".join(cell(key) for key, _ in columns)
         print(f"| {Path(config).stem} | {cells} |", flush=True)
 
 

@@ -213,3 +213,48 @@ def test_federation_ideal_reads_only_what_a_federated_method_trains_on() -> None
         assert other[key] == pytest.approx(1 - value, abs=1e-12), key
     with pytest.raises(ConfigError, match="seen client"):
         federation_ideal([c for c in clients if c.unseen])
+
+
+def test_em_from_the_types_starts_at_the_matched_ideal_and_keeps_types_the_labels_tell_apart() -> (
+    None
+):
+    from helpers import make_toy_clients
+
+    from fedvpa.evaluation.headroom import em_from_types, federation_ideal
+
+    clients = make_toy_clients(num_clients=40, pairs=24, dim=16, num_test=6, num_unseen=8)
+    history = em_from_types(clients, steps=3, seed=0)
+    assert [row["step"] for row in history] == [0, 1, 2, 3]
+    ideal = federation_ideal(clients, seed=0)
+    # step 0: the true types' probes with the C each type's cross-validation picks, which is
+    # how the matched ideal fits them, so the same figures
+    assert history[0]["seen"] == pytest.approx(ideal["seen"], abs=1e-12)
+    assert history[0]["unseen"] == pytest.approx(ideal["unseen"], abs=1e-12)
+    assert history[0]["agreement"] == 1.0 and history[0]["smallest_share"] == 0.5
+    # two types that disagree on half the pairs, 18 labelled pairs a client: the data's own
+    # likelihood keeps them (every client stays with its type, accuracy stays)
+    for row in history[1:]:
+        assert row["agreement"] == 1.0
+        assert row["seen"] > history[0]["seen"] - 0.03
+
+
+def test_em_from_the_types_cannot_keep_apart_two_types_that_prefer_the_same() -> None:
+    """Half the clients of type 0 are labelled type 2: their labels cannot tell them from the
+    other half, so after one step the responsibilities of those clients split between the two
+    components and no longer single out the labelled type for all of them."""
+    from dataclasses import replace as dc_replace
+
+    from helpers import make_toy_clients
+
+    from fedvpa.evaluation.headroom import em_from_types
+
+    clients = make_toy_clients(num_clients=48, pairs=24, dim=16, num_test=6)
+    relabelled = [
+        dc_replace(c, type_index=2) if c.type_index == 0 and c.client_id % 4 == 0 else c
+        for c in clients
+    ]
+    history = em_from_types(relabelled, steps=2, seed=0)
+    assert history[0]["agreement"] == 1.0
+    assert history[-1]["agreement"] < 0.9
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        em_from_types(relabelled, steps=-1)

@@ -399,6 +399,67 @@ def client_headroom(
     return {**report.to_dict(), "context_sizes": sizes}
 
 
+def _pair_arrays(pairs: PairTensors) -> tuple[np.ndarray, np.ndarray]:
+    """Probe features ``emb(A) - emb(B)`` and labels of ``pairs``."""
+    return (pairs.emb_a - pairs.emb_b).double().numpy(), pairs.label.numpy().astype(int)
+
+
+def _seen_training_set(
+    clients: Sequence[ClientTensors],
+) -> tuple[list[ClientTensors], np.ndarray, np.ndarray, np.ndarray, int]:
+    """The seen clients with labelled pairs, and their pairs stacked: features, labels, the row's
+    client (index into the returned list) and the number of user types."""
+    seen = [c for c in clients if not c.unseen and len(c.labelled)]
+    if not seen:
+        raise ConfigError("no seen client with labelled pairs", field="clients")
+    fitted = [_pair_arrays(c.labelled) for c in seen]
+    x = np.concatenate([f[0] for f in fitted])
+    y = np.concatenate([f[1] for f in fitted])
+    owner = np.concatenate([np.full(len(f[1]), i) for i, f in enumerate(fitted)])
+    return seen, x, y, owner, 1 + max(c.type_index for c in clients)
+
+
+def _probe_probabilities(probes: Sequence, features: np.ndarray) -> np.ndarray:
+    """``[n, T]``: each probe's probability that A is preferred, clipped away from 0 and 1."""
+    p = np.stack([probe.predict_proba(features)[:, 1] for probe in probes], axis=1)
+    return p.clip(1e-6, 1 - 1e-6)
+
+
+def score_real_clients(
+    clients: Sequence[ClientTensors], probes: Sequence, log_prior: np.ndarray
+) -> dict[str, float]:
+    """Macro accuracy (0-1) of the probes' Bayes mixture on every real client's test pairs, the
+    mixture weights read from the client's own labelled pairs (seen) or context pairs (unseen),
+    as the federated evaluation reads ``z``; where the probes are the user types' (one per type,
+    in type order) also ``{split}_known_type``, each client scored by its own type's probe."""
+    known_types = len(probes) == 1 + max(c.type_index for c in clients)
+    out: dict[str, float] = {}
+    for split, unseen in (("seen", False), ("unseen", True)):
+        personal: dict[int, list[float]] = {}
+        known: dict[int, list[float]] = {}
+        for c in clients:
+            if c.unseen != unseen or not len(c.test):
+                continue
+            ctx_x, ctx_y = _pair_arrays(c.context if unseen else c.labelled)
+            test_x, test_y = _pair_arrays(c.test)
+            loglik = pair_log_likelihoods(_probe_probabilities(probes, ctx_x), ctx_y)  # [k, T]
+            posterior = type_posterior(loglik, log_prior)
+            p_test = _probe_probabilities(probes, test_x)
+            p = p_test @ posterior
+            hit = _credit((p > 0.5) == (test_y == 1), p == 0.5)
+            personal.setdefault(c.type_index, []).append(float(hit.mean()))
+            if known_types:
+                own = p_test[:, c.type_index]
+                known.setdefault(c.type_index, []).append(
+                    float(_credit((own > 0.5) == (test_y == 1), own == 0.5).mean())
+                )
+        if personal:
+            out[split] = float(np.mean([np.mean(v) for v in personal.values()]))
+        if known:
+            out[f"{split}_known_type"] = float(np.mean([np.mean(v) for v in known.values()]))
+    return out
+
+
 def federation_ideal(
     clients: Sequence[ClientTensors], seed: int = 0, costs: Sequence[float] = DEFAULT_CS
 ) -> dict[str, float]:
@@ -413,18 +474,8 @@ def federation_ideal(
     its inference of each client's type without type labels. Returns macro accuracies (0-1):
     ``seen``, ``unseen``, and ``seen_known_type`` / ``unseen_known_type`` (the true type's probe).
     """
-    seen = [c for c in clients if not c.unseen and len(c.labelled)]
-    if not seen:
-        raise ConfigError("no seen client with labelled pairs", field="clients")
-    num_types = 1 + max(c.type_index for c in clients)
-
-    def arrays(pairs: PairTensors) -> tuple[np.ndarray, np.ndarray]:
-        return (pairs.emb_a - pairs.emb_b).double().numpy(), pairs.label.numpy().astype(int)
-
-    fitted = [arrays(c.labelled) for c in seen]
-    x = np.concatenate([f[0] for f in fitted])
-    y = np.concatenate([f[1] for f in fitted])
-    t = np.concatenate([np.full(len(c.labelled), c.type_index) for c in seen])
+    seen, x, y, owner, num_types = _seen_training_set(clients)
+    t = np.array([seen[i].type_index for i in owner])
     probes = []
     for j in range(num_types):
         if len(np.unique(y[t == j])) < 2:
@@ -432,31 +483,76 @@ def federation_ideal(
                 f"user type {j} has fewer than two labels among the seen clients", field="label"
             )
         probes.append(fit_probe(x[t == j], y[t == j], costs, _INNER_FOLDS, seed)[0])
+    return score_real_clients(clients, probes, np.full(num_types, -math.log(num_types)))
 
-    def probabilities(features: np.ndarray) -> np.ndarray:
-        p = np.stack([probe.predict_proba(features)[:, 1] for probe in probes], axis=1)
-        return p.clip(1e-6, 1 - 1e-6)
 
-    out: dict[str, float] = {}
-    for split, unseen in (("seen", False), ("unseen", True)):
-        personal: dict[int, list[float]] = {}
-        known: dict[int, list[float]] = {}
-        for c in clients:
-            if c.unseen != unseen or not len(c.test):
-                continue
-            ctx_x, ctx_y = arrays(c.context if unseen else c.labelled)
-            test_x, test_y = arrays(c.test)
-            loglik = pair_log_likelihoods(probabilities(ctx_x), ctx_y)  # [k, T]
-            posterior = type_posterior(loglik, np.full(num_types, -math.log(num_types)))
-            p_test = probabilities(test_x)
-            p = p_test @ posterior
-            hit = _credit((p > 0.5) == (test_y == 1), p == 0.5)
-            own = p_test[:, c.type_index]
-            personal.setdefault(c.type_index, []).append(float(hit.mean()))
-            known.setdefault(c.type_index, []).append(
-                float(_credit((own > 0.5) == (test_y == 1), own == 0.5).mean())
-            )
-        if personal:
-            out[split] = float(np.mean([np.mean(v) for v in personal.values()]))
-            out[f"{split}_known_type"] = float(np.mean([np.mean(v) for v in known.values()]))
-    return out
+def em_from_types(
+    clients: Sequence[ClientTensors],
+    steps: int,
+    seed: int = 0,
+    costs: Sequence[float] = DEFAULT_CS,
+    folds: int = 4,
+) -> list[dict[str, float]]:
+    """Soft EM over a mixture of per-type probes, *started at the true types*: does the data's
+    own likelihood keep them?
+
+    The matched ideal (``federation_ideal``) fits each type's probe with the type labels, which
+    no federated method has. A method that must find the types from the labels alone can at best
+    reach a fixed point of the likelihood. Step 0 here is the matched ideal with each type's C
+    (picked by cross-validation on the true types); each later step reads every seen client's
+    responsibilities (its posterior over the components, from its labelled pairs, under probes
+    fitted on the other ``folds - 1`` folds of clients, so that a client never votes for the
+    probe it trained) and refits each component on every seen pair weighted by its client's
+    responsibility. If accuracy holds over the steps, the true types are a fixed point and the
+    ideal is in reach of type discovery; if it falls, the ideal needs the labels.
+
+    Returns one row per step (0 .. ``steps``): ``seen`` / ``unseen`` macro accuracy (0-1),
+    ``agreement`` (share of seen clients whose largest responsibility is their true type) and
+    ``smallest_share`` (the smallest component's mixing weight: 0 = a type lost)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if steps < 0:
+        raise ConfigError(f"must be >= 0, got {steps}", field="steps")
+    seen, x, y, owner, num_types = _seen_training_set(clients)
+    truth = np.array([c.type_index for c in seen])
+    cs = [
+        fit_probe(x[truth[owner] == j], y[truth[owner] == j], costs, _INNER_FOLDS, seed)[1]
+        for j in range(num_types)
+    ]
+    resp = np.eye(num_types)[truth]  # [clients, T]
+    fold = np.random.default_rng(seed).permutation(len(seen)) % folds
+
+    def fit(rows: np.ndarray) -> list:
+        probes = []
+        for j in range(num_types):
+            w = resp[owner, j] * rows
+            keep = w > 1e-9
+            probe = LogisticRegression(C=cs[j], fit_intercept=False, max_iter=3000)
+            probes.append(probe.fit(x[keep], y[keep], sample_weight=w[keep]))
+        return probes
+
+    history = []
+    for step in range(steps + 1):
+        share = resp.mean(axis=0)
+        log_prior = np.log(np.maximum(share, 1e-12))
+        scores = score_real_clients(clients, fit(np.ones(len(y))), log_prior)
+        history.append(
+            {
+                "step": float(step),
+                "seen": scores.get("seen", float("nan")),
+                "unseen": scores.get("unseen", float("nan")),
+                "agreement": float((resp.argmax(axis=1) == truth).mean()),
+                "smallest_share": float(share.min()),
+            }
+        )
+        if step == steps:
+            break
+        new = np.zeros_like(resp)
+        for f in range(folds):
+            probes = fit((fold[owner] != f).astype(np.float64))
+            for i in np.flatnonzero(fold == f):
+                fx, fy = _pair_arrays(seen[i].labelled)
+                loglik = pair_log_likelihoods(_probe_probabilities(probes, fx), fy)
+                new[i] = type_posterior(loglik, log_prior)
+        resp = new
+    return history
