@@ -426,13 +426,16 @@ def _probe_probabilities(probes: Sequence, features: np.ndarray) -> np.ndarray:
 
 
 def score_real_clients(
-    clients: Sequence[ClientTensors], probes: Sequence, log_prior: np.ndarray
+    clients: Sequence[ClientTensors],
+    probes: Sequence,
+    log_prior: np.ndarray,
+    with_known_type: bool = False,
 ) -> dict[str, float]:
     """Macro accuracy (0-1) of the probes' Bayes mixture on every real client's test pairs, the
     mixture weights read from the client's own labelled pairs (seen) or context pairs (unseen),
-    as the federated evaluation reads ``z``; where the probes are the user types' (one per type,
-    in type order) also ``{split}_known_type``, each client scored by its own type's probe."""
-    known_types = len(probes) == 1 + max(c.type_index for c in clients)
+    as the federated evaluation reads ``z``. ``with_known_type`` (the probes are the user
+    types', one per type in type order): also ``{split}_known_type``, each client scored by its
+    own type's probe."""
     out: dict[str, float] = {}
     for split, unseen in (("seen", False), ("unseen", True)):
         personal: dict[int, list[float]] = {}
@@ -448,7 +451,7 @@ def score_real_clients(
             p = p_test @ posterior
             hit = _credit((p > 0.5) == (test_y == 1), p == 0.5)
             personal.setdefault(c.type_index, []).append(float(hit.mean()))
-            if known_types:
+            if with_known_type:
                 own = p_test[:, c.type_index]
                 known.setdefault(c.type_index, []).append(
                     float(_credit((own > 0.5) == (test_y == 1), own == 0.5).mean())
@@ -483,7 +486,8 @@ def federation_ideal(
                 f"user type {j} has fewer than two labels among the seen clients", field="label"
             )
         probes.append(fit_probe(x[t == j], y[t == j], costs, _INNER_FOLDS, seed)[0])
-    return score_real_clients(clients, probes, np.full(num_types, -math.log(num_types)))
+    uniform = np.full(num_types, -math.log(num_types))
+    return score_real_clients(clients, probes, uniform, with_known_type=True)
 
 
 def em_from_types(
