@@ -197,6 +197,9 @@ def paired_differences(
 def summarise_against(paths: list[str], baseline: str) -> None:
     """Markdown table: every other setting against ``baseline`` on the seeds both measured."""
     groups = load_rows(paths)
+    if not any(variant == baseline for _, _, variant in groups):
+        names = ", ".join(sorted({variant for _, _, variant in groups})) or "none"
+        raise ConfigError(f"no setting {baseline!r} in the sweep files (settings: {names})")
     print(
         "| data | method | setting | seeds | "
         + " | ".join(f"{name}: change ± se" for name in PAIRED)

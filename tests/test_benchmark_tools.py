@@ -107,6 +107,10 @@ def test_summarise_refuses_a_malformed_sweep_line_in_one_line(tmp_path: Path) ->
     bad.write_text(_sweep_row("default", 0, 70.0, 60.0, 71.0) + '\n{"seed": 1}\n')
     lines = _fed_sweep_stderr_lines("--summarise", str(bad), "--against", "default")
     assert lines == [f"fed_sweep: {bad}:2: not a sweep row (KeyError: 'config')"]
+    good = tmp_path / "good.json"
+    good.write_text(_sweep_row("new", 0, 70.0, 60.0, 71.0) + "\n")
+    lines = _fed_sweep_stderr_lines("--summarise", str(good), "--against", "default")
+    assert lines == ["fed_sweep: no setting 'default' in the sweep files (settings: new)"]
 
 
 def test_local_step_times_every_method_on_one_client() -> None:
