@@ -258,3 +258,26 @@ def test_em_from_the_types_cannot_keep_apart_two_types_that_prefer_the_same() ->
     assert history[-1]["agreement"] < 0.9
     with pytest.raises(ConfigError, match="must be >= 0"):
         em_from_types(relabelled, steps=-1)
+
+
+def test_em_from_the_types_refuses_a_type_with_one_label_and_a_lost_component_is_indifferent() -> (
+    None
+):
+    from dataclasses import replace as dc_replace
+
+    from helpers import make_toy_clients
+
+    from fedvpa.evaluation.headroom import _Indifferent, em_from_types
+
+    clients = make_toy_clients(num_clients=12, pairs=12, dim=8, num_test=4)
+    one_label = [
+        dc_replace(c, context=dc_replace(c.context, label=c.context.label * 0 + 1),
+                   train=dc_replace(c.train, label=c.train.label * 0 + 1))
+        if c.type_index == 1 else c
+        for c in clients
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="user type 1 has fewer than two labels"):
+        em_from_types(one_label, steps=1)
+    # a component that lost every client says 0.5: it adds nothing to any log-likelihood ratio
+    p = _Indifferent().predict_proba(np.zeros((3, 8)))
+    assert p.shape == (3, 2) and (p == 0.5).all()

@@ -419,6 +419,25 @@ def _seen_training_set(
     return seen, x, y, owner, 1 + max(c.type_index for c in clients)
 
 
+def _types_with_both_labels(y: np.ndarray, t: np.ndarray, num_types: int) -> range:
+    """``range(num_types)``, after checking that every type's pairs hold both labels (a probe
+    cannot be fitted otherwise)."""
+    for j in range(num_types):
+        if len(np.unique(y[t == j])) < 2:
+            raise ConfigError(
+                f"user type {j} has fewer than two labels among the seen clients", field="label"
+            )
+    return range(num_types)
+
+
+class _Indifferent:
+    """A component left with no pairs of both labels: it says 0.5 on every pair, so it neither
+    wins a client nor predicts anything (an EM component that lost its clients)."""
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return np.full((len(features), 2), 0.5)
+
+
 def _probe_probabilities(probes: Sequence, features: np.ndarray) -> np.ndarray:
     """``[n, T]``: each probe's probability that A is preferred, clipped away from 0 and 1."""
     p = np.stack([probe.predict_proba(features)[:, 1] for probe in probes], axis=1)
@@ -479,13 +498,10 @@ def federation_ideal(
     """
     seen, x, y, owner, num_types = _seen_training_set(clients)
     t = np.array([seen[i].type_index for i in owner])
-    probes = []
-    for j in range(num_types):
-        if len(np.unique(y[t == j])) < 2:
-            raise ConfigError(
-                f"user type {j} has fewer than two labels among the seen clients", field="label"
-            )
-        probes.append(fit_probe(x[t == j], y[t == j], costs, _INNER_FOLDS, seed)[0])
+    probes = [
+        fit_probe(x[t == j], y[t == j], costs, _INNER_FOLDS, seed)[0]
+        for j in _types_with_both_labels(y, t, num_types)
+    ]
     uniform = np.full(num_types, -math.log(num_types))
     return score_real_clients(clients, probes, uniform, with_known_type=True)
 
@@ -521,7 +537,7 @@ def em_from_types(
     truth = np.array([c.type_index for c in seen])
     cs = [
         fit_probe(x[truth[owner] == j], y[truth[owner] == j], costs, _INNER_FOLDS, seed)[1]
-        for j in range(num_types)
+        for j in _types_with_both_labels(y, truth[owner], num_types)
     ]
     resp = np.eye(num_types)[truth]  # [clients, T]
     fold = np.random.default_rng(seed).permutation(len(seen)) % folds
@@ -531,6 +547,9 @@ def em_from_types(
         for j in range(num_types):
             w = resp[owner, j] * rows
             keep = w > 1e-9
+            if len(np.unique(y[keep])) < 2:
+                probes.append(_Indifferent())
+                continue
             probe = LogisticRegression(C=cs[j], fit_intercept=False, max_iter=3000)
             probes.append(probe.fit(x[keep], y[keep], sample_weight=w[keep]))
         return probes
