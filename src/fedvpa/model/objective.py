@@ -234,11 +234,13 @@ def local_objective(
         queries = pad_queries(queries)
     if noise is None:
         noise = draw_step_noise(cfg, prior, context.mask.shape[0], model.training, generator)
+    # The context's pair features, once: the encoder reads them, and so does the read term.
     if featurised:
         oriented = context.chosen - context.rejected
         mu, logvar = model.encode(oriented, context.mask, validate, fused=fused_encoder)
-    else:
-        mu, logvar = model.posterior(context.chosen, context.rejected, context.mask, validate)
+    else:  # what model.posterior does, keeping the features
+        oriented = model.feature.pair(context.chosen, context.rejected)
+        mu, logvar = model.encode(oriented, context.mask, validate)
     z = reparameterise(mu, logvar, cfg.z_samples, eps=noise.z_eps.to(mu))  # [S, B, d]
     score = model.logit_from_features if featurised else model.logit
     logits = score(queries.emb_a, queries.emb_b, z.unsqueeze(-2))  # [S, B, Q]
@@ -248,8 +250,6 @@ def local_objective(
     zero = torch.zeros(())
     read_nll = None
     if cfg.read_weight > 0:
-        if not featurised:
-            oriented = model.feature(context.chosen) - model.feature(context.rejected)
         if points is None:
             points = prior_reading_points(cfg.latent_dim, cfg.prior_draws)
         z_read = read_over_points(model, oriented, context.mask, points)  # [B, d]
